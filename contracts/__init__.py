@@ -1,0 +1,1 @@
+"""Contracts: the models every stage speaks. No I/O lives here."""

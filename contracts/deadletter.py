@@ -1,0 +1,48 @@
+"""The dead-letter envelope: every rejected input, with why and what it was."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+
+class DeadLetterReason(StrEnum):
+    """Why an input was rejected; one value per distinct client-visible error code."""
+
+    UNAUTHORIZED = "unauthorized"
+    MALFORMED_JSON = "malformed_json"
+    BAD_ENCODING = "bad_encoding"
+    BATCH_TOO_LARGE = "batch_too_large"
+    TOO_MANY_EVENTS = "too_many_events"
+    EVENT_TOO_LARGE = "event_too_large"
+    INVALID_EVENT = "invalid_event"
+    MISSING_IDENTIFIER = "missing_identifier"
+
+
+class DeadLetter(BaseModel):
+    """A rejected input as written to ``cdp.events.deadletter``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = 1
+    reason: DeadLetterReason
+    #: Dotted path of the offending field (``batch[3].userId``), or None for whole bodies.
+    field: str | None
+    message: str
+    #: Index of the event in its batch, None when the whole body was rejected.
+    index: int | None
+    #: HTTP status the client received for this input (200 when the batch itself was accepted).
+    status: int
+    #: Write-key owner, when the key was known.
+    source: str | None
+    endpoint: str
+    received_at: datetime
+    request_id: str
+    #: The offending event as parsed JSON, when it parsed.
+    payload: JsonValue
+    #: The raw bytes as text when the body did not parse (truncated to ``raw_limit``).
+    raw: str | None = None
+    raw_truncated: bool = False
+    raw_sha256: str | None = None

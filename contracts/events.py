@@ -1,0 +1,216 @@
+"""The event envelope every stage speaks (contract v1)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+
+#: A JSON object as parsed from the wire. Typed ``Any`` rather than pydantic's ``JsonValue``
+#: on purpose: the body was already parsed as JSON, so re-validating every nested value
+#: costs ~30% of ingest CPU and can find nothing.
+JsonObject = dict[str, Any]
+
+IdentifierValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: Custom identifier types are allowed: lower snake case, e.g. ``loyalty_card``.
+IdentifierTypeName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
+
+
+class IdentifierType(StrEnum):
+    """Identifier types the platform knows natively (custom ones are plain strings)."""
+
+    MEMBER_ID = "member_id"
+    CUSTOMER_ID = "customer_id"
+    EMAIL = "email"
+    PHONE = "phone"
+    WECHAT_UNIONID = "wechat_unionid"
+    WECHAT_OPENID = "wechat_openid"
+    PLATFORM_USER_ID = "platform_user_id"
+    COMPANY_ID = "company_id"
+    DEVICE_ID = "device_id"
+    ANONYMOUS_ID = "anonymous_id"
+
+
+#: Strongest first: the partition key of an event is its strongest identifier.
+#: Types not listed (custom ones) rank after platform_user_id and before company_id.
+IDENTIFIER_STRENGTH: tuple[str, ...] = (
+    IdentifierType.MEMBER_ID,
+    IdentifierType.CUSTOMER_ID,
+    IdentifierType.WECHAT_UNIONID,
+    IdentifierType.EMAIL,
+    IdentifierType.PHONE,
+    IdentifierType.WECHAT_OPENID,
+    IdentifierType.PLATFORM_USER_ID,
+    IdentifierType.COMPANY_ID,
+    IdentifierType.DEVICE_ID,
+    IdentifierType.ANONYMOUS_ID,
+)
+
+
+class EventType(StrEnum):
+    """Segment's six call types plus the domain events the profile understands."""
+
+    IDENTIFY = "identify"
+    TRACK = "track"
+    PAGE = "page"
+    SCREEN = "screen"
+    GROUP = "group"
+    ALIAS = "alias"
+    # Domain events (a Segment ``track`` whose event name normalises to one of these
+    # is typed as it; the original name is kept in ``name``).
+    ORDER_COMPLETED = "order_completed"
+    ORDER_REFUNDED = "order_refunded"
+    STORE_VISITED = "store_visited"
+    TICKET_OPENED = "ticket_opened"
+    TICKET_RESOLVED = "ticket_resolved"
+    FOLLOW_UP_COMPLETED = "follow_up_completed"
+    SURVEY_ANSWERED = "survey_answered"
+    POINTS_EARNED = "points_earned"
+    POINTS_REDEEMED = "points_redeemed"
+    COUPON_REDEEMED = "coupon_redeemed"
+    MEMBER_LEVEL_CHANGED = "member_level_changed"
+    OPPORTUNITY_STAGE_CHANGED = "opportunity_stage_changed"
+    CONSENT_UPDATED = "consent_updated"
+
+
+SEGMENT_CALL_TYPES = frozenset(
+    EventType(name) for name in ("identify", "track", "page", "screen", "group", "alias")
+)
+
+
+class Channel(StrEnum):
+    """Where an interaction happened; a write key is bound to one."""
+
+    POS = "pos"
+    MEMBER_APP = "member_app"
+    WEB = "web"
+    MINI_PROGRAM = "mini_program"
+    DELIVERY = "delivery"
+    SERVICE_DESK = "service_desk"
+    SURVEY = "survey"
+    CRM = "crm"
+    ERP = "erp"
+    EXHIBITION = "exhibition"
+    OTHER = "other"
+
+
+class Identifier(BaseModel):
+    """One typed identifier of the subject of an event, normalised at ingest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: IdentifierTypeName
+    value: IdentifierValue
+    #: False when the value could not be normalised (e.g. an unparseable phone);
+    #: identity treats such identifiers as weak evidence.
+    normalized: bool = True
+
+    def key(self) -> str:
+        """Return ``type:value``, the identifier's stable string form."""
+        return f"{self.type}:{self.value}"
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class Event(BaseModel):
+    """An accepted interaction, as written to ``cdp.events.raw``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    type: EventType
+    #: Track event name or page/screen name as the channel sent it.
+    name: str | None = None
+    channel: Channel
+    #: The source (write key owner) that sent it, e.g. ``pos-shanghai``.
+    source: str
+    identifiers: Annotated[list[Identifier], Field(min_length=1, max_length=64)]
+    #: alias only: the id the subject was known by before.
+    previous_id: str | None = None
+    #: group only: the account the subject belongs to.
+    group_id: str | None = None
+    traits: JsonObject = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
+    #: purpose -> granted, e.g. ``{"marketing_sms": false}``.
+    consent: dict[str, bool] = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
+    #: When the event happened by the client's clock.
+    original_timestamp: datetime
+    #: When the client sent it by its clock (None when the client did not say).
+    sent_at: datetime | None = None
+    #: When ingest received it (server clock).
+    received_at: datetime
+    #: Skew-corrected event time: received_at - (sent_at - original_timestamp).
+    timestamp: datetime
+
+    @field_validator("original_timestamp", "sent_at", "received_at", "timestamp")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _aware(value)
+
+    def strongest_identifier(self) -> Identifier:
+        """Return the identifier used as the partition key."""
+        return min(self.identifiers, key=lambda i: identifier_rank(i.type))
+
+    def partition_key(self) -> bytes:
+        """Return the Kafka key: the strongest identifier as ``type:value``."""
+        return self.strongest_identifier().key().encode()
+
+
+def identifier_rank(type_name: str) -> int:
+    """Rank an identifier type, 0 strongest; custom types sit before company_id."""
+    try:
+        return 2 * IDENTIFIER_STRENGTH.index(type_name)
+    except ValueError:
+        return 2 * IDENTIFIER_STRENGTH.index(IdentifierType.COMPANY_ID) - 1
+
+
+def corrected_timestamp(
+    original: datetime | None, sent_at: datetime | None, received_at: datetime
+) -> datetime:
+    """Correct client clock skew the way Segment does.
+
+    ``timestamp = received_at - (sent_at - original_timestamp)``: the delay the client
+    measured on its own clock, applied to the server clock. Without ``sent_at`` the
+    original timestamp is trusted; without either, the receive time is used.
+    """
+    received_at = _aware(received_at)
+    if original is None:
+        return received_at
+    original = _aware(original)
+    if sent_at is None:
+        return original
+    delay: timedelta = _aware(sent_at) - original
+    return received_at - delay
+
+
+class EventIn(BaseModel):
+    """A native event as a channel posts it to ``POST /v1/events``.
+
+    Channel and source come from the write key; ingest stamps ``received_at`` and
+    computes ``timestamp``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    type: EventType
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    identifiers: Annotated[list[Identifier], Field(min_length=1, max_length=64)]
+    previous_id: str | None = None
+    group_id: str | None = None
+    traits: JsonObject = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
+    consent: dict[str, bool] = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None

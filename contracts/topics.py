@@ -1,0 +1,66 @@
+"""The topic registry: every topic, its key and value contracts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from contracts.deadletter import DeadLetter
+from contracts.events import Event
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A Kafka topic and the contracts of what travels on it."""
+
+    name: str
+    #: Human description of the key (keys are UTF-8 strings, not JSON).
+    key: str
+    value_model: type[BaseModel] | None
+    description: str
+    #: Topic-level configs applied at creation, e.g. retention.
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def qualified(self, prefix: str) -> str:
+        """Return the topic name under a deployment prefix (tests use fresh prefixes)."""
+        return f"{prefix}{self.name}"
+
+
+EVENTS_RAW = Topic(
+    "cdp.events.raw",
+    key="strongest identifier as type:value",
+    value_model=Event,
+    description="Every accepted event, as ingest validated and normalised it.",
+    configs={"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": "1"},
+)
+EVENTS_DEADLETTER = Topic(
+    "cdp.events.deadletter",
+    key="source name, or 'unknown' when the write key was not recognised",
+    value_model=DeadLetter,
+    description="Every rejected input with a typed reason and the original payload.",
+    configs={"retention.ms": str(90 * 24 * 3600 * 1000)},
+)
+EVENTS_RESOLVED = Topic(
+    "cdp.events.resolved",
+    key="profile id",
+    value_model=None,  # contract arrives with the identity processor
+    description="Events with the profile id identity resolved them to.",
+)
+IDENTITY_MERGES = Topic(
+    "cdp.identity.merges",
+    key="survivor profile id",
+    value_model=None,
+    description="The merge ledger: survivor, merged ids, triggering event, rule.",
+)
+PROFILES_CHANGES = Topic(
+    "cdp.profiles.changes",
+    key="profile id",
+    value_model=None,
+    description="Traits changed, tags added/removed, merges, per profile.",
+)
+
+REGISTRY: dict[str, Topic] = {
+    t.name: t
+    for t in (EVENTS_RAW, EVENTS_DEADLETTER, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES)
+}

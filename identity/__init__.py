@@ -1,0 +1,1 @@
+"""Identity resolution: identifier normalisation now; rules and the processor next."""

@@ -1,0 +1,1 @@
+"""Unified profiles (arrives with the stream core, issue 3)."""

@@ -1,0 +1,1 @@
+"""History sinks into ClickHouse (arrives with the stream core, issue 3)."""

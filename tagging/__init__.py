@@ -1,0 +1,1 @@
+"""Tag catalog and evaluation (arrives with issue 4)."""
