@@ -1,0 +1,1 @@
+"""HTTP ingest: Segment-compatible tracking API and the native events API."""

@@ -1,0 +1,263 @@
+"""The ingest HTTP API: Segment-compatible tracking endpoints and native events."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from contracts.deadletter import DeadLetter, DeadLetterReason
+from contracts.events import SEGMENT_CALL_TYPES, EventType
+from ingest import intake as take
+from ingest.body import decode, parse_json, read_capped, too_large
+from ingest.exceptions import KafkaUnavailable, Rejected
+from ingest.limits import Limits
+from ingest.publisher import Publisher, Record
+from ingest.sources import Source, SourceRegistry
+
+log = structlog.get_logger()
+
+RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """What the ingest endpoints need, assembled by the composition root."""
+
+    registry: SourceRegistry
+    publisher: Publisher
+    raw_topic: str
+    deadletter_topic: str
+    limits: Limits
+    default_region: str
+
+
+@dataclass
+class _Request:
+    """Per-request state gathered while reading, for the dead letter."""
+
+    request_id: str
+    endpoint: str
+    received_at: datetime
+    raw: bytes = b""
+    body: Any = None
+    parsed: bool = False
+    source: Source | None = None
+
+
+def json_response(
+    body: dict[str, Any], status_code: int, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialise with orjson (fast, datetime-aware)."""
+    return Response(
+        orjson.dumps(body),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def basic_username(header: str | None) -> str | None:
+    """Return the username of an HTTP Basic ``Authorization`` header (the write key)."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
+def _unauthorized(field: str) -> Rejected:
+    return Rejected(
+        401,
+        DeadLetterReason.UNAUTHORIZED,
+        "write key missing or unknown: send it as the HTTP Basic username",
+        field,
+    )
+
+
+def _error_body(rejected: Rejected, request_id: str) -> dict[str, Any]:
+    return {
+        "success": False,
+        "code": rejected.reason.value,
+        "message": rejected.message,
+        "field": rejected.field,
+        "index": rejected.index,
+        "request_id": request_id,
+    }
+
+
+class IngestEndpoints:
+    """Request handling shared by every ingest route."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+
+    async def _read(self, request: Request, ctx: _Request) -> None:
+        limits = self.config.limits
+        header_key = basic_username(request.headers.get("authorization"))
+        ctx.raw, more = await read_capped(request.stream(), limits.max_batch_bytes)
+        if header_key is not None:
+            ctx.source = self.config.registry.authenticate(header_key)
+            if ctx.source is None:
+                raise _unauthorized("Authorization")
+        if more:
+            raise too_large(limits.max_batch_bytes)
+        decoded = decode(ctx.raw, request.headers.get("content-encoding"), limits.max_batch_bytes)
+        ctx.body, ctx.parsed = parse_json(decoded), True
+        if ctx.source is None:
+            body_key = ctx.body.get("writeKey") if isinstance(ctx.body, dict) else None
+            ctx.source = self.config.registry.authenticate(
+                body_key if isinstance(body_key, str) else None
+            )
+            if ctx.source is None:
+                raise _unauthorized("writeKey")
+
+    def _intake(self, kind: str, ctx: _Request, call: EventType | None) -> take.Intake:
+        assert ctx.source is not None
+        stamp = take.Stamp(
+            ctx.source, ctx.received_at, self.config.limits, self.config.default_region
+        )
+        if kind == "batch":
+            return take.segment_batch(ctx.body, stamp)
+        if kind == "native":
+            return take.native(ctx.body, stamp)
+        assert call is not None
+        return take.segment_single(ctx.body, stamp, call)
+
+    def _dead_letter(self, ctx: _Request, rejected: Rejected, payload: Any, status: int) -> Record:
+        limit = self.config.limits.deadletter_raw_bytes
+        unparsed = not ctx.parsed
+        letter = DeadLetter(
+            reason=rejected.reason,
+            field=rejected.field,
+            message=rejected.message,
+            index=rejected.index,
+            status=status,
+            source=ctx.source.name if ctx.source else None,
+            endpoint=ctx.endpoint,
+            received_at=ctx.received_at,
+            request_id=ctx.request_id,
+            payload=payload,
+            raw=ctx.raw[:limit].decode("utf-8", "replace") if unparsed else None,
+            raw_truncated=unparsed and len(ctx.raw) > limit,
+            raw_sha256=hashlib.sha256(ctx.raw).hexdigest() if unparsed else None,
+        )
+        key = (ctx.source.name if ctx.source else "unknown").encode()
+        return Record(self.config.deadletter_topic, key, letter.model_dump_json().encode())
+
+    async def handle(self, request: Request, kind: str, call: EventType | None = None) -> Any:
+        """Authenticate, read, validate, publish; answer only after Kafka acknowledged."""
+        ctx = _Request(
+            request_id=uuid.uuid4().hex, endpoint=request.url.path, received_at=datetime.now(UTC)
+        )
+        bound = log.bind(request_id=ctx.request_id, endpoint=ctx.endpoint)
+        try:
+            await self._read(request, ctx)
+            result = self._intake(kind, ctx, call)
+        except Rejected as rejected:
+            payload = ctx.body if ctx.parsed else None
+            letter = self._dead_letter(ctx, rejected, payload, rejected.status)
+            if not await self._publish([letter], ctx):
+                return self._unavailable(ctx)
+            bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
+            body = _error_body(rejected, ctx.request_id)
+            return json_response(body, status_code=rejected.status)
+        return await self._answer(result, ctx, bound)
+
+    async def _answer(self, result: take.Intake, ctx: _Request, bound: Any) -> Any:
+        status = result.status
+        records = [
+            Record(self.config.raw_topic, e.partition_key(), e.model_dump_json().encode())
+            for e in result.events
+        ]
+        records += [self._dead_letter(ctx, r, p, status) for r, p in result.rejections]
+        if not await self._publish(records, ctx):
+            return self._unavailable(ctx)
+        errors = [_error_body(r, ctx.request_id) for r, _ in result.rejections]
+        body: dict[str, Any] = {
+            "success": status == 200,
+            "request_id": ctx.request_id,
+            "received": result.received,
+            "accepted": len(result.events),
+            "rejected": len(result.rejections),
+            "errors": [{k: v for k, v in e.items() if k != "request_id"} for e in errors],
+        }
+        if status != 200:
+            first = errors[0]
+            body.update(
+                code=first["code"],
+                message=first["message"],
+                field=first["field"],
+                index=first["index"],
+            )
+        bound.info(
+            "ingest.accepted",
+            status=status,
+            accepted=len(result.events),
+            rejected=len(result.rejections),
+        )
+        return json_response(body, status_code=status)
+
+    async def _publish(self, records: list[Record], ctx: _Request) -> bool:
+        try:
+            await self.config.publisher.publish(records)
+        except KafkaUnavailable:
+            return False
+        return True
+
+    @staticmethod
+    def _unavailable(ctx: _Request) -> Response:
+        body = {
+            "success": False,
+            "code": "kafka_unavailable",
+            "message": "events were not persisted; retry later",
+            "field": None,
+            "index": None,
+            "request_id": ctx.request_id,
+        }
+        return json_response(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def build_router(config: IngestConfig) -> APIRouter:
+    """Return the ingest routes bound to ``config``."""
+    endpoints = IngestEndpoints(config)
+    router = APIRouter(tags=["ingest"])
+
+    @router.post("/v1/batch", summary="Segment-compatible batch of identify/track/... calls")
+    async def batch(request: Request) -> Any:
+        return await endpoints.handle(request, "batch")
+
+    @router.post("/v1/events", summary="Native contract events: one, an array or {events: [...]}")
+    async def events(request: Request) -> Any:
+        return await endpoints.handle(request, "native")
+
+    for call in sorted(SEGMENT_CALL_TYPES):
+        router.add_api_route(
+            f"/v1/{call.value}",
+            _single(endpoints, call),
+            methods=["POST"],
+            summary=f"Segment-compatible {call.value} call",
+        )
+    return router
+
+
+def _single(endpoints: IngestEndpoints, call: EventType) -> Any:
+    async def route(request: Request) -> Any:
+        return await endpoints.handle(request, "single", call)
+
+    route.__name__ = f"segment_{call.value}"
+    return route
