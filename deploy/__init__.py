@@ -1,0 +1,1 @@
+"""Composition root: settings, app assembly, CLI, topic admin, local services."""

@@ -1,0 +1,104 @@
+"""Assemble the HTTP application from settings: ingest routes, health, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from fastapi import FastAPI
+
+from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
+from deploy.settings import Settings
+from ingest.api import IngestConfig, build_router, json_response
+from ingest.publisher import Publisher
+from ingest.sources import SourceRegistry
+from sinks.clickhouse import connect as connect_clickhouse
+
+log = structlog.get_logger()
+
+Check = Callable[[], Awaitable[None]]
+CHECK_TIMEOUT_S = 3.0
+
+
+def _publisher(settings: Settings) -> Publisher:
+    k = settings.kafka
+    return Publisher(
+        k.bootstrap_servers,
+        publish_timeout_s=k.publish_timeout_s,
+        request_timeout_ms=k.request_timeout_ms,
+        linger_ms=k.linger_ms,
+    )
+
+
+async def _run_checks(checks: dict[str, Check]) -> dict[str, dict[str, Any]]:
+    async def one(check: Check) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - a health check reports any failure as data
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": True}
+
+    results = await asyncio.gather(*(one(c) for c in checks.values()))
+    return dict(zip(checks, results, strict=True))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API; connections open in the lifespan, not at import."""
+    publisher = _publisher(settings)
+    redis_client = aioredis.from_url(settings.redis.url.get_secret_value())
+    clickhouse: dict[str, Any] = {}
+    url = settings.clickhouse.url.get_secret_value() if settings.clickhouse.url else None
+
+    async def clickhouse_check() -> None:
+        if "client" not in clickhouse:
+            clickhouse["client"] = await asyncio.to_thread(
+                connect_clickhouse, url, settings.chdb_path()
+            )
+        await asyncio.to_thread(clickhouse["client"].command, "SELECT 1")
+
+    async def redis_check() -> None:
+        await redis_client.ping()
+
+    checks: dict[str, Check] = {
+        "kafka": publisher.ping,
+        "redis": redis_check,
+        "clickhouse": clickhouse_check,
+    }
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        connected = await publisher.start()
+        log.info("api.started", kafka_connected=connected, port=settings.api.port)
+        yield
+        await publisher.stop()
+        await redis_client.aclose()
+        if "client" in clickhouse:
+            clickhouse["client"].close()
+
+    app = FastAPI(
+        title="CDP API",
+        version="1",
+        lifespan=lifespan,
+        description="Segment-compatible and native event ingest into Kafka.",
+    )
+    config = IngestConfig(
+        registry=SourceRegistry(settings.ingest.all_sources()),
+        publisher=publisher,
+        raw_topic=settings.kafka.topic(EVENTS_RAW.name),
+        deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
+        limits=settings.ingest.limits,
+        default_region=settings.ingest.default_region,
+    )
+    app.include_router(build_router(config))
+
+    @app.get("/healthz", tags=["ops"], summary="Kafka, Redis and ClickHouse reachability")
+    async def healthz() -> Any:
+        results = await _run_checks(checks)
+        ok = all(r["ok"] for r in results.values())
+        return json_response({"ok": ok, "checks": results}, 200 if ok else 503)
+
+    return app

@@ -1,0 +1,222 @@
+"""A small multi-channel demo feed pushed through the HTTP API, then read back from Kafka."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
+from deploy.settings import Settings
+from ingest.sources import Source
+
+DEMO_SOURCES_FILE = Path(__file__).parent / "local" / "demo-sources.json"
+
+
+def demo_key(source_name: str) -> str:
+    """Return the documented write key of a demo source (for local demos only)."""
+    return f"wk_{source_name}_key"
+
+
+def demo_sources() -> list[Source]:
+    """Return the demo sources (POS, member app, web, mini-program, service desk)."""
+    return [Source.model_validate(s) for s in json.loads(DEMO_SOURCES_FILE.read_text())]
+
+
+@dataclass(frozen=True)
+class Posted:
+    """One HTTP call of the feed and what the API answered."""
+
+    source: str
+    path: str
+    status: int
+    answer: dict[str, Any]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _msg(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, "messageId": str(uuid.uuid4()), **fields}
+
+
+def feed(now: datetime) -> list[tuple[str, str, dict[str, Any]]]:
+    """Return (source, path, body) calls: one customer seen in five channels, plus noise."""
+    t = now - timedelta(minutes=5)
+    pos = [
+        _msg(
+            "identify",
+            userId="M-000123",
+            timestamp=_iso(t),
+            traits={"name": "Li Wei", "phone": "+86 138-0013-8000", "age": 34},
+        ),
+        _msg(
+            "track",
+            userId="M-000123",
+            event="Order Completed",
+            timestamp=_iso(t),
+            properties={
+                "order_id": "POS-88121",
+                "total": 268.0,
+                "currency": "CNY",
+                "store": "Shanghai Jing'an",
+            },
+        ),
+    ]
+    app = [
+        _msg(
+            "identify",
+            userId="M-000123",
+            anonymousId="dev-7f3a",
+            traits={"email": "LI.WEI@Example.com ", "age": 52},
+            context={"device": {"id": "a1b2c3d4-device"}},
+            timestamp=_iso(t),
+        ),
+        _msg(
+            "track",
+            userId="M-000123",
+            event="Points Earned",
+            properties={"points": 268},
+            timestamp=_iso(t),
+        ),
+    ]
+    web = [
+        _msg(
+            "page",
+            anonymousId="web-anon-55",
+            name="Winter sale",
+            properties={"url": "https://shop.example.com/sale"},
+            timestamp=_iso(t),
+        ),
+        _msg(
+            "track",
+            userId="C-9001",
+            event="Order Completed",
+            context={"traits": {"email": "li.wei@example.com"}},
+            properties={"order_id": "WEB-5512", "total": 99.5},
+            timestamp=_iso(t),
+        ),
+        _msg("track", userId="C-9001", properties={"note": "no event name: rejected"}),
+    ]
+    mini = [
+        _msg(
+            "identify",
+            userId="o6_bmjrPTlm6_2sgVt7hMZOPfL2M",
+            traits={"phone": "13800138000"},
+            timestamp=_iso(t),
+        )
+    ]
+    desk = {
+        "events": [
+            {
+                "event_id": str(uuid.uuid4()),
+                "type": "ticket_opened",
+                "identifiers": [{"type": "phone", "value": "138 0013 8000"}],
+                "properties": {"ticket_id": "T-771", "category": "complaint"},
+                "original_timestamp": _iso(t),
+            }
+        ]
+    }
+    return [
+        ("demo-pos", "/v1/batch", {"batch": pos, "sentAt": _iso(now)}),
+        ("demo-app", "/v1/batch", {"batch": app, "sentAt": _iso(now)}),
+        ("demo-web", "/v1/batch", {"batch": web, "sentAt": _iso(now)}),
+        ("demo-miniprogram", "/v1/batch", {"batch": mini}),
+        ("demo-servicedesk", "/v1/events", desk),
+    ]
+
+
+def post(base_url: str, write_key: str, path: str, body: Any, gzipped: bool = False) -> Posted:
+    """POST ``body`` as JSON with the write key as HTTP Basic username."""
+    data = json.dumps(body).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode(),
+    }
+    if gzipped:
+        data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) URL: {base_url}")
+    request = urllib.request.Request(  # noqa: S310 - scheme checked above
+        base_url + path, data=data, headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own API
+            return Posted("", path, response.status, json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return Posted("", path, exc.code, json.loads(exc.read() or b"{}"))
+
+
+def _ids(body: Any) -> set[str]:
+    items = body.get("batch") or body.get("events") or []
+    return {str(m.get("messageId") or m.get("event_id")) for m in items}
+
+
+def run_feed(base_url: str) -> tuple[list[Posted], set[str]]:
+    """Push the demo feed; return what the API answered per call and the event ids sent."""
+    results, sent = [], set()
+    for source, path, body in feed(datetime.now(UTC)):
+        answer = post(base_url, demo_key(source), path, body, gzipped=source == "demo-web")
+        results.append(Posted(source, path, answer.status, answer.answer))
+        sent |= _ids(body)
+    return results, sent
+
+
+def read_back(
+    settings: Settings, topic_name: str, wanted: Any, expected: int, timeout_s: float = 20.0
+) -> list[Any]:
+    """Read a topic from the beginning until ``expected`` messages pass ``wanted``."""
+    consumer = KafkaConsumer(
+        settings.kafka.topic(topic_name),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+        value_deserializer=json.loads,
+    )
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(seen) < expected and time.monotonic() < deadline:
+            seen.extend(m.value for m in consumer if wanted(m.value))
+    finally:
+        consumer.close()
+    return seen
+
+
+def report(settings: Settings, results: list[Posted], sent: set[str]) -> str:
+    """Describe what was sent and what arrived in Kafka."""
+    requests = {r.answer.get("request_id") for r in results}
+    accepted = sum(r.answer.get("accepted", 0) for r in results)
+    rejected = sum(r.answer.get("rejected", 0) for r in results)
+    lines = ["calls:"]
+    lines += [
+        f"  {r.source:17} POST {r.path:10} -> {r.status} accepted={r.answer.get('accepted')}"
+        f" rejected={r.answer.get('rejected')}"
+        for r in results
+    ]
+    raw = read_back(settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent, accepted)
+    dead = read_back(
+        settings, EVENTS_DEADLETTER.name, lambda d: d["request_id"] in requests, rejected
+    )
+    lines.append(f"arrived in {settings.kafka.topic(EVENTS_RAW.name)}: {len(raw)} events")
+    for event in raw:
+        ids = ", ".join(f"{i['type']}={i['value']}" for i in event["identifiers"])
+        lines.append(f"  {event['channel']:13} {event['type']:16} {ids}")
+    lines.append(
+        f"arrived in {settings.kafka.topic(EVENTS_DEADLETTER.name)}: {len(dead)} dead letters"
+    )
+    for letter in dead:
+        lines.append(f"  {letter['reason']} field={letter['field']}: {letter['message']}")
+    return "\n".join(lines)

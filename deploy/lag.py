@@ -1,0 +1,83 @@
+"""Consumer lag per group / topic / partition: end offsets minus committed offsets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, OffsetSpec
+
+from deploy.settings import KafkaSettings
+from deploy.topics import admin
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far one group is behind on one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        """Messages written but not yet committed by the group."""
+        return max(self.end - self.committed, 0)
+
+    def as_dict(self) -> dict[str, object]:
+        """Return a JSON-ready dict including the lag."""
+        return {**asdict(self), "lag": self.lag}
+
+
+def _committed(client: KafkaAdminClient, groups: list[str]) -> dict[str, dict[TopicPartition, int]]:
+    if not groups:
+        return {}
+    raw = client.list_group_offsets(dict.fromkeys(groups))
+    return {
+        group: {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
+        for group, offsets in raw.items()
+    }
+
+
+def consumer_lag(kafka: KafkaSettings, group: str | None = None) -> list[PartitionLag]:
+    """Return lag rows for ``group`` (or every consumer group), sorted."""
+    client = admin(kafka)
+    try:
+        groups = [group] if group else [g["group_id"] for g in client.list_groups()]
+        committed = _committed(client, groups)
+        partitions = {tp for offsets in committed.values() for tp in offsets}
+        ends = client.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))
+        rows = [
+            PartitionLag(g, tp.topic, tp.partition, off, _offset(ends[tp]))
+            for g, offsets in committed.items()
+            for tp, off in offsets.items()
+        ]
+    finally:
+        client.close()
+    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
+
+
+def _offset(info: object) -> int:
+    """Read the offset out of kafka-python's OffsetAndTimestamp."""
+    return int(getattr(info, "offset"))  # noqa: B009 - the admin client's result is untyped
+
+
+def render_table(rows: list[PartitionLag]) -> str:
+    """Render rows as an aligned text table with a total per group."""
+    if not rows:
+        return "no committed offsets (no consumer group has consumed yet)"
+    header = ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG")
+    body = [
+        (r.group, r.topic, str(r.partition), str(r.committed), str(r.end), str(r.lag)) for r in rows
+    ]
+    widths = [max(len(c) for c in col) for col in zip(header, *body, strict=False)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in (header, *body)
+    ]
+    totals: dict[str, int] = {}
+    for r in rows:
+        totals[r.group] = totals.get(r.group, 0) + r.lag
+    lines += [f"total lag {g}: {t}" for g, t in totals.items()]
+    return "\n".join(lines)

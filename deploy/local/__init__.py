@@ -1,0 +1,1 @@
+"""The local real stack: Kafka (KRaft, from Maven Central), Redis (Debian), chDB."""

@@ -1,0 +1,126 @@
+"""Settings: built once at the entry point from ``CDP_*`` variables, then passed in."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.topics import REGISTRY
+from ingest.limits import Limits
+from ingest.sources import Source
+
+
+def _state_home() -> Path:
+    # The one environment read outside Settings: where XDG says state lives.
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "cdp"
+
+
+class KafkaSettings(BaseModel):
+    """Kafka connection and topic defaults."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    #: Prepended to every registry topic name (tests use a fresh one per test).
+    topic_prefix: str = ""
+    partitions: int = 6
+    replication_factor: int = 1
+    #: How long a request waits for Kafka's acknowledgement before answering 503.
+    publish_timeout_s: float = 10.0
+    request_timeout_ms: int = 8_000
+    linger_ms: int = 5
+
+    def topic(self, name: str) -> str:
+        """Return the deployed name of a registry topic."""
+        return REGISTRY[name].qualified(self.topic_prefix)
+
+
+class RedisSettings(BaseModel):
+    """Redis connection."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
+
+
+class ClickHouseSettings(BaseModel):
+    """ClickHouse: embedded chDB at ``path`` unless a server ``url`` is given."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: SecretStr | None = None
+    path: Path | None = None
+    database: str = "cdp"
+
+
+class ApiSettings(BaseModel):
+    """HTTP API listener."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8088
+
+
+class IngestSettings(BaseModel):
+    """Ingest: sources (write keys), limits, normalisation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: JSON file holding a list of sources; merged with ``sources``.
+    sources_file: Path | None = None
+    sources: list[Source] = Field(default_factory=list)
+    limits: Limits = Limits()
+    #: Region used to read phone numbers given without a country code.
+    default_region: str = "CN"
+
+    def all_sources(self) -> list[Source]:
+        """Return inline sources plus those in ``sources_file``."""
+        loaded: list[Source] = []
+        if self.sources_file is not None:
+            raw = json.loads(self.sources_file.read_text(encoding="utf-8"))
+            loaded = [Source.model_validate(item) for item in raw]
+        return [*self.sources, *loaded]
+
+
+class LocalSettings(BaseModel):
+    """The local real stack started by ``cdp up`` (and by the test fixtures)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state_dir: Path = Field(default_factory=_state_home)
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    redis_port: int = 16379
+    kafka_heap: str = "512m"
+    startup_timeout_s: float = 90.0
+
+
+class Settings(BaseSettings):
+    """Every setting of the platform; ``CDP_KAFKA__BOOTSTRAP_SERVERS`` and so on."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CDP_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    api: ApiSettings = ApiSettings()
+    ingest: IngestSettings = IngestSettings()
+    local: LocalSettings = LocalSettings()
+    log_level: str = "info"
+    log_json: bool = False
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        return value.lower()
+
+    def chdb_path(self) -> Path:
+        """Return the embedded ClickHouse data directory."""
+        return self.clickhouse.path or self.local.state_dir / "chdb"
