@@ -1,0 +1,71 @@
+"""Session fixtures: real Kafka, Redis and embedded ClickHouse; fresh topics per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy import topics
+from deploy.settings import (
+    ClickHouseSettings,
+    IngestSettings,
+    KafkaSettings,
+    RedisSettings,
+    Settings,
+)
+from tests.support.keys import known_sources
+from tests.support.server import running_api
+from tests.support.services import Services, real_services
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration as integration."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """Real services for the whole session (started here when not given)."""
+    with real_services(tmp_path_factory.mktemp("services")) as found:
+        yield found
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh topic prefix, so no two tests (or runs) share topics."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+def make_settings(services: Services, prefix: str, **kafka: object) -> Settings:
+    """Build settings pointing at the session's services under ``prefix``."""
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=services.kafka_bootstrap,
+            topic_prefix=prefix,
+            partitions=3,
+            **kafka,  # type: ignore[arg-type]
+        ),
+        redis=RedisSettings(url=services.redis_url),  # type: ignore[arg-type]
+        clickhouse=ClickHouseSettings(path=services.chdb_path),
+        ingest=IngestSettings(sources=known_sources()),
+    )
+
+
+@pytest.fixture
+def settings(services: Services, prefix: str) -> Settings:
+    """Settings for one test, with its topics created."""
+    built = make_settings(services, prefix)
+    topics.create_all(built.kafka)
+    return built
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[str]:
+    """The real API, serving in this process, for one test."""
+    with running_api(settings) as base_url:
+        yield base_url

@@ -1,0 +1,101 @@
+"""Topic admin, consumer lag, health and OpenAPI on the real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from contracts.topics import REGISTRY
+from deploy import topics
+from deploy.lag import consumer_lag
+from deploy.settings import Settings
+from tests.support.services import Services
+
+
+def test_topics_create_is_idempotent_and_uses_the_registry(settings: Settings) -> None:
+    # The `settings` fixture already created them once.
+    again = topics.create_all(settings.kafka)
+    expected = {settings.kafka.topic(name) for name in REGISTRY}
+    assert again == dict.fromkeys(expected, "exists")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        described = admin.describe_topics(sorted(expected))
+    finally:
+        admin.close()
+    assert {t["name"]: len(t["partitions"]) for t in described} == dict.fromkeys(expected, 3)
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CDP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "CDP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "CDP_LOG_LEVEL": "warning",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_lag_is_end_minus_committed_per_partition(settings: Settings) -> None:
+    topic = settings.kafka.topic("cdp.events.raw")
+    bootstrap = settings.kafka.bootstrap_servers
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(9):
+        producer.send(topic, b"x", partition=i % 3)
+    producer.flush()
+    producer.close()
+    group = f"{settings.kafka.topic_prefix}lag-test"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.assign([TopicPartition(topic, p) for p in range(3)])
+    # Commit 1, 2 and 3 consumed messages on partitions 0, 1, 2: lags 2, 1, 0.
+    consumer.commit({TopicPartition(topic, p): _om(p + 1) for p in range(3)})
+    consumer.close()
+
+    rows = consumer_lag(settings.kafka, group)
+    assert [(r.partition, r.committed, r.end, r.lag) for r in rows] == [
+        (0, 1, 3, 2),
+        (1, 2, 3, 1),
+        (2, 3, 3, 0),
+    ]
+
+    cli = _cli(settings, "lag", "--group", group, "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert [row["lag"] for row in json.loads(cli.stdout)] == [2, 1, 0]
+    table = _cli(settings, "lag", "--group", group)
+    assert f"total lag {group}: 3" in table.stdout
+
+
+def _om(offset: int) -> object:
+    from kafka.structs import OffsetAndMetadata
+
+    return OffsetAndMetadata(offset, "", -1)
+
+
+def test_healthz_checks_all_three_services(api: str, services: Services) -> None:
+    answer = httpx.get(api + "/healthz")
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "ok": True,
+        "checks": {"kafka": {"ok": True}, "redis": {"ok": True}, "clickhouse": {"ok": True}},
+    }
+
+
+def test_openapi_lists_every_ingest_route(api: str) -> None:
+    paths = httpx.get(api + "/openapi.json").json()["paths"]
+    assert {
+        f"/v1/{p}"
+        for p in ("batch", "events", "identify", "track", "page", "screen", "group", "alias")
+    } <= set(paths)
+    assert httpx.get(api + "/docs").status_code == 200

@@ -1,0 +1,1 @@
+"""Test support: service discovery, an in-thread API server, Kafka read-back."""
