@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the platform and its tests need on a Debian machine with Python 3.11:
+# Debian packages (redis-server, and Java 17 + Maven if missing), a virtualenv in .venv with
+# the package and its dev extras, and the Kafka broker's jars from Maven Central (~/.m2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "resolving the Kafka broker from Maven Central (cached in ~/.m2 and ~/.cache/cdp)"
+.venv/bin/python -c "from deploy.local.kafka import classpath, KAFKA_VERSION; classpath(); print('Kafka', KAFKA_VERSION, 'ready')"
