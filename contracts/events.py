@@ -214,3 +214,19 @@ class EventIn(BaseModel):
     context: JsonObject = Field(default_factory=dict)
     original_timestamp: datetime | None = None
     sent_at: datetime | None = None
+
+
+class ResolvedEvent(BaseModel):
+    """An event with the profile identity resolved it to (``cdp.events.resolved``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    event: Event
+    #: The profile the event belongs to; empty when only junk identifiers were present.
+    profile_id: str
+    #: Where the event was read from in ``cdp.events.raw``: the idempotence watermark.
+    raw_partition: int
+    raw_offset: int
+    #: Profiles this event caused to be merged into ``profile_id``.
+    merged: list[str] = Field(default_factory=list)

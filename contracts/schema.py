@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from contracts.deadletter import DeadLetter
-from contracts.events import Event, EventIn
+from contracts.events import Event, EventIn, ResolvedEvent
+from contracts.identity import LedgerEntry
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -16,6 +17,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "event.v1.json": Event,
     "event-in.v1.json": EventIn,
     "deadletter.v1.json": DeadLetter,
+    "resolved-event.v1.json": ResolvedEvent,
+    "identity-ledger.v1.json": LedgerEntry,
 }
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from contracts.deadletter import DeadLetter
-from contracts.events import Event
+from contracts.events import Event, ResolvedEvent
+from contracts.identity import LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,14 @@ EVENTS_DEADLETTER = Topic(
 EVENTS_RESOLVED = Topic(
     "cdp.events.resolved",
     key="profile id",
-    value_model=None,  # contract arrives with the identity processor
+    value_model=ResolvedEvent,
     description="Events with the profile id identity resolved them to.",
 )
 IDENTITY_MERGES = Topic(
     "cdp.identity.merges",
-    key="survivor profile id",
-    value_model=None,
-    description="The merge ledger: survivor, merged ids, triggering event, rule.",
+    key="profile id (survivor of a merge, or the event's profile for a refusal)",
+    value_model=LedgerEntry,
+    description="The merge ledger: every merge and refused merge, its rule and event.",
 )
 PROFILES_CHANGES = Topic(
     "cdp.profiles.changes",

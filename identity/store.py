@@ -1,0 +1,133 @@
+"""The identity graph in Redis: one atomic Lua call per event, pipelined per batch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from contracts.events import Event, ResolvedEvent
+from contracts.identity import Decision, LedgerEntry, Rule
+from identity.rules import IdentityRules, ordered
+
+SCRIPT = (Path(__file__).parent / "resolve.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Located:
+    """An event and where it was read from in ``cdp.events.raw``."""
+
+    event: Event
+    partition: int
+    offset: int
+
+
+@dataclass
+class Outcome:
+    """What resolution decided for one event."""
+
+    resolved: ResolvedEvent
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    #: True when the event id was already resolved at another offset (a client retry).
+    duplicate: bool = False
+    created: bool = False
+
+
+def _list(value: Any) -> list[dict[str, Any]]:
+    # cjson encodes an empty Lua table as {}: treat it as an empty list.
+    return value if isinstance(value, list) else []
+
+
+def to_outcome(item: Located, raw: str | bytes, at: datetime) -> Outcome:
+    """Turn the Lua script's JSON answer into contract records."""
+    result = json.loads(raw)
+    eid = item.event.event_id
+    merges = _list(result["merges"])
+    ledger = [
+        LedgerEntry(decision=Decision.MERGED, rule=Rule.SHARED_IDENTIFIER,
+                    profile_id=m["survivor"], other_profile_id=m["merged"], identifier=m["id"],
+                    event_id=eid, at=at)
+        for m in merges
+    ]
+    ledger += [
+        LedgerEntry(decision=Decision.REFUSED, rule=Rule(r["rule"]), profile_id=r["pid"],
+                    other_profile_id=r["other"], identifier=r["id"], event_id=eid, at=at)
+        for r in _list(result["refusals"])
+    ]
+    resolved = ResolvedEvent(
+        event=item.event, profile_id=result["pid"], raw_partition=item.partition,
+        raw_offset=item.offset, merged=[m["merged"] for m in merges],
+    )
+    return Outcome(resolved, ledger, duplicate=bool(result["dup"]),
+                   created=bool(result["created"]))
+
+
+class IdentityStore:
+    """Resolve batches of events against the identity graph under ``namespace``."""
+
+    def __init__(
+        self, client: aioredis.Redis, rules: IdentityRules, namespace: str = "cdp",
+        memo_ttl_s: int = 7 * 24 * 3600,
+    ) -> None:
+        self._redis = client
+        self._rules = rules
+        self._ns = namespace
+        self._ttl = memo_ttl_s
+        self._script = client.register_script(SCRIPT)
+        self._rules_json = json.dumps(
+            {t: [int(r.unique), r.cap] for t, r in rules.types.items()}
+        )
+        self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
+
+    def _args(self, item: Located) -> list[str | int]:
+        args: list[str | int] = [
+            self._ns, item.event.event_id, item.partition, item.offset, self._ttl,
+            self._rules.supernode_limit, self._rules_json, self._custom_json,
+        ]
+        for ident in ordered(item.event.identifiers):
+            args += [ident.key(), int(self._rules.blocked(ident))]
+        return args
+
+    async def resolve(self, batch: list[Located], at: datetime) -> list[Outcome]:
+        """Resolve a batch: one pipelined round trip, each event atomic on its own."""
+        if not batch:
+            return []
+        try:
+            answers = await self._run(batch)
+        except NoScriptError:  # Redis restarted or flushed its script cache: load, retry once
+            await self._redis.script_load(SCRIPT)
+            answers = await self._run(batch)
+        return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
+
+    async def _run(self, batch: list[Located]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for item in batch:
+            pipe.evalsha(self._script.sha, 0, *self._args(item))
+        return list(await pipe.execute())
+
+    async def survivor(self, profile_id: str) -> str:
+        """Follow aliases from a (possibly merged) profile id to its survivor."""
+        current = profile_id
+        for _ in range(64):
+            nxt = await self._redis.hget(f"{self._ns}:alias", current)
+            if nxt is None:
+                return current
+            current = nxt.decode() if isinstance(nxt, bytes) else str(nxt)
+        return current
+
+    async def holders(self, identifier: str) -> list[str]:
+        """Return the survivor profiles holding an identifier (``type:value``)."""
+        members = await self._redis.smembers(f"{self._ns}:i:{identifier}")
+        found = {await self.survivor(m.decode() if isinstance(m, bytes) else m) for m in members}
+        return sorted(found, key=int)
+
+    async def identifiers(self, profile_id: str) -> list[str]:
+        """Return the identifiers of a profile (after following aliases)."""
+        pid = await self.survivor(profile_id)
+        members = await self._redis.smembers(f"{self._ns}:p:{pid}:ids")
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)

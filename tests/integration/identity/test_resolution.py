@@ -1,0 +1,154 @@
+"""Identity resolution in real Redis: merges, refusals, idempotence."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from itertools import count
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from contracts.events import Event, Identifier
+from identity.rules import IdentityRules
+from identity.store import IdentityStore, Located, Outcome
+from tests.support.services import Services
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+_offsets = count()
+
+
+class Graph:
+    """An identity store on a fresh namespace, driven synchronously for readable tests."""
+
+    def __init__(self, url: str, rules: IdentityRules) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = aioredis.from_url(url)
+        self.store = IdentityStore(self.client, rules, namespace=f"t{uuid.uuid4().hex[:8]}")
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def send(self, *ids: str, event_id: str | None = None, offset: int | None = None) -> Outcome:
+        return self.batch([ids], event_ids=[event_id], offsets=[offset])[0]
+
+    def batch(self, events: list[tuple[str, ...]], event_ids: list[str | None] | None = None,
+              offsets: list[int | None] | None = None) -> list[Outcome]:
+        items = []
+        for n, ids in enumerate(events):
+            event_id = (event_ids or [None] * len(events))[n] or uuid.uuid4().hex
+            offset = (offsets or [None] * len(events))[n]
+            event = Event(
+                event_id=event_id, type="track", name="x", channel="pos", source="s",
+                identifiers=[Identifier(type=i.split(":")[0], value=i.split(":", 1)[1])
+                             for i in ids],
+                original_timestamp=NOW, received_at=NOW, timestamp=NOW)
+            items.append(Located(event, 0, next(_offsets) if offset is None else offset))
+        return self.run(self.store.resolve(items, NOW))
+
+    def ids(self, pid: str) -> list[str]:
+        return self.run(self.store.identifiers(pid))
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self.loop.close()
+
+
+@pytest.fixture
+def graph(services: Services) -> Iterator[Graph]:
+    g = Graph(services.redis_url, IdentityRules(supernode_limit=2,
+                                                blocklist={"email": ["cashier@store.cn"]}))
+    yield g
+    g.close()
+
+
+def test_new_identifiers_make_a_new_profile_and_known_ones_find_it(graph: Graph) -> None:
+    first = graph.send("member_id:M1", "phone:+8613800138000")
+    again = graph.send("phone:+8613800138000")
+    assert first.created and not again.created
+    assert again.resolved.profile_id == first.resolved.profile_id
+
+
+def test_cross_channel_merge_keeps_the_older_profile(graph: Graph) -> None:
+    pos = graph.send("member_id:M1").resolved.profile_id
+    web = graph.send("email:a@x.com").resolved.profile_id
+    app = graph.send("member_id:M1", "email:a@x.com")
+    assert app.resolved.profile_id == pos  # older survives
+    assert app.resolved.merged == [web]
+    [entry] = app.ledger
+    assert (entry.decision, entry.rule, entry.profile_id, entry.other_profile_id,
+            entry.identifier) == ("merged", "shared_identifier", pos, web, "email:a@x.com")
+    assert graph.ids(web) == graph.ids(pos) == ["email:a@x.com", "member_id:M1"]
+    assert graph.send("email:a@x.com").resolved.profile_id == pos
+
+
+def test_transitive_merge(graph: Graph) -> None:
+    a = graph.send("member_id:A", "email:a@x.com").resolved.profile_id
+    b = graph.send("customer_id:B", "phone:+8613900000001").resolved.profile_id
+    c = graph.send("device_id:dev-c").resolved.profile_id
+    graph.send("email:a@x.com", "customer_id:B")  # A ~ B via email + customer id
+    graph.send("phone:+8613900000001", "device_id:dev-c")  # B ~ C via phone
+    assert {graph.send(i).resolved.profile_id for i in
+            ("member_id:A", "customer_id:B", "device_id:dev-c")} == {a}
+    assert len({a, b, c}) == 3
+
+
+def test_unique_conflict_is_refused_and_recorded(graph: Graph) -> None:
+    one = graph.send("member_id:M1", "email:shared@x.com").resolved.profile_id
+    other = graph.send("member_id:M2")
+    two = other.resolved.profile_id
+    outcome = graph.send("member_id:M2", "email:shared@x.com")
+    assert outcome.resolved.profile_id == two and outcome.resolved.merged == []
+    refusals = [(e.rule, e.profile_id, e.other_profile_id) for e in outcome.ledger]
+    assert refusals == [("unique_conflict", two, one)]
+    assert graph.ids(one) == ["email:shared@x.com", "member_id:M1"]
+    # The shared email is linked to both now; the refusal is not recorded twice.
+    assert graph.send("member_id:M2", "email:shared@x.com").ledger == []
+
+
+def test_supernode_identifier_never_merges(graph: Graph) -> None:
+    # Three members share a device (limit 2): the first two link it, then it is a supernode.
+    pids = [graph.send(f"member_id:S{n}", "device_id:shop-ipad").resolved.profile_id
+            for n in range(3)]
+    assert len(set(pids)) == 3
+    lonely = graph.send("email:new@x.com").resolved.profile_id
+    out = graph.send("email:new@x.com", "device_id:shop-ipad")
+    assert out.resolved.profile_id == lonely and out.resolved.merged == []
+    assert [(e.rule, e.identifier) for e in out.ledger] == [("supernode", "device_id:shop-ipad")]
+
+
+def test_blocklisted_identifiers_never_link(graph: Graph) -> None:
+    a = graph.send("member_id:B1", "email:cashier@store.cn", "device_id:000000")
+    b = graph.send("member_id:B2", "email:cashier@store.cn", "device_id:000000")
+    assert a.resolved.profile_id != b.resolved.profile_id
+    assert sorted(e.rule for e in b.ledger) == ["blocklist", "blocklist"]
+    assert graph.ids(a.resolved.profile_id) == ["member_id:B1"]
+    junk_only = graph.send("device_id:000000")
+    assert junk_only.resolved.profile_id == "" and not junk_only.created
+
+
+def test_cap_refuses_extra_values(graph: Graph) -> None:
+    pid = graph.send("member_id:C1", "email:1@x.com", "email:2@x.com", "email:3@x.com")
+    out = graph.send("member_id:C1", "email:4@x.com")
+    assert [(e.rule, e.identifier) for e in out.ledger] == [("cap", "email:4@x.com")]
+    assert len(graph.ids(pid.resolved.profile_id)) == 4
+
+
+def test_redelivery_replays_the_same_outcome_and_retries_are_flagged(graph: Graph) -> None:
+    graph.send("member_id:R1")
+    first = graph.send("member_id:R1", "email:r@x.com", event_id="ev-1", offset=10)
+    graph.send("email:other@x.com", "member_id:R9")
+    again = graph.send("member_id:R1", "email:r@x.com", event_id="ev-1", offset=10)
+    assert again.resolved == first.resolved and again.ledger == first.ledger
+    assert not again.duplicate
+    retry = graph.send("member_id:R1", "email:r@x.com", event_id="ev-1", offset=99)
+    assert retry.duplicate and retry.ledger == []
+
+
+def test_a_batch_resolves_in_order_in_one_round_trip(graph: Graph) -> None:
+    out = graph.batch([("member_id:Q1",), ("email:q@x.com",), ("member_id:Q1", "email:q@x.com")])
+    assert out[2].resolved.merged == [out[1].resolved.profile_id]
+    assert out[2].resolved.profile_id == out[0].resolved.profile_id
