@@ -35,11 +35,27 @@ DEFAULT_TYPE_RULES: dict[str, TypeRule] = {
 }
 
 #: Values that identify nobody, whatever their type (compared after normalisation).
-DEFAULT_BLOCKLIST: frozenset[str] = frozenset({
-    "0", "-1", "null", "none", "nil", "undefined", "unknown", "anonymous", "guest", "n/a",
-    "na", "test", "test@test.com", "test@example.com", "noreply@example.com",
-    "00000000-0000-0000-0000-000000000000", "+8600000000000",
-})
+DEFAULT_BLOCKLIST: frozenset[str] = frozenset(
+    {
+        "0",
+        "-1",
+        "null",
+        "none",
+        "nil",
+        "undefined",
+        "unknown",
+        "anonymous",
+        "guest",
+        "n/a",
+        "na",
+        "test",
+        "test@test.com",
+        "test@example.com",
+        "noreply@example.com",
+        "00000000-0000-0000-0000-000000000000",
+        "+8600000000000",
+    }
+)
 _REPEATED = re.compile(r"^(.)\1{3,}$")  # "000000", "11111111", "xxxx"
 
 

@@ -49,29 +49,47 @@ def to_outcome(item: Located, raw: str | bytes, at: datetime) -> Outcome:
     eid = item.event.event_id
     merges = _list(result["merges"])
     ledger = [
-        LedgerEntry(decision=Decision.MERGED, rule=Rule.SHARED_IDENTIFIER,
-                    profile_id=m["survivor"], other_profile_id=m["merged"], identifier=m["id"],
-                    event_id=eid, at=at)
+        LedgerEntry(
+            decision=Decision.MERGED,
+            rule=Rule.SHARED_IDENTIFIER,
+            profile_id=m["survivor"],
+            other_profile_id=m["merged"],
+            identifier=m["id"],
+            event_id=eid,
+            at=at,
+        )
         for m in merges
     ]
     ledger += [
-        LedgerEntry(decision=Decision.REFUSED, rule=Rule(r["rule"]), profile_id=r["pid"],
-                    other_profile_id=r["other"], identifier=r["id"], event_id=eid, at=at)
+        LedgerEntry(
+            decision=Decision.REFUSED,
+            rule=Rule(r["rule"]),
+            profile_id=r["pid"],
+            other_profile_id=r["other"],
+            identifier=r["id"],
+            event_id=eid,
+            at=at,
+        )
         for r in _list(result["refusals"])
     ]
     resolved = ResolvedEvent(
-        event=item.event, profile_id=result["pid"], raw_partition=item.partition,
-        raw_offset=item.offset, merged=[m["merged"] for m in merges],
+        event=item.event,
+        profile_id=result["pid"],
+        raw_partition=item.partition,
+        raw_offset=item.offset,
+        merged=[m["merged"] for m in merges],
     )
-    return Outcome(resolved, ledger, duplicate=bool(result["dup"]),
-                   created=bool(result["created"]))
+    return Outcome(resolved, ledger, duplicate=bool(result["dup"]), created=bool(result["created"]))
 
 
 class IdentityStore:
     """Resolve batches of events against the identity graph under ``namespace``."""
 
     def __init__(
-        self, client: aioredis.Redis, rules: IdentityRules, namespace: str = "cdp",
+        self,
+        client: aioredis.Redis,
+        rules: IdentityRules,
+        namespace: str = "cdp",
         memo_ttl_s: int = 7 * 24 * 3600,
     ) -> None:
         self._redis = client
@@ -79,15 +97,19 @@ class IdentityStore:
         self._ns = namespace
         self._ttl = memo_ttl_s
         self._script = client.register_script(SCRIPT)
-        self._rules_json = json.dumps(
-            {t: [int(r.unique), r.cap] for t, r in rules.types.items()}
-        )
+        self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
     def _args(self, item: Located) -> list[str | int]:
         args: list[str | int] = [
-            self._ns, item.event.event_id, item.partition, item.offset, self._ttl,
-            self._rules.supernode_limit, self._rules_json, self._custom_json,
+            self._ns,
+            item.event.event_id,
+            item.partition,
+            item.offset,
+            self._ttl,
+            self._rules.supernode_limit,
+            self._rules_json,
+            self._custom_json,
         ]
         for ident in ordered(item.event.identifiers):
             args += [ident.key(), int(self._rules.blocked(ident))]

@@ -35,17 +35,29 @@ class Graph:
     def send(self, *ids: str, event_id: str | None = None, offset: int | None = None) -> Outcome:
         return self.batch([ids], event_ids=[event_id], offsets=[offset])[0]
 
-    def batch(self, events: list[tuple[str, ...]], event_ids: list[str | None] | None = None,
-              offsets: list[int | None] | None = None) -> list[Outcome]:
+    def batch(
+        self,
+        events: list[tuple[str, ...]],
+        event_ids: list[str | None] | None = None,
+        offsets: list[int | None] | None = None,
+    ) -> list[Outcome]:
         items = []
         for n, ids in enumerate(events):
             event_id = (event_ids or [None] * len(events))[n] or uuid.uuid4().hex
             offset = (offsets or [None] * len(events))[n]
             event = Event(
-                event_id=event_id, type="track", name="x", channel="pos", source="s",
-                identifiers=[Identifier(type=i.split(":")[0], value=i.split(":", 1)[1])
-                             for i in ids],
-                original_timestamp=NOW, received_at=NOW, timestamp=NOW)
+                event_id=event_id,
+                type="track",
+                name="x",
+                channel="pos",
+                source="s",
+                identifiers=[
+                    Identifier(type=i.split(":")[0], value=i.split(":", 1)[1]) for i in ids
+                ],
+                original_timestamp=NOW,
+                received_at=NOW,
+                timestamp=NOW,
+            )
             items.append(Located(event, 0, next(_offsets) if offset is None else offset))
         return self.run(self.store.resolve(items, NOW))
 
@@ -59,8 +71,10 @@ class Graph:
 
 @pytest.fixture
 def graph(services: Services) -> Iterator[Graph]:
-    g = Graph(services.redis_url, IdentityRules(supernode_limit=2,
-                                                blocklist={"email": ["cashier@store.cn"]}))
+    g = Graph(
+        services.redis_url,
+        IdentityRules(supernode_limit=2, blocklist={"email": ["cashier@store.cn"]}),
+    )
     yield g
     g.close()
 
@@ -79,8 +93,13 @@ def test_cross_channel_merge_keeps_the_older_profile(graph: Graph) -> None:
     assert app.resolved.profile_id == pos  # older survives
     assert app.resolved.merged == [web]
     [entry] = app.ledger
-    assert (entry.decision, entry.rule, entry.profile_id, entry.other_profile_id,
-            entry.identifier) == ("merged", "shared_identifier", pos, web, "email:a@x.com")
+    assert (
+        entry.decision,
+        entry.rule,
+        entry.profile_id,
+        entry.other_profile_id,
+        entry.identifier,
+    ) == ("merged", "shared_identifier", pos, web, "email:a@x.com")
     assert graph.ids(web) == graph.ids(pos) == ["email:a@x.com", "member_id:M1"]
     assert graph.send("email:a@x.com").resolved.profile_id == pos
 
@@ -91,8 +110,10 @@ def test_transitive_merge(graph: Graph) -> None:
     c = graph.send("device_id:dev-c").resolved.profile_id
     graph.send("email:a@x.com", "customer_id:B")  # A ~ B via email + customer id
     graph.send("phone:+8613900000001", "device_id:dev-c")  # B ~ C via phone
-    assert {graph.send(i).resolved.profile_id for i in
-            ("member_id:A", "customer_id:B", "device_id:dev-c")} == {a}
+    assert {
+        graph.send(i).resolved.profile_id
+        for i in ("member_id:A", "customer_id:B", "device_id:dev-c")
+    } == {a}
     assert len({a, b, c}) == 3
 
 
@@ -111,8 +132,9 @@ def test_unique_conflict_is_refused_and_recorded(graph: Graph) -> None:
 
 def test_supernode_identifier_never_merges(graph: Graph) -> None:
     # Three members share a device (limit 2): the first two link it, then it is a supernode.
-    pids = [graph.send(f"member_id:S{n}", "device_id:shop-ipad").resolved.profile_id
-            for n in range(3)]
+    pids = [
+        graph.send(f"member_id:S{n}", "device_id:shop-ipad").resolved.profile_id for n in range(3)
+    ]
     assert len(set(pids)) == 3
     lonely = graph.send("email:new@x.com").resolved.profile_id
     out = graph.send("email:new@x.com", "device_id:shop-ipad")

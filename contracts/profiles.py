@@ -1,0 +1,68 @@
+"""The unified profile as read by other services, and its change records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChannelActivity(BaseModel):
+    """Presence of a profile in one channel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first_seen: datetime | None
+    last_seen: datetime | None
+    events: int
+
+
+class Profile(BaseModel):
+    """One customer (or account) as every channel together knows them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile_id: str
+    identifiers: list[str]
+    traits: dict[str, Any]
+    first_seen: datetime | None
+    last_seen: datetime | None
+    channels: dict[str, ChannelActivity]
+    events: int
+    order_count: int
+    total_spend: float
+    average_spend: float | None
+    first_purchase_at: datetime | None
+    last_purchase_at: datetime | None
+    refund_total: float
+    categories: list[str]
+    csat_last: int | None
+    csat_average: float | None
+    csat_count: int
+    nps_last: int | None
+    nps_class: str | None
+    complaints: int
+    open_tickets: int
+    follow_ups: int
+    points_earned: int
+    points_redeemed: int
+    points_balance: int
+    coupons_redeemed: int
+    store_visits: int
+    member_level: Any = None
+    account: dict[str, Any] = Field(default_factory=dict)
+    consent: dict[str, bool] = Field(default_factory=dict)
+
+
+class ProfileChange(BaseModel):
+    """What one event (or merge) changed in a profile (``cdp.profiles.changes``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = 1
+    profile_id: str
+    event_id: str
+    changed: list[str]
+    merged: list[str] = Field(default_factory=list)
+    at: datetime

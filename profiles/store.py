@@ -1,0 +1,201 @@
+"""Unified profiles in Redis: apply folds atomically per event, read them back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from contracts.events import ResolvedEvent
+from contracts.profiles import ChannelActivity, Profile, ProfileChange
+from profiles.fold import FoldRules, fold
+
+SCRIPT = (Path(__file__).parent / "fold.lua").read_text()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _time(ms: Any) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+def nps_class(score: int | None) -> str | None:
+    """Return promoter (9-10), passive (7-8) or detractor (0-6)."""
+    if score is None:
+        return None
+    return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of folding one event."""
+
+    profile_id: str
+    applied: bool
+    change: ProfileChange | None
+
+
+class ProfileStore:
+    """Profiles under ``namespace`` (shared with identity, whose aliases it follows)."""
+
+    def __init__(self, client: aioredis.Redis, rules: FoldRules, namespace: str = "cdp") -> None:
+        self._redis = client
+        self._rules = rules
+        self._ns = namespace
+        self._script = client.register_script(SCRIPT)
+
+    async def apply(self, batch: list[ResolvedEvent], at: datetime) -> list[Applied]:
+        """Fold a batch: one pipelined round trip, each event atomic and applied once."""
+        todo = [r for r in batch if r.profile_id]
+        if not todo:
+            return []
+        try:
+            answers = await self._run(todo)
+        except NoScriptError:
+            await self._redis.script_load(SCRIPT)
+            answers = await self._run(todo)
+        return [self._applied(r, json.loads(a), at) for r, a in zip(todo, answers, strict=True)]
+
+    async def _run(self, batch: list[ResolvedEvent]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for r in batch:
+            ops = json.dumps(fold(r, self._rules).ops)
+            pipe.evalsha(
+                self._script.sha,
+                0,
+                self._ns,
+                r.profile_id,
+                r.raw_partition,
+                r.raw_offset,
+                ops,
+                json.dumps(r.merged),
+            )
+        return list(await pipe.execute())
+
+    @staticmethod
+    def _applied(r: ResolvedEvent, answer: dict[str, Any], at: datetime) -> Applied:
+        changed = answer["changed"] if isinstance(answer["changed"], list) else []
+        change = None
+        if answer["applied"] and (changed or r.merged):
+            change = ProfileChange(
+                profile_id=answer["pid"],
+                event_id=r.event.event_id,
+                changed=changed,
+                merged=r.merged,
+                at=at,
+            )
+        return Applied(answer["pid"], bool(answer["applied"]), change)
+
+    async def survivor(self, profile_id: str) -> str:
+        """Follow aliases to the surviving profile id."""
+        current = profile_id
+        for _ in range(64):
+            nxt = await self._redis.hget(f"{self._ns}:alias", current)
+            if nxt is None:
+                return current
+            current = _text(nxt)
+        return current
+
+    async def get(self, profile_id: str) -> Profile | None:
+        """Read a profile (a merged id answers with its survivor); None when unknown."""
+        pid = await self.survivor(profile_id)
+        base = f"{self._ns}:pf:{pid}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(base)
+        pipe.hgetall(f"{base}:t")
+        pipe.smembers(f"{self._ns}:p:{pid}:ids")
+        for name in (
+            "channels",
+            "categories",
+            "tickets_opened",
+            "tickets_resolved",
+            "complaints",
+            "follow_ups",
+        ):
+            pipe.smembers(f"{base}:s:{name}")
+        for name in ("orders", "csat"):
+            pipe.hlen(f"{base}:h:{name}")
+        (
+            main,
+            traits,
+            ids,
+            chans,
+            cats,
+            opened,
+            resolved,
+            complaints,
+            follow,
+            orders,
+            csat,
+        ) = await pipe.execute()
+        if not main:
+            return None
+        return self._profile(
+            pid, main, traits, ids, chans, cats, opened, resolved, complaints, follow, orders, csat
+        )
+
+    @staticmethod
+    def _profile(pid: str, main: dict[Any, Any], traits: dict[Any, Any], *rest: Any) -> Profile:
+        ids, chans, cats, opened, resolved, complaints, follow, orders, csat = rest
+        n = {_text(k): int(v) for k, v in main.items()}
+        t = {_text(k): json.loads(v) for k, v in traits.items()}
+        spend = n.get("e:orders", 0) / 100
+        nps = t.get("nps_last")
+        channels = {
+            ch: ChannelActivity(
+                first_seen=_time(n.get(f"lo:first_seen:{ch}")),
+                last_seen=_time(n.get(f"hi:last_seen:{ch}")),
+                events=n.get(f"n:events:{ch}", 0),
+            )
+            for ch in sorted(_text(c) for c in chans)
+        }
+        plain = {
+            k: v
+            for k, v in t.items()
+            if not k.startswith(("account.", "consent.")) and k not in ("nps_last", "csat_last")
+        }
+        return Profile(
+            profile_id=pid,
+            identifiers=sorted(_text(i) for i in ids),
+            traits=plain,
+            first_seen=_time(n.get("lo:first_seen")),
+            last_seen=_time(n.get("hi:last_seen")),
+            channels=channels,
+            events=n.get("n:events", 0),
+            order_count=orders,
+            total_spend=spend,
+            average_spend=round(spend / orders, 2) if orders else None,
+            first_purchase_at=_time(n.get("lo:first_purchase_at")),
+            last_purchase_at=_time(n.get("hi:last_purchase_at")),
+            refund_total=n.get("e:refunds", 0) / 100,
+            categories=sorted(_text(c) for c in cats),
+            csat_last=t.get("csat_last"),
+            csat_average=round(n.get("e:csat", 0) / csat, 2) if csat else None,
+            csat_count=csat,
+            nps_last=nps,
+            nps_class=nps_class(nps),
+            complaints=len(complaints),
+            open_tickets=len({_text(x) for x in opened} - {_text(x) for x in resolved}),
+            follow_ups=len(follow),
+            points_earned=n.get("e:points_earned", 0),
+            points_redeemed=n.get("e:points_redeemed", 0),
+            points_balance=n.get("e:points_earned", 0) - n.get("e:points_redeemed", 0),
+            coupons_redeemed=n.get("n:coupons_redeemed", 0),
+            store_visits=n.get("n:store_visits", 0),
+            member_level=t.get("member_level"),
+            account={
+                k.removeprefix("account."): v for k, v in t.items() if k.startswith("account.")
+            },
+            consent={
+                k.removeprefix("consent."): bool(v)
+                for k, v in t.items()
+                if k.startswith("consent.")
+            },
+        )
