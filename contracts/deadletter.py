@@ -19,6 +19,8 @@ class DeadLetterReason(StrEnum):
     EVENT_TOO_LARGE = "event_too_large"
     INVALID_EVENT = "invalid_event"
     MISSING_IDENTIFIER = "missing_identifier"
+    #: A processor read a message that does not match its topic's contract.
+    UNDECODABLE = "undecodable"
 
 
 class DeadLetter(BaseModel):

@@ -9,13 +9,19 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
+from deploy.auth import require
 from deploy.settings import Settings
+from identity.store import IdentityStore
 from ingest.api import IngestConfig, build_router, json_response
 from ingest.publisher import Publisher
 from ingest.sources import SourceRegistry
+from profiles.api import build_router as profiles_router
+from profiles.store import ProfileStore
 from sinks.clickhouse import connect as connect_clickhouse
 
 log = structlog.get_logger()
@@ -94,6 +100,39 @@ def create_app(settings: Settings) -> FastAPI:
         default_region=settings.ingest.default_region,
     )
     app.include_router(build_router(config))
+    ns = settings.worker.namespace
+    app.include_router(
+        profiles_router(
+            ProfileStore(redis_client, settings.profiles, ns),
+            IdentityStore(redis_client, settings.identity, ns),
+            settings.ingest.default_region,
+            read_profiles=require(settings.api.tokens, "profiles:read"),
+            read_identity=require(settings.api.tokens, "identity:read"),
+        )
+    )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        detail = (
+            exc.detail
+            if isinstance(exc.detail, dict)
+            else {"code": "http_error", "message": str(exc.detail), "field": None}
+        )
+        return json_response({"success": False, **detail}, exc.status_code, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"][1:]) or None
+        return json_response(
+            {
+                "success": False,
+                "code": "invalid_request",
+                "message": f"{field}: {first['msg']}",
+                "field": field,
+            },
+            400,
+        )
 
     @app.get("/healthz", tags=["ops"], summary="Kafka, Redis and ClickHouse reachability")
     async def healthz() -> Any:

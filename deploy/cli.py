@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sys
 from typing import Any
 
@@ -14,13 +15,19 @@ from contracts import schema
 from deploy import lag as lag_mod
 from deploy import topics as topics_mod
 from deploy.app import create_app
-from deploy.demo import demo_sources, report, run_feed
+from deploy.auth import Token, hash_token
+from deploy.demo import add_demo_task, demo_sources
 from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
 from deploy.settings import Settings
+from deploy.worker import ROLES, build_app, group_id, history_writer
+from deploy.worker import run as run_worker
+from identity.normalize import normalize
+from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
+from profiles.store import ProfileStore
 
 
 @click.group()
@@ -102,7 +109,8 @@ def lag(settings: Settings, group: str | None, as_json: bool) -> None:
         click.echo(lag_mod.render_table(rows))
 
 
-def _serve(settings: Settings, demo: bool, exit_after_demo: bool) -> None:
+def _serve(settings: Settings) -> None:
+    """Serve only the HTTP API (no processors)."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -112,27 +120,14 @@ def _serve(settings: Settings, demo: bool, exit_after_demo: bool) -> None:
         access_log=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    uvicorn.Server(config).run()
 
-    async def main() -> None:
-        serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.05)
-        if serving.done():
-            await serving
-            raise click.ClickException(f"API did not start on port {settings.api.port}")
-        base = f"http://{settings.api.host}:{settings.api.port}"
-        click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
-        if demo:
-            results, sent = await asyncio.to_thread(run_feed, base)
-            click.echo(await asyncio.to_thread(report, settings, results, sent))
-            if exit_after_demo:
-                server.should_exit = True
-            else:
-                click.echo("serving; Ctrl-C to stop")
-        await serving
 
-    asyncio.run(main())
+def _with_demo(settings: Settings) -> Settings:
+    ingest = settings.ingest.model_copy(
+        update={"sources": [*settings.ingest.sources, *demo_sources()]}
+    )
+    return settings.model_copy(update={"ingest": ingest})
 
 
 @cli.command()
@@ -140,23 +135,49 @@ def _serve(settings: Settings, demo: bool, exit_after_demo: bool) -> None:
 @click.option("--exit-after-demo", is_flag=True, help="Stop once the demo feed was reported.")
 @click.pass_obj
 def run(settings: Settings, demo: bool, exit_after_demo: bool) -> None:
-    """Run the platform in one process: API (+ processors as they land), embedded ClickHouse."""
+    """Run everything in one process: API, identity, profiles, history (embedded ClickHouse)."""
     if demo:
-        ingest = settings.ingest.model_copy(
-            update={"sources": [*settings.ingest.sources, *demo_sources()]}
-        )
-        settings = settings.model_copy(update={"ingest": ingest})
+        settings = _with_demo(settings)
     topics_mod.create_all(settings.kafka)
     if not settings.ingest.all_sources():
         click.echo("warning: no write keys configured; see `cdp keys new`", err=True)
-    _serve(settings, demo, exit_after_demo)
+    app = build_app(settings, sorted(ROLES), api=create_app(settings))
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
+    if demo:
+        add_demo_task(app, settings, base, exit_after_demo)
+    run_worker(app, settings.log_level_faust())
+
+
+@cli.command()
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(sorted(ROLES)),
+    help="Processor(s) to run; repeat for several. Default: all.",
+)
+@click.pass_obj
+def worker(settings: Settings, roles: tuple[str, ...]) -> None:
+    """Run stream processors; workers with the same roles share the partitions."""
+    chosen = sorted(roles or ROLES)
+    click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
+    run_worker(build_app(settings, chosen), settings.log_level_faust())
 
 
 @cli.command()
 @click.pass_obj
 def api(settings: Settings) -> None:
     """Run only the HTTP API (scale-out deployments)."""
-    _serve(settings, demo=False, exit_after_demo=False)
+    _serve(settings)
+
+
+@cli.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Create the ClickHouse history schema (idempotent)."""
+    history_writer(settings)
+    click.echo(f"schema ready in {settings.clickhouse.database}")
 
 
 @cli.group()
@@ -180,6 +201,124 @@ def keys_new(name: str, channel: str, user_id_type: str) -> None:
     source = Source.model_validate({**entry, "key_sha256": hash_key(key)})
     click.echo(f"write key (shown once): {key}", err=True)
     _echo_json(source.model_dump(mode="json"))
+
+
+@cli.group()
+def tokens() -> None:
+    """Bearer tokens for the read APIs."""
+
+
+@tokens.command("new")
+@click.option("--name", required=True, help="Who holds it, e.g. recommendations-service.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="profiles:read, identity:read (repeat for several).",
+)
+def tokens_new(name: str, scopes: tuple[str, ...]) -> None:
+    """Mint a token; print it once and the entry (hash only) for CDP_API__TOKENS."""
+    token = "tk_" + secrets.token_urlsafe(32)
+    click.echo(f"token (shown once): {token}", err=True)
+    _echo_json(
+        Token(name=name, sha256=hash_token(token), scopes=frozenset(scopes)).model_dump(mode="json")
+    )
+
+
+def _stores(settings: Settings) -> tuple[Any, Any, Any]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.redis.url.get_secret_value())
+    ns = settings.worker.namespace
+    return (
+        client,
+        ProfileStore(client, settings.profiles, ns),
+        IdentityStore(client, settings.identity, ns),
+    )
+
+
+@cli.group()
+def profiles() -> None:
+    """Unified profiles."""
+
+
+@profiles.command("get")
+@click.argument("profile_id", required=False)
+@click.option("--type", "id_type", help="Look up by identifier type instead of id.")
+@click.option("--value", help="Identifier value (normalised like ingest).")
+@click.pass_obj
+def profiles_get(
+    settings: Settings, profile_id: str | None, id_type: str | None, value: str | None
+) -> None:
+    """Print a profile as JSON, by id or by identifier; exit 1 when unknown."""
+
+    async def main() -> Any:
+        client, store, ids = _stores(settings)
+        try:
+            pid = profile_id
+            if pid is None:
+                if not (id_type and value):
+                    raise click.UsageError("give PROFILE_ID or --type and --value")
+                ident = normalize(id_type, value, settings.ingest.default_region)
+                holders = await ids.holders(ident.key())
+                if len(holders) > 1:
+                    raise click.ClickException(f"{ident.key()} is shared by {holders}")
+                pid = holders[0] if holders else None
+            return await store.get(pid) if pid else None
+        finally:
+            await client.aclose()
+
+    found = asyncio.run(main())
+    if found is None:
+        raise click.ClickException("no such profile")
+    _echo_json(found.model_dump(mode="json"))
+
+
+@cli.group()
+def identity() -> None:
+    """The identity graph."""
+
+
+@identity.command("explain")
+@click.argument("profile_id")
+@click.pass_obj
+def identity_explain(settings: Settings, profile_id: str) -> None:
+    """Show a profile's identifiers and the merges and refusals that built it."""
+
+    async def main() -> tuple[str, list[str], list[dict[str, Any]]]:
+        client, _, ids = _stores(settings)
+        try:
+            survivor = await ids.survivor(profile_id)
+            return survivor, await ids.identifiers(survivor), await ids.history(survivor)
+        finally:
+            await client.aclose()
+
+    survivor, identifiers, history = asyncio.run(main())
+    if not identifiers:
+        raise click.ClickException(f"no profile {profile_id}")
+    alias = f" (asked {profile_id}, merged into it)" if survivor != profile_id else ""
+    click.echo(f"profile {survivor}{alias}")
+    click.echo("identifiers:")
+    for ident in identifiers:
+        click.echo(f"  {ident}")
+    click.echo("history:")
+    for h in history:
+        other = f" profile {h['other']}" if h.get("other") else ""
+        click.echo(f"  {h['decision']:8} {h['rule']:18}{other} via {h['id']} (event {h['event']})")
+
+
+@cli.group()
+def history() -> None:
+    """The history in ClickHouse."""
+
+
+@history.command("count")
+@click.option("--table", default="events", show_default=True)
+@click.pass_obj
+def history_count(settings: Settings, table: str) -> None:
+    """Print the deduplicated row count of a history table."""
+    click.echo(history_writer(settings).count(table))
 
 
 @cli.group()

@@ -220,3 +220,99 @@ def report(settings: Settings, results: list[Posted], sent: set[str]) -> str:
     for letter in dead:
         lines.append(f"  {letter['reason']} field={letter['field']}: {letter['message']}")
     return "\n".join(lines)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def wait_healthy(base_url: str, timeout_s: float = 60.0) -> None:
+    """Poll /healthz until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base_url + "/healthz", timeout=3) as r:  # noqa: S310
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{base_url} did not become healthy")
+
+
+def wait_caught_up(settings: Settings, group: str, timeout_s: float = 60.0) -> list[Any]:
+    """Wait until ``group`` has no lag on any topic it reads; return the lag rows."""
+    from deploy.lag import consumer_lag
+
+    deadline = time.monotonic() + timeout_s
+    rows = consumer_lag(settings.kafka, group)
+    while time.monotonic() < deadline:
+        rows = consumer_lag(settings.kafka, group)
+        topics = {r.topic for r in rows}
+        if len(topics) >= 3 and all(r.lag == 0 for r in rows):
+            break
+        time.sleep(0.5)
+    return rows
+
+
+def profiles_report(profiles: list[Any], ledger: dict[str, int]) -> str:
+    """Describe the unified profiles the feed produced."""
+    lines = [
+        f"unified profiles: {len(profiles)}; merges {ledger.get('merged', 0)}, "
+        f"refused merges {ledger.get('refused', 0)}"
+    ]
+    for p in profiles:
+        lines.append(f"  profile {p.profile_id}: {', '.join(p.identifiers)}")
+        lines.append(
+            f"    channels={','.join(p.channels)} orders={p.order_count} "
+            f"spend={p.total_spend:.2f} points={p.points_balance} "
+            f"open_tickets={p.open_tickets} age={p.traits.get('age')}"
+        )
+    return "\n".join(lines)
+
+
+def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool) -> None:
+    """Push the demo feed once the API serves, then report what arrived and the profiles."""
+    import asyncio
+    import os
+    import signal
+
+    import redis.asyncio as aioredis
+
+    from contracts.events import Identifier
+    from deploy.lag import render_table
+    from profiles.store import ProfileStore
+
+    @app.task
+    async def demo() -> None:
+        await asyncio.to_thread(wait_healthy, base_url)
+        results, sent = await asyncio.to_thread(run_feed, base_url)
+        print(await asyncio.to_thread(report, settings, results, sent), flush=True)
+        lag = await asyncio.to_thread(wait_caught_up, settings, app.conf.id)
+        client = aioredis.from_url(settings.redis.url.get_secret_value())
+        store = ProfileStore(client, settings.profiles, settings.worker.namespace)
+        raw = await asyncio.to_thread(
+            read_back, settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent, len(sent) - 1
+        )
+        keys = {Identifier.model_validate(i).key() for e in raw for i in e["identifiers"]}
+        pids = set()
+        for key in keys:
+            members = await client.smembers(f"{settings.worker.namespace}:i:{key}")
+            pids |= {
+                await store.survivor(m.decode() if isinstance(m, bytes) else m) for m in members
+            }
+        profiles = [p for p in [await store.get(pid) for pid in sorted(pids)] if p]
+        ledger = await asyncio.to_thread(
+            read_back, settings, "cdp.identity.merges", lambda e: e["event_id"] in sent, 10**9, 3
+        )
+        decisions: dict[str, int] = {}
+        for entry in ledger:
+            decisions[entry["decision"]] = decisions.get(entry["decision"], 0) + 1
+        print(f"raw identifiers: {len(keys)} across {len(raw)} events", flush=True)
+        print(profiles_report(profiles, decisions), flush=True)
+        print(render_table(lag), flush=True)
+        await client.aclose()
+        if exit_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            print("serving; Ctrl-C to stop", flush=True)

@@ -59,6 +59,23 @@ def consumer_lag(kafka: KafkaSettings, group: str | None = None) -> list[Partiti
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
+def total_lag(kafka: KafkaSettings, group: str, topics: list[str]) -> int:
+    """Messages on ``topics`` not yet committed by ``group``, counting never-read partitions."""
+    client = admin(kafka)
+    try:
+        described = client.describe_topics(topics)
+        partitions = [
+            TopicPartition(t["name"], p["partition_index"])
+            for t in described
+            for p in t["partitions"]
+        ]
+        ends = client.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))
+        committed = _committed(client, [group]).get(group, {})
+    finally:
+        client.close()
+    return sum(max(_offset(ends[tp]) - committed.get(tp, 0), 0) for tp in partitions)
+
+
 def _offset(info: object) -> int:
     """Read the offset out of kafka-python's OffsetAndTimestamp."""
     return int(getattr(info, "offset"))  # noqa: B009 - the admin client's result is untyped

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.topics import REGISTRY
+from deploy.auth import Token
+from identity.rules import IdentityRules
 from ingest.limits import Limits
 from ingest.sources import Source
+from profiles.fold import FoldRules
 
 
 def _state_home() -> Path:
@@ -54,7 +58,8 @@ class ClickHouseSettings(BaseModel):
 
     url: SecretStr | None = None
     path: Path | None = None
-    database: str = "cdp"
+    #: An identifier that goes into SQL: letters, digits, underscore only.
+    database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "cdp"
 
 
 class ApiSettings(BaseModel):
@@ -64,6 +69,8 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 8088
+    #: Bearer tokens of the read APIs (hashes only); ``cdp tokens new`` mints one.
+    tokens: list[Token] = Field(default_factory=list)
 
 
 class IngestSettings(BaseModel):
@@ -85,6 +92,24 @@ class IngestSettings(BaseModel):
             raw = json.loads(self.sources_file.read_text(encoding="utf-8"))
             loaded = [Source.model_validate(item) for item in raw]
         return [*self.sources, *loaded]
+
+
+class WorkerSettings(BaseModel):
+    """Stream processors: consumer group, micro-batch sizes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Consumer group prefix; the group is ``<app_id>-<roles>`` so workers of the same
+    #: roles share partitions.
+    app_id: str = "cdp"
+    batch_size: int = 1_000
+    batch_within_s: float = 0.05
+    sink_batch_size: int = 10_000
+    sink_within_s: float = 0.5
+    #: Redis key namespace for identity and profiles.
+    namespace: str = "cdp"
+    #: How long an event id's resolution is remembered (replays and client retries).
+    identity_memo_ttl_s: int = 7 * 24 * 3600
 
 
 class LocalSettings(BaseModel):
@@ -113,6 +138,9 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     ingest: IngestSettings = IngestSettings()
     local: LocalSettings = LocalSettings()
+    worker: WorkerSettings = WorkerSettings()
+    identity: IdentityRules = IdentityRules()
+    profiles: FoldRules = FoldRules()
     log_level: str = "info"
     log_json: bool = False
 
@@ -120,6 +148,10 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         return value.lower()
+
+    def log_level_faust(self) -> str:
+        """Return the log level in faust's vocabulary."""
+        return {"warning": "warn", "critical": "crit"}.get(self.log_level, self.log_level)
 
     def chdb_path(self) -> Path:
         """Return the embedded ClickHouse data directory."""

@@ -56,10 +56,18 @@ local function resolve(pid)
 end
 
 local refusals, merges = {}, {}
+local function remember(pid, entry)
+  -- the profile's own ledger, for explain: which merges built it, which were refused
+  entry.event = event_id
+  redis.call('RPUSH', k('p', pid, 'log'), cjson.encode(entry))
+end
+
 local function refuse(pid, other, id, rule)
   local mark = k('rf', pid, other or id, rule)
   if redis.call('SET', mark, '1', 'NX', 'EX', 2592000) then
-    table.insert(refusals, {pid = pid, other = other or cjson.null, id = id, rule = rule})
+    local entry = {pid = pid, other = other or cjson.null, id = id, rule = rule}
+    table.insert(refusals, entry)
+    remember(pid, {decision = 'refused', rule = rule, other = entry.other, id = id})
   end
 end
 
@@ -146,9 +154,16 @@ local function merge(gone, into)
   end
   local u = uq(gone)
   for j = 1, #u, 2 do redis.call('HSETNX', k('p', into, 'uq'), u[j], u[j + 1]) end
-  redis.call('DEL', k('p', gone, 'ids'), k('p', gone, 'cnt'), k('p', gone, 'uq'))
+  for _, line in ipairs(redis.call('LRANGE', k('p', gone, 'log'), 0, -1)) do
+    redis.call('RPUSH', k('p', into, 'log'), line)
+  end
+  redis.call('DEL', k('p', gone, 'ids'), k('p', gone, 'cnt'), k('p', gone, 'uq'), k('p', gone, 'log'))
   redis.call('HSET', k('alias'), gone, into)
-  table.insert(merges, {survivor = into, merged = gone, id = via[gone]})
+  -- the bridge: the identifier that brought in the profile not found by the event's strongest
+  local bridge = via[gone]
+  if gone == cands[1] then bridge = via[into] end
+  table.insert(merges, {survivor = into, merged = gone, id = bridge})
+  remember(into, {decision = 'merged', rule = 'shared_identifier', other = gone, id = bridge})
 end
 
 if pid then

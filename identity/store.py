@@ -148,6 +148,12 @@ class IdentityStore:
         found = {await self.survivor(m.decode() if isinstance(m, bytes) else m) for m in members}
         return sorted(found, key=int)
 
+    async def history(self, profile_id: str) -> list[dict[str, Any]]:
+        """Return the merges and refusals that shaped a profile, oldest first."""
+        pid = await self.survivor(profile_id)
+        lines = await self._redis.lrange(f"{self._ns}:p:{pid}:log", 0, -1)
+        return [json.loads(line) for line in lines]
+
     async def identifiers(self, profile_id: str) -> list[str]:
         """Return the identifiers of a profile (after following aliases)."""
         pid = await self.survivor(profile_id)

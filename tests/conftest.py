@@ -10,13 +10,15 @@ import pytest
 
 from deploy import topics
 from deploy.settings import (
+    ApiSettings,
     ClickHouseSettings,
     IngestSettings,
     KafkaSettings,
     RedisSettings,
     Settings,
+    WorkerSettings,
 )
-from tests.support.keys import known_sources
+from tests.support.keys import known_sources, known_tokens
 from tests.support.server import running_api
 from tests.support.services import Services, real_services
 
@@ -53,6 +55,8 @@ def make_settings(services: Services, prefix: str, **kafka: object) -> Settings:
         redis=RedisSettings(url=services.redis_url),  # type: ignore[arg-type]
         clickhouse=ClickHouseSettings(path=services.chdb_path),
         ingest=IngestSettings(sources=known_sources()),
+        worker=WorkerSettings(namespace=prefix.rstrip(".")),
+        api=ApiSettings(tokens=known_tokens()),
     )
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from deploy.auth import Token, hash_token
 from ingest.sources import Source, hash_key
+
+#: Bearer tokens of the read API in tests, by the scopes they carry.
+TOKENS = {
+    "tk_reader": frozenset({"profiles:read", "identity:read"}),
+    "tk_profiles_only": frozenset({"profiles:read"}),
+}
 
 SOURCES = {
     "test-pos": ("pos", "member_id"),
@@ -23,3 +30,8 @@ def known_sources() -> list[Source]:
         )
         for n, (c, t) in SOURCES.items()
     ]
+
+
+def known_tokens() -> list[Token]:
+    """Return the read-API tokens the test API accepts."""
+    return [Token(name=t, sha256=hash_token(t), scopes=s) for t, s in TOKENS.items()]

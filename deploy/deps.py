@@ -1,0 +1,30 @@
+"""The dependencies processors share, built once by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from deploy.settings import Settings
+from identity.store import IdentityStore
+from ingest.publisher import Publisher
+from profiles.store import ProfileStore
+
+
+@dataclass
+class Deps:
+    """What agents need: settings, stores and the acks=all publisher for their outputs."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    publisher: Publisher
+    identity: IdentityStore
+    profiles: ProfileStore
+    #: The history writer (owns embedded ClickHouse); None in processes without that role.
+    history: Any = None
+
+    def topic(self, name: str) -> str:
+        """Return a registry topic's deployed name."""
+        return self.settings.kafka.topic(name)

@@ -1,0 +1,36 @@
+"""Dead letters for messages a processor cannot decode: kept, never skipped silently."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.deadletter import DeadLetter, DeadLetterReason
+from ingest.publisher import Record
+
+
+def dead_letters(events: list[Any], processor: str, topic: str) -> list[Record]:
+    """Return dead-letter records for faust events whose value did not decode."""
+    records = []
+    for ev in events:
+        msg = ev.message
+        raw = msg.value if isinstance(msg.value, bytes) else bytes(str(msg.value), "utf-8")
+        where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
+        letter = DeadLetter(
+            reason=DeadLetterReason.UNDECODABLE,
+            field=None,
+            index=None,
+            status=0,
+            source=None,
+            message=f"{processor} could not decode {where}",
+            endpoint=f"processor:{processor}",
+            received_at=datetime.now(UTC),
+            request_id=where,
+            payload=None,
+            raw=raw[:65536].decode("utf-8", "replace"),
+            raw_truncated=len(raw) > 65536,
+            raw_sha256=hashlib.sha256(raw).hexdigest(),
+        )
+        records.append(Record(topic, processor.encode(), letter.model_dump_json().encode()))
+    return records

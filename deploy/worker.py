@@ -1,0 +1,133 @@
+"""Assemble the faust app: agents of the chosen roles, their dependencies, the API if asked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import faust
+import mode
+import redis.asyncio as aioredis
+import uvicorn
+
+from deploy.deps import Deps
+from deploy.settings import Settings
+from identity import agents as identity_agents
+from identity.store import IdentityStore
+from ingest.publisher import Publisher
+from profiles import agents as profile_agents
+from profiles.store import ProfileStore
+from sinks import agents as sink_agents
+from sinks.clickhouse import connect as connect_clickhouse
+from sinks.history import HistoryWriter, migrate
+
+ROLES: dict[str, Callable[[Any, Deps], None]] = {
+    "identity": identity_agents.register,
+    "profiles": profile_agents.register,
+    "history": sink_agents.register,
+}
+
+
+def group_id(settings: Settings, roles: list[str]) -> str:
+    """Workers with the same roles share one consumer group (and split its partitions)."""
+    return f"{settings.kafka.topic_prefix}{settings.worker.app_id}-{'_'.join(sorted(roles))}"
+
+
+def history_writer(settings: Settings) -> HistoryWriter:
+    """Connect ClickHouse (embedded by default), migrate, return the writer."""
+    url = settings.clickhouse.url.get_secret_value() if settings.clickhouse.url else None
+    client = connect_clickhouse(url, settings.chdb_path())
+    migrate(client, settings.clickhouse.database)
+    return HistoryWriter(client, settings.clickhouse.database)
+
+
+def build_deps(settings: Settings, roles: list[str]) -> Deps:
+    """Create the shared clients (connections open lazily, inside the worker's loop)."""
+    client = aioredis.from_url(settings.redis.url.get_secret_value())
+    k, w = settings.kafka, settings.worker
+    return Deps(
+        settings=settings,
+        redis=client,
+        publisher=Publisher(
+            k.bootstrap_servers,
+            publish_timeout_s=k.publish_timeout_s,
+            request_timeout_ms=k.request_timeout_ms,
+            linger_ms=k.linger_ms,
+        ),
+        identity=IdentityStore(client, settings.identity, w.namespace, w.identity_memo_ttl_s),
+        profiles=ProfileStore(client, settings.profiles, w.namespace),
+        history=history_writer(settings) if "history" in roles else None,
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside faust: faust owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.App:
+    """Return the faust app with the agents of ``roles`` (and the HTTP API as a service)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
+    app = faust.App(
+        group_id(settings, roles),
+        broker=f"kafka://{settings.kafka.bootstrap_servers}",
+        store="memory://",
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        broker_commit_interval=1.0,
+    )
+    deps = build_deps(settings, roles)
+    for role in sorted(roles):
+        ROLES[role](app, deps)
+
+    @app.service
+    class Outputs(mode.Service):
+        """Flush the output publisher when the worker stops."""
+
+        async def on_stop(self) -> None:
+            await deps.publisher.stop()
+            await deps.redis.aclose()
+
+    if api is not None:
+        config = uvicorn.Config(
+            api,
+            host=settings.api.host,
+            port=settings.api.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+        server = _QuietServer(config)
+
+        @app.service
+        class Api(mode.Service):
+            """The HTTP API in the worker's event loop."""
+
+            serving: asyncio.Task[None] | None = None
+
+            async def on_start(self) -> None:
+                self.serving = asyncio.ensure_future(server.serve())
+
+            async def on_stop(self) -> None:
+                server.should_exit = True
+                if self.serving is not None:
+                    await self.serving
+
+    return app
+
+
+def run(app: faust.App, loglevel: str = "warn") -> None:
+    """Run the faust worker until a signal stops it."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

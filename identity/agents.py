@@ -1,0 +1,63 @@
+"""The identity processor: cdp.events.raw -> cdp.events.resolved + cdp.identity.merges."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from contracts.events import Event
+from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
+from deploy.retry import until_done
+from deploy.undecodable import dead_letters
+from identity.store import Located
+from ingest.publisher import Record
+
+log = structlog.get_logger()
+
+
+def decode(events: list[Any]) -> tuple[list[Located], list[Any]]:
+    """Split faust events into decodable ones (with their offsets) and undecodable ones."""
+    good, bad = [], []
+    for ev in events:
+        try:
+            event = Event.model_validate_json(ev.message.value)
+        except ValidationError:
+            bad.append(ev)
+            continue
+        good.append(Located(event, ev.message.partition, ev.message.offset))
+    return good, bad
+
+
+def register(app: Any, deps: Any) -> None:
+    """Add the identity agent to ``app``."""
+    source = app.topic(deps.topic(EVENTS_RAW.name), key_serializer="raw", value_serializer="raw")
+    resolved_topic, ledger_topic = (
+        deps.topic(EVENTS_RESOLVED.name),
+        deps.topic(IDENTITY_MERGES.name),
+    )
+    dead_topic = deps.topic(EVENTS_DEADLETTER.name)
+    conf = deps.settings.worker
+
+    @app.agent(source, name="identity")
+    async def identity(stream: Any) -> None:
+        async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
+            batch, bad = decode(list(events))
+            records = dead_letters(bad, "identity", dead_topic)
+            now = datetime.now(UTC)
+            outcomes = await until_done(
+                "identity.resolve", partial(deps.identity.resolve, batch, now)
+            )
+            for o in outcomes:
+                if o.duplicate:
+                    continue
+                key = o.resolved.profile_id.encode()
+                records.append(Record(resolved_topic, key, o.resolved.model_dump_json().encode()))
+                records += [
+                    Record(ledger_topic, e.profile_id.encode(), e.model_dump_json().encode())
+                    for e in o.ledger
+                ]
+            await until_done("identity.publish", partial(deps.publisher.publish, records))

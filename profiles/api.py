@@ -1,0 +1,85 @@
+"""Profile and identity read API: by id, by any identifier, and why a profile is what it is."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from identity.normalize import normalize
+from identity.store import IdentityStore
+from profiles.store import ProfileStore
+
+
+def not_found(field: str, message: str) -> HTTPException:
+    """Return the JSON 404 of the read API."""
+    return HTTPException(404, {"code": "not_found", "message": message, "field": field})
+
+
+def build_router(
+    profiles: ProfileStore,
+    identity: IdentityStore,
+    region: str,
+    read_profiles: Any,
+    read_identity: Any,
+) -> APIRouter:
+    """Return the read routes; the ``read_*`` dependencies enforce token scopes."""
+    router = APIRouter(tags=["profiles"])
+
+    @router.get(
+        "/v1/profiles/lookup",
+        dependencies=[Depends(read_profiles)],
+        summary="Find a profile by any identifier (normalised like ingest)",
+    )
+    async def lookup(
+        type: Annotated[str, Query(min_length=1, max_length=48)],
+        value: Annotated[str, Query(min_length=1, max_length=256)],
+    ) -> Any:
+        ident = normalize(type, value, region)
+        holders = await identity.holders(ident.key())
+        if not holders:
+            raise not_found("value", f"no profile holds {ident.key()}")
+        if len(holders) > 1:
+            raise HTTPException(
+                409,
+                {
+                    "code": "ambiguous",
+                    "field": "value",
+                    "profile_ids": holders,
+                    "message": f"{ident.key()} is shared by {len(holders)} profiles",
+                },
+            )
+        found = await profiles.get(holders[0])
+        if found is None:
+            raise not_found("value", f"profile {holders[0]} has no events yet")
+        return found.model_dump(mode="json")
+
+    @router.get(
+        "/v1/profiles/{profile_id}",
+        dependencies=[Depends(read_profiles)],
+        summary="A unified profile; a merged id answers with its survivor",
+    )
+    async def get_profile(profile_id: str) -> Any:
+        found = await profiles.get(profile_id)
+        if found is None:
+            raise not_found("profile_id", f"no profile {profile_id}")
+        return found.model_dump(mode="json")
+
+    @router.get(
+        "/v1/identity/explain",
+        dependencies=[Depends(read_identity)],
+        summary="A profile's identifiers and the merges (and refusals) that built it",
+    )
+    async def explain(profile_id: Annotated[str, Query(min_length=1)]) -> Any:
+        survivor = await identity.survivor(profile_id)
+        ids = await identity.identifiers(survivor)
+        if not ids:
+            raise not_found("profile_id", f"no profile {profile_id}")
+        return {
+            "profile_id": survivor,
+            "asked": profile_id,
+            "identifiers": ids,
+            "history": await identity.history(survivor),
+        }
+
+    return router

@@ -1,0 +1,96 @@
+"""The history processor: resolved events, the merge ledger and profile changes -> ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from contracts.events import ResolvedEvent
+from contracts.identity import LedgerEntry
+from contracts.profiles import ProfileChange
+from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
+from deploy.retry import until_done
+from sinks.history import Batch, HistoryWriter, change_batch, event_batches, ledger_batch
+
+
+def _token(topic: str, events: list[Any]) -> str:
+    offs = [(e.message.partition, e.message.offset) for e in events]
+    return f"{topic}:{min(offs)}-{max(offs)}:{len(offs)}"
+
+
+def _decode(model: type[BaseModel], events: list[Any]) -> list[Any]:
+    out = []
+    for ev in events:
+        try:
+            out.append((model.model_validate_json(ev.message.value), ev))
+        except ValidationError:
+            continue  # dead-lettered by the processor that owns the topic's contract
+    return out
+
+
+class History:
+    """Serialises ClickHouse writes on one thread (chDB is one session per process)."""
+
+    def __init__(self, writer: HistoryWriter) -> None:
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._high_water: dict[int, int] | None = None
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking ClickHouse call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def write(self, batches: list[Batch]) -> None:
+        """Insert batches in order."""
+        for batch in batches:
+            await self.call(self.writer.write, batch)
+
+    async def fresh(self, items: list[tuple[ResolvedEvent, int, int]]) -> list[Any]:
+        """Drop events already stored (after a crash the last batch is read again)."""
+        if self._high_water is None:
+            self._high_water = await self.call(self.writer.high_water)
+        hw = self._high_water
+        return [i for i in items if i[2] > hw.get(i[1], -1)]
+
+
+def register(app: Any, deps: Any) -> None:
+    """Add the three history agents to ``app``."""
+    history = History(deps.history)
+    conf = deps.settings.worker
+    resolved_name = deps.topic(EVENTS_RESOLVED.name)
+
+    def topic(name: str) -> Any:
+        return app.topic(deps.topic(name), key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic(EVENTS_RESOLVED.name), name="history-events")
+    async def events_sink(stream: Any) -> None:
+        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
+            items = [
+                (r, ev.message.partition, ev.message.offset)
+                for r, ev in _decode(ResolvedEvent, list(events))
+            ]
+            fresh = await history.fresh(items)
+            await until_done(
+                "history.events", partial(history.write, event_batches(resolved_name, fresh))
+            )
+
+    @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
+    async def ledger_sink(stream: Any) -> None:
+        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
+            entries = [e for e, _ in _decode(LedgerEntry, list(events))]
+            token = _token(IDENTITY_MERGES.name, list(events))
+            await until_done("history.ledger", partial(history.write, ledger_batch(entries, token)))
+
+    @app.agent(topic(PROFILES_CHANGES.name), name="history-changes")
+    async def changes_sink(stream: Any) -> None:
+        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
+            changes = [c for c, _ in _decode(ProfileChange, list(events))]
+            token = _token(PROFILES_CHANGES.name, list(events))
+            await until_done(
+                "history.changes", partial(history.write, [change_batch(changes, token)])
+            )

@@ -1,0 +1,198 @@
+"""The stream core end to end: HTTP -> Kafka -> identity -> profiles -> Redis and ClickHouse."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from deploy.settings import Settings
+from tests.support.keys import key_of
+from tests.support.worker import WorkerProcess
+
+ALL = ["history", "identity", "profiles"]
+TOPICS = {"cdp.events.raw", "cdp.events.resolved"}
+
+
+def basic(source: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key_of(source)}:".encode()).decode()}
+
+
+READER = {"Authorization": "Bearer tk_reader"}
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        if w.proc is not None and w.proc.poll() is None:
+            w.stop(signal.SIGKILL)
+
+
+def post(api: str, source: str, batch: list[dict[str, Any]]) -> None:
+    response = httpx.post(
+        api + "/v1/batch", json={"batch": batch}, headers=basic(source), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["rejected"] == 0
+
+
+def test_cross_channel_customer_becomes_one_profile(
+    settings: Settings, api: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    post(
+        api,
+        "test-pos",
+        [
+            {
+                "type": "identify",
+                "userId": "M-1",
+                "messageId": "p1",
+                "traits": {"phone": "+86 138-0013-8000", "age": 30},
+            },
+            {
+                "type": "track",
+                "userId": "M-1",
+                "event": "Order Completed",
+                "messageId": "p2",
+                "properties": {"order_id": "O-1", "total": 100},
+            },
+        ],
+    )
+    post(
+        api,
+        "test-web",
+        [
+            {
+                "type": "track",
+                "userId": "C-7",
+                "event": "Order Completed",
+                "messageId": "w1",
+                "context": {"traits": {"email": "A@X.com"}},
+                "properties": {"order_id": "O-2", "total": 50.5},
+            },
+            {
+                "type": "identify",
+                "userId": "C-7",
+                "messageId": "w2",
+                "traits": {"email": "a@x.com", "phone": "13800138000"},
+            },
+        ],
+    )
+    workers.append(WorkerProcess(settings, tmp_path, ALL).start())
+    workers[0].wait_caught_up(TOPICS | {"cdp.identity.merges", "cdp.profiles.changes"})
+
+    found = httpx.get(
+        api + "/v1/profiles/lookup", params={"type": "email", "value": " A@x.COM"}, headers=READER
+    )
+    assert found.status_code == 200, found.text
+    profile = found.json()
+    assert profile["identifiers"] == [
+        "customer_id:C-7",
+        "email:a@x.com",
+        "member_id:M-1",
+        "phone:+8613800138000",
+    ]
+    assert (profile["order_count"], profile["total_spend"]) == (2, 150.5)
+    assert set(profile["channels"]) == {"pos", "web"}
+
+    explain = httpx.get(
+        api + "/v1/identity/explain", params={"profile_id": profile["profile_id"]}, headers=READER
+    ).json()
+    merges = [h for h in explain["history"] if h["decision"] == "merged"]
+    assert [(m["id"], m["event"]) for m in merges] == [("phone:+8613800138000", "w2")]
+    merged_away = merges[0]["other"]
+    via_alias = httpx.get(api + f"/v1/profiles/{merged_away}", headers=READER).json()
+    assert via_alias["profile_id"] == profile["profile_id"]
+
+    assert httpx.get(api + "/v1/profiles/999999", headers=READER).status_code == 404
+    assert httpx.get(api + "/v1/profiles/1").status_code == 401
+    denied = httpx.get(
+        api + "/v1/identity/explain",
+        params={"profile_id": "1"},
+        headers={"Authorization": "Bearer tk_profiles_only"},
+    )
+    assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
+
+    assert workers[0].stop() == 0
+    assert workers[0].cli("history", "count", "--table", "events").strip() == "4"
+    assert workers[0].cli("history", "count", "--table", "profile_aliases").strip() == "1"
+
+
+def _events_in_redis(settings: Settings) -> int:
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    ns = settings.worker.namespace
+    total = 0
+    for key in client.scan_iter(f"{ns}:pf:*", count=1000):
+        if key.count(b":") == 2:  # the main hash, not :t / :s: / :h:
+            total += int(client.hget(key, "n:events") or 0)
+    client.close()
+    return total
+
+
+def _load(api: str, n: int, customers: int) -> None:
+    for start in range(0, n, 500):
+        post(
+            api,
+            "test-pos",
+            [
+                {
+                    "type": "track",
+                    "userId": f"M-{i % customers}",
+                    "event": "Store Visited",
+                    "messageId": f"load-{i}",
+                    "traits": {},
+                }
+                for i in range(start, min(start + 500, n))
+            ],
+        )
+
+
+def test_kill_9_mid_stream_loses_and_duplicates_nothing(
+    settings: Settings, api: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    n = 6000
+    _load(api, n, customers=300)
+    first = WorkerProcess(settings, tmp_path, ALL).start()
+    workers.append(first)
+    deadline = time.monotonic() + 60
+    while _events_in_redis(settings) < n // 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.stop(signal.SIGKILL)
+    partial = _events_in_redis(settings)
+    assert 0 < partial < n  # really killed mid-stream
+
+    second = WorkerProcess(settings, tmp_path, ALL).start()
+    workers.append(second)
+    second.wait_caught_up(TOPICS)
+    time.sleep(2)  # let the history agent flush its last micro-batch
+    assert _events_in_redis(settings) == n
+    assert second.stop() == 0
+    assert second.cli("history", "count", "--table", "events").strip() == str(n)
+
+
+def test_two_workers_in_one_group_split_partitions_and_agree(
+    settings: Settings, api: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    n = 3000
+    _load(api, n, customers=200)
+    roles = ["identity", "profiles"]
+    for home in ("a", "b"):
+        (tmp_path / home).mkdir()
+        workers.append(WorkerProcess(settings, tmp_path / home, roles).start())
+    workers[0].wait_caught_up(TOPICS)
+    assert _events_in_redis(settings) == n
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    profiles = int(client.get(f"{settings.worker.namespace}:seq") or 0)
+    client.close()
+    assert profiles == 200  # one per customer: no split brain across the two workers
+    logs = [w.log.read_text() for w in workers]
+    assert all(w.proc is not None and w.proc.poll() is None for w in workers), logs

@@ -1,0 +1,81 @@
+"""Run `cdp worker` as its own process, as in production, and wait for it to catch up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kafka.errors import KafkaError
+
+from deploy.lag import total_lag
+from deploy.settings import Settings
+from deploy.worker import group_id
+
+
+class WorkerProcess:
+    """One `cdp worker` process with its own embedded ClickHouse directory."""
+
+    def __init__(self, settings: Settings, home: Path, roles: list[str]) -> None:
+        self.settings, self.roles = settings, roles
+        self.env = {
+            **os.environ,
+            "CDP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "CDP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "CDP_KAFKA__PARTITIONS": str(settings.kafka.partitions),
+            "CDP_REDIS__URL": settings.redis.url.get_secret_value(),
+            "CDP_WORKER__NAMESPACE": settings.worker.namespace,
+            "CDP_WORKER__BATCH_SIZE": "200",
+            "CDP_CLICKHOUSE__PATH": str(home / "chdb"),
+            "CDP_LOG_LEVEL": "warning",
+        }
+        self.log = home / f"worker-{'_'.join(roles)}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        args = [a for r in self.roles for a in ("--role", r)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deploy", "worker", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "deploy", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return out.stdout
+
+    @property
+    def group(self) -> str:
+        return group_id(self.settings, self.roles)
+
+    def wait_caught_up(self, topics: set[str], timeout_s: float = 120) -> None:
+        """Wait until the group committed everything on ``topics``; fail loudly otherwise."""
+        wanted = sorted(self.settings.kafka.topic(t) for t in topics)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if total_lag(self.settings.kafka, self.group, wanted) == 0:
+                    return
+            except KafkaError:  # the group coordinator is still being elected
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"worker did not catch up; log:\n{self.log.read_text()[-3000:]}")
