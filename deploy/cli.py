@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,8 @@ from deploy import topics as topics_mod
 from deploy.app import create_app
 from deploy.auth import Token, hash_token
 from deploy.demo import add_demo_task, demo_sources
+from deploy.demo_run import measure, push, render, wait_processed, write_truth
+from deploy.generator import CASHIER_EMAIL, generate
 from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
@@ -127,7 +130,44 @@ def _with_demo(settings: Settings) -> Settings:
     ingest = settings.ingest.model_copy(
         update={"sources": [*settings.ingest.sources, *demo_sources()]}
     )
-    return settings.model_copy(update={"ingest": ingest})
+    # Ops would add a shared cashier email to the blocklist once they spot it; the demo does.
+    blocklist = {**settings.identity.blocklist}
+    blocklist["email"] = [*blocklist.get("email", []), CASHIER_EMAIL]
+    identity = settings.identity.model_copy(update={"blocklist": blocklist})
+    return settings.model_copy(update={"ingest": ingest, "identity": identity})
+
+
+@cli.command()
+@click.option("--customers", default=1000, show_default=True, help="People to generate.")
+@click.option("--seed", default=7, show_default=True)
+@click.option(
+    "--truth",
+    "truth_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the ground truth (default: state dir).",
+)
+@click.pass_obj
+def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None) -> None:
+    """Push generated multi-channel customers to a running `cdp run --demo` and score identity."""
+    base = f"http://{settings.api.host}:{settings.api.port}"
+    feed = generate(seed, customers)
+    path = truth_path or settings.local.state_dir / f"demo-truth-{seed}-{customers}.jsonl"
+    write_truth(feed, path)
+    click.echo(
+        f"{customers} people, {len(feed.truth)} events in {len(feed.calls)} calls "
+        f"to {base}; ground truth in {path}"
+    )
+    try:
+        seconds = push(base, feed)
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(f"{exc} (is `cdp run --demo` running?)") from exc
+    group = group_id(settings, sorted(ROLES))
+    wait_processed(settings, group)
+    try:
+        click.echo(render(measure(settings, feed, group, seconds)))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @cli.command()

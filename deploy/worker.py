@@ -118,6 +118,10 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
 
             async def on_start(self) -> None:
                 self.serving = asyncio.ensure_future(server.serve())
+                while not server.started:
+                    if self.serving.done():  # e.g. the port is taken: fail the worker loudly
+                        raise RuntimeError(f"API could not start on port {settings.api.port}")
+                    await asyncio.sleep(0.05)
 
             async def on_stop(self) -> None:
                 server.should_exit = True

@@ -9,6 +9,7 @@ in any order, and profiles merged at any time, give the same profile.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,13 +65,16 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    # "NaN" / "Infinity" parse as floats but are no amount or score: ignore, never crash.
+    return number if math.isfinite(number) else None
 
 
 def _cents(props: dict[str, Any]) -> int:

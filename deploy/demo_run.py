@@ -1,0 +1,157 @@
+"""`cdp demo`: push generated customers through the HTTP API and measure what came out."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from kafka import KafkaConsumer
+
+from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES
+from deploy.demo import demo_key, post
+from deploy.generator import Feed, linkable, pairwise
+from deploy.lag import consumer_lag, render_table, total_lag
+from deploy.settings import Settings
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured."""
+
+    events: int
+    seconds: float
+    raw_identifiers: int
+    profiles: int
+    people: int
+    precision: float
+    recall: float
+    #: Recall against the clusters the data can prove (see generator.linkable).
+    linkable_recall: float
+    decisions: Counter[str]
+    junk_merges: int
+    lag: str
+
+
+def push(base_url: str, feed: Feed, concurrency: int = 4) -> float:
+    """POST every call; fail on anything but 200 with nothing rejected. Return seconds."""
+    started = time.perf_counter()
+
+    def one(call: tuple[str, str, dict[str, Any]]) -> None:
+        source, path, body = call
+        answer = post(base_url, demo_key(source), path, body)
+        if answer.status != 200 or answer.answer.get("rejected"):
+            raise RuntimeError(f"{source} {path} -> {answer.status} {answer.answer}")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, feed.calls))
+    return time.perf_counter() - started
+
+
+def wait_processed(settings: Settings, group: str, timeout_s: float = 600) -> None:
+    """Wait until the processors' group has consumed everything on the event topics."""
+    topics = [settings.kafka.topic(t) for t in ("cdp.events.raw", "cdp.events.resolved")]
+    deadline = time.monotonic() + timeout_s
+    while total_lag(settings.kafka, group, topics) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def _read(settings: Settings, topic: str, wanted: set[str]) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(
+        settings.kafka.topic(topic),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
+    found = []
+    try:
+        for message in consumer:
+            value = json.loads(message.value)
+            event_id = value.get("event_id") or value["event"]["event_id"]
+            if event_id in wanted:
+                found.append(value)
+    finally:
+        consumer.close()
+    return found
+
+
+def _survivors(settings: Settings, pids: set[str]) -> dict[str, str]:
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value(), decode_responses=True)
+    aliases: dict[str, str] = client.hgetall(f"{settings.worker.namespace}:alias")  # type: ignore[assignment]  # decode_responses
+    client.close()
+    out = {}
+    for pid in pids:
+        cur = pid
+        while cur in aliases:
+            cur = aliases[cur]
+        out[pid] = cur
+    return out
+
+
+def measure(settings: Settings, feed: Feed, group: str, seconds: float) -> DemoResult:
+    """Compare what the platform made of the feed with the ground truth."""
+    wanted = set(feed.truth)
+    resolved = _read(settings, EVENTS_RESOLVED.name, wanted)
+    if len({r["event"]["event_id"] for r in resolved}) != len(wanted):
+        raise RuntimeError(
+            f"only {len(resolved)} of {len(wanted)} events reached {EVENTS_RESOLVED.name}; "
+            "is the `cdp run --demo` you posted to using these settings?"
+        )
+    survivors = _survivors(settings, {r["profile_id"] for r in resolved if r["profile_id"]})
+    predicted = {
+        r["event"]["event_id"]: survivors.get(r["profile_id"], f"none:{n}")
+        for n, r in enumerate(resolved)
+    }
+    precision, recall = pairwise(predicted, feed.truth)
+    ids = {
+        r["event"]["event_id"]: [f"{i['type']}:{i['value']}" for i in r["event"]["identifiers"]]
+        for r in resolved
+    }
+    _, linkable_recall = pairwise(predicted, linkable(feed, ids))
+    ledger = _read(settings, IDENTITY_MERGES.name, wanted)
+    decisions = Counter(f"{e['decision']}:{e['rule']}" for e in ledger)
+    junk = sum(1 for e in ledger if e["decision"] == "merged" and e["identifier"] in feed.junk)
+    identifiers = {f"{i['type']}:{i['value']}" for r in resolved for i in r["event"]["identifiers"]}
+    return DemoResult(
+        events=len(resolved),
+        seconds=seconds,
+        raw_identifiers=len(identifiers),
+        profiles=len(set(predicted.values())),
+        people=feed.people,
+        precision=precision,
+        recall=recall,
+        linkable_recall=linkable_recall,
+        decisions=decisions,
+        junk_merges=junk,
+        lag=render_table(consumer_lag(settings.kafka, group)),
+    )
+
+
+def render(r: DemoResult) -> str:
+    """The demo's printed summary."""
+    lines = [
+        f"events accepted and resolved: {r.events} ({r.events / r.seconds:,.0f} events/s "
+        "through the HTTP API)",
+        f"raw identifiers: {r.raw_identifiers}  ->  unified profiles: {r.profiles} "
+        f"(ground truth: {r.people} people)",
+        f"identity vs ground truth: pairwise precision {r.precision:.4f}, recall {r.recall:.4f}"
+        f" (recall {r.linkable_recall:.4f} of what the data links)",
+        "ledger: " + ", ".join(f"{k} {v}" for k, v in sorted(r.decisions.items())),
+        f"merges through blocklisted/junk identifiers: {r.junk_merges}",
+        r.lag,
+    ]
+    return "\n".join(lines)
+
+
+def write_truth(feed: Feed, path: Path) -> None:
+    """Write the ground truth as JSON lines {event_id, person}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for event_id, person in feed.truth.items():
+            out.write(json.dumps({"event_id": event_id, "person": person}) + "\n")
