@@ -13,6 +13,7 @@ from redis.exceptions import NoScriptError
 
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
+from identity.aliases import survivor
 from identity.rules import IdentityRules, ordered
 
 SCRIPT = (Path(__file__).parent / "resolve.lua").read_text()
@@ -134,13 +135,7 @@ class IdentityStore:
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""
-        current = profile_id
-        for _ in range(64):
-            nxt = await self._redis.hget(f"{self._ns}:alias", current)
-            if nxt is None:
-                return current
-            current = nxt.decode() if isinstance(nxt, bytes) else str(nxt)
-        return current
+        return await survivor(self._redis, self._ns, profile_id)
 
     async def holders(self, identifier: str) -> list[str]:
         """Return the survivor profiles holding an identifier (``type:value``)."""

@@ -13,6 +13,7 @@ from redis.exceptions import NoScriptError
 
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange
+from identity.aliases import survivor
 from profiles.fold import FoldRules, fold
 
 SCRIPT = (Path(__file__).parent / "fold.lua").read_text()
@@ -94,14 +95,8 @@ class ProfileStore:
         return Applied(answer["pid"], bool(answer["applied"]), change)
 
     async def survivor(self, profile_id: str) -> str:
-        """Follow aliases to the surviving profile id."""
-        current = profile_id
-        for _ in range(64):
-            nxt = await self._redis.hget(f"{self._ns}:alias", current)
-            if nxt is None:
-                return current
-            current = _text(nxt)
-        return current
+        """Follow aliases from a (possibly merged) profile id to its survivor."""
+        return await survivor(self._redis, self._ns, profile_id)
 
     async def get(self, profile_id: str) -> Profile | None:
         """Read a profile (a merged id answers with its survivor); None when unknown."""
