@@ -110,6 +110,8 @@ class WorkerSettings(BaseModel):
     namespace: str = "cdp"
     #: How long an event id's resolution is remembered (replays and client retries).
     identity_memo_ttl_s: int = 7 * 24 * 3600
+    #: Keep faust's per-event Monitor sensor (off: it costs CPU on every message).
+    faust_monitor: bool = False
 
 
 class LocalSettings(BaseModel):

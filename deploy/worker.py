@@ -95,6 +95,12 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
     class Outputs(mode.Service):
         """Flush the output publisher when the worker stops."""
 
+        async def on_start(self) -> None:
+            if not settings.worker.faust_monitor:
+                # faust's Monitor sensor records every event in Python: measurable overhead per
+                # message; consumer lag comes from `cdp lag` instead.
+                app.sensors.remove(app.monitor)
+
         async def on_stop(self) -> None:
             await deps.publisher.stop()
             await deps.redis.aclose()
