@@ -174,7 +174,7 @@ def run_feed(base_url: str) -> tuple[list[Posted], set[str]]:
 
 
 def read_back(
-    settings: Settings, topic_name: str, wanted: Any, expected: int, timeout_s: float = 20.0
+    settings: Settings, topic_name: str, wanted: Any, expected: int, timeout_s: float = 60.0
 ) -> list[Any]:
     """Read a topic from the beginning until ``expected`` messages pass ``wanted``."""
     consumer = KafkaConsumer(
