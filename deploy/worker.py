@@ -140,4 +140,5 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
 def run(app: faust.App, loglevel: str = "warn") -> None:
     """Run the faust worker until a signal stops it."""
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # its cursor escape codes end up in logs and piped output
     worker.execute_from_commandline()
