@@ -107,9 +107,11 @@ async def post(base: str, bodies: list[bytes], rate: float | None, clients: int 
         await asyncio.gather(*(worker(client) for _ in range(clients)))
 
 
-def wait_drained(settings: Settings, group: str, timeout_s: float = 900) -> float:
-    """Return the monotonic time at which the group had no lag on any topic."""
-    names = [settings.kafka.topic(t) for t in TOPICS]
+def wait_drained(
+    settings: Settings, group: str, topics: list[str] = TOPICS, timeout_s: float = 900
+) -> float:
+    """Return the monotonic time at which the group had no lag on ``topics``."""
+    names = [settings.kafka.topic(t) for t in topics]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if total_lag(settings.kafka, group, names) == 0:
@@ -184,9 +186,11 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=2000)
     parser.add_argument("--paced-seconds", type=float, default=20)
     parser.add_argument(
-        "--split",
-        action="store_true",
-        help="run `cdp api` and `cdp worker` as two processes (two cores)",
+        "--layout",
+        choices=["one", "split", "three"],
+        default="one",
+        help="one: cdp run; split: cdp api + cdp worker; three: api + identity/profiles "
+        "worker + history worker (separate processes, separate groups)",
     )
     args = parser.parse_args()
 
@@ -210,7 +214,16 @@ def main() -> None:
         "CDP_CLICKHOUSE__PATH": str(Path(settings.local.state_dir) / f"bench-{tag}-chdb"),
     }
     env["CDP_INGEST__SOURCES"] = json.dumps([s.model_dump(mode="json") for s in demo_sources()])
-    commands = [["api"], ["worker"]] if args.split else [["run"]]
+    layouts = {
+        "one": [["run"]],
+        "split": [["api"], ["worker"]],
+        "three": [
+            ["api"],
+            ["worker", "--role", "identity", "--role", "profiles"],
+            ["worker", "--role", "history"],
+        ],
+    }
+    commands = layouts[args.layout]
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "deploy", *cmd],
@@ -221,7 +234,14 @@ def main() -> None:
         for n, cmd in enumerate(commands)
     ]
     url = f"http://127.0.0.1:{port}"
-    group = group_id(settings, sorted(ROLES))
+    groups = (
+        [
+            (group_id(settings, ["identity", "profiles"]), TOPICS[:2]),
+            (group_id(settings, ["history"]), TOPICS[1:]),
+        ]
+        if args.layout == "three"
+        else [(group_id(settings, sorted(ROLES)), TOPICS)]
+    )
     try:
         for _ in range(300):
             try:
@@ -235,13 +255,14 @@ def main() -> None:
         started = time.monotonic()
         asyncio.run(post(url, bulk, None))
         posted = time.monotonic()
-        drained = wait_drained(settings, group)
+        drained = max(wait_drained(settings, g, t) for g, t in groups)
         e2e = args.events / (drained - started)
 
         paced_n = int(args.paced_rate * args.paced_seconds)
         run = "p" + tag
         asyncio.run(post(url, batches(run, paced_n, args.customers, batch=100), args.paced_rate))
-        wait_drained(settings, group)
+        for g, t in groups:
+            wait_drained(settings, g, t)
         fresh = asyncio.run(freshness(settings, run))
     finally:
         for proc in procs:
