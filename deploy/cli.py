@@ -361,6 +361,16 @@ def history_count(settings: Settings, table: str) -> None:
     click.echo(history_writer(settings).count(table))
 
 
+@history.command("sql")
+@click.argument("query")
+@click.pass_obj
+def history_sql(settings: Settings, query: str) -> None:
+    """Run a SQL query on the history (embedded: only while no worker holds it); JSON rows."""
+    result = history_writer(settings).query(query)
+    for row in result:
+        click.echo(json.dumps(row, default=str))
+
+
 @cli.group()
 def contracts() -> None:
     """Contract schemas."""

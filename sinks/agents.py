@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -15,7 +17,14 @@ from contracts.identity import LedgerEntry
 from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
 from deploy.retry import until_done
-from sinks.history import Batch, HistoryWriter, change_batch, event_batches, ledger_batch
+from sinks.history import (
+    Batch,
+    HistoryWriter,
+    change_batch,
+    event_batches,
+    ledger_batch,
+    snapshot_batch,
+)
 
 
 def _token(topic: str, events: list[Any]) -> str:
@@ -91,6 +100,15 @@ def register(app: Any, deps: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
             changes = [c for c, _ in _decode(ProfileChange, list(events))]
             token = _token(PROFILES_CHANGES.name, list(events))
-            await until_done(
-                "history.changes", partial(history.write, [change_batch(changes, token)])
-            )
+            snapshots = await until_done("history.snapshot", partial(_snapshots, changes))
+            version = time.time_ns()
+            batches = [
+                change_batch(changes, token),
+                snapshot_batch(snapshots, version, datetime.now(UTC), token),
+            ]
+            await until_done("history.changes", partial(history.write, batches))
+
+    async def _snapshots(changes: list[ProfileChange]) -> list[Any]:
+        """Read the current state of every profile a batch of changes touched."""
+        found = [await deps.profiles.get(pid) for pid in sorted({c.profile_id for c in changes})]
+        return [p for p in found if p is not None]

@@ -10,7 +10,7 @@ from typing import Any
 
 from contracts.events import ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
-from contracts.profiles import ProfileChange
+from contracts.profiles import Profile, ProfileChange
 
 #: Same-data retries within this many recent inserts per table are dropped by ClickHouse.
 DEDUP_WINDOW = 10_000
@@ -147,6 +147,11 @@ class HistoryWriter:
         ).result_rows
         return {int(p): int(o) for p, o in rows}
 
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        """Run a read query; rows as dicts (an operator's tool: the SQL is theirs)."""
+        result = self._client.query(sql)
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
     def count(self, table: str, final: bool = True) -> int:
         """Count rows of a table (FINAL: after deduplication)."""
         suffix = " FINAL" if final else ""
@@ -211,3 +216,13 @@ def change_batch(changes: list[ProfileChange], token: str) -> Batch:
     return Batch(
         "profile_changes", ["profile_id", "event_id", "changed", "merged", "at"], rows, token
     )
+
+
+def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: str) -> Batch:
+    """Rows for ``profile_snapshots``: the full profile after a batch of changes.
+
+    ``version`` orders snapshots of one profile (ReplacingMergeTree keeps the highest), so a
+    replayed batch can only write the same or a newer state.
+    """
+    rows = [[p.profile_id, p.model_dump_json(), version, at] for p in profiles]
+    return Batch("profile_snapshots", ["profile_id", "snapshot", "version", "at"], rows, token)

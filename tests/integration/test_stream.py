@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -125,6 +126,16 @@ def test_cross_channel_customer_becomes_one_profile(
     assert workers[0].stop() == 0
     assert workers[0].cli("history", "count", "--table", "events").strip() == "4"
     assert workers[0].cli("history", "count", "--table", "profile_aliases").strip() == "1"
+    latest = workers[0].cli(
+        "history",
+        "sql",
+        "SELECT JSONExtractInt(snapshot, 'order_count') AS orders, "
+        "JSONExtractString(snapshot, 'profile_id') AS pid FROM cdp.profile_snapshots FINAL "
+        f"WHERE profile_id = '{int(profile['profile_id'])}'",
+    )
+    assert [json.loads(line) for line in latest.splitlines()] == [
+        {"orders": 2, "pid": profile["profile_id"]}
+    ]
 
 
 def _events_in_redis(settings: Settings) -> int:
