@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from contracts.deadletter import DeadLetter, DeadLetterReason
 from ingest.publisher import Record
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def split(model: type[M], events: list[Any]) -> tuple[list[tuple[M, Any]], list[Any]]:
+    """Decode faust events against a topic's contract: (value, event) pairs and the rest."""
+    good, bad = [], []
+    for ev in events:
+        try:
+            good.append((model.model_validate_json(ev.message.value), ev))
+        except ValidationError:
+            bad.append(ev)
+    return good, bad
 
 
 def dead_letters(events: list[Any], processor: str, topic: str) -> list[Record]:

@@ -7,12 +7,11 @@ from functools import partial
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from contracts.events import Event
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
 from deploy.retry import until_done
-from deploy.undecodable import dead_letters
+from deploy.undecodable import dead_letters, split
 from identity.store import Located
 from ingest.publisher import Record
 
@@ -21,15 +20,8 @@ log = structlog.get_logger()
 
 def decode(events: list[Any]) -> tuple[list[Located], list[Any]]:
     """Split faust events into decodable ones (with their offsets) and undecodable ones."""
-    good, bad = [], []
-    for ev in events:
-        try:
-            event = Event.model_validate_json(ev.message.value)
-        except ValidationError:
-            bad.append(ev)
-            continue
-        good.append(Located(event, ev.message.partition, ev.message.offset))
-    return good, bad
+    good, bad = split(Event, events)
+    return [Located(e, ev.message.partition, ev.message.offset) for e, ev in good], bad
 
 
 def register(app: Any, deps: Any) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from contracts.events import Identifier, IdentifierType, identifier_rank
 
@@ -71,6 +71,7 @@ class IdentityRules(BaseModel):
     blocklist: dict[str, list[str]] = Field(default_factory=dict)
     #: An identifier already held by more profiles than this never causes a merge.
     supernode_limit: Annotated[int, Field(ge=1)] = 5
+    _extra: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
 
     def rule(self, type_name: str) -> TypeRule:
         """Return the rule of a type (custom types get ``custom``)."""
@@ -81,8 +82,11 @@ class IdentityRules(BaseModel):
         value = ident.value.lower()
         if value in DEFAULT_BLOCKLIST or _REPEATED.match(value.lstrip("+")):
             return True
-        extra = self.blocklist
-        return value in {v.lower() for v in [*extra.get("*", []), *extra.get(ident.type, [])]}
+        return value in self._extra.get("*", ()) or value in self._extra.get(ident.type, ())
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Lower-case the extra blocklist once: ``blocked`` runs for every identifier."""
+        self._extra = {t: frozenset(v.lower() for v in vs) for t, vs in self.blocklist.items()}
 
 
 def ordered(identifiers: list[Identifier]) -> list[Identifier]:

@@ -6,24 +6,17 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from contracts.events import ResolvedEvent
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
 from deploy.retry import until_done
-from deploy.undecodable import dead_letters
+from deploy.undecodable import dead_letters, split
 from ingest.publisher import Record
 
 
 def decode(events: list[Any]) -> tuple[list[ResolvedEvent], list[Any]]:
     """Split faust events into resolved events and undecodable messages."""
-    good, bad = [], []
-    for ev in events:
-        try:
-            good.append(ResolvedEvent.model_validate_json(ev.message.value))
-        except ValidationError:
-            bad.append(ev)
-    return good, bad
+    good, bad = split(ResolvedEvent, events)
+    return [r for r, _ in good], bad
 
 
 def register(app: Any, deps: Any) -> None:

@@ -17,6 +17,9 @@ from identity.aliases import survivor
 from profiles.fold import FoldRules, fold
 
 SCRIPT = (Path(__file__).parent / "fold.lua").read_text()
+#: What a profile read fetches besides its main hash and traits, in this order.
+_SETS = ("channels", "categories", "tickets_opened", "tickets_resolved", "complaints", "follow_ups")
+_ENTRIES = ("orders", "csat")
 
 
 def _text(value: Any) -> str:
@@ -57,17 +60,17 @@ class ProfileStore:
         todo = [r for r in batch if r.profile_id]
         if not todo:
             return []
+        ops = [json.dumps(fold(r, self._rules).ops) for r in todo]
         try:
-            answers = await self._run(todo)
+            answers = await self._run(todo, ops)
         except NoScriptError:
             await self._redis.script_load(SCRIPT)
-            answers = await self._run(todo)
+            answers = await self._run(todo, ops)
         return [self._applied(r, json.loads(a), at) for r, a in zip(todo, answers, strict=True)]
 
-    async def _run(self, batch: list[ResolvedEvent]) -> list[Any]:
+    async def _run(self, batch: list[ResolvedEvent], ops: list[str]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for r in batch:
-            ops = json.dumps(fold(r, self._rules).ops)
+        for r, op in zip(batch, ops, strict=True):
             pipe.evalsha(
                 self._script.sha,
                 0,
@@ -75,7 +78,7 @@ class ProfileStore:
                 r.profile_id,
                 r.raw_partition,
                 r.raw_offset,
-                ops,
+                op,
                 json.dumps(r.merged),
             )
         return list(await pipe.execute())
@@ -100,41 +103,28 @@ class ProfileStore:
 
     async def get(self, profile_id: str) -> Profile | None:
         """Read a profile (a merged id answers with its survivor); None when unknown."""
-        pid = await self.survivor(profile_id)
-        base = f"{self._ns}:pf:{pid}"
+        return (await self.get_many([profile_id]))[0]
+
+    async def get_many(self, profile_ids: list[str]) -> list[Profile | None]:
+        """Read several profiles in one pipelined round trip (after resolving aliases)."""
+        pids = [await self.survivor(p) for p in profile_ids]
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(base)
-        pipe.hgetall(f"{base}:t")
-        pipe.smembers(f"{self._ns}:p:{pid}:ids")
-        for name in (
-            "channels",
-            "categories",
-            "tickets_opened",
-            "tickets_resolved",
-            "complaints",
-            "follow_ups",
-        ):
-            pipe.smembers(f"{base}:s:{name}")
-        for name in ("orders", "csat"):
-            pipe.hlen(f"{base}:h:{name}")
-        (
-            main,
-            traits,
-            ids,
-            chans,
-            cats,
-            opened,
-            resolved,
-            complaints,
-            follow,
-            orders,
-            csat,
-        ) = await pipe.execute()
-        if not main:
-            return None
-        return self._profile(
-            pid, main, traits, ids, chans, cats, opened, resolved, complaints, follow, orders, csat
-        )
+        for pid in pids:
+            base = f"{self._ns}:pf:{pid}"
+            pipe.hgetall(base)
+            pipe.hgetall(f"{base}:t")
+            pipe.smembers(f"{self._ns}:p:{pid}:ids")
+            for name in _SETS:
+                pipe.smembers(f"{base}:s:{name}")
+            for name in _ENTRIES:
+                pipe.hlen(f"{base}:h:{name}")
+        answers = await pipe.execute()
+        width = 3 + len(_SETS) + len(_ENTRIES)
+        out: list[Profile | None] = []
+        for n, pid in enumerate(pids):
+            main, traits, *rest = answers[n * width : (n + 1) * width]
+            out.append(self._profile(pid, main, traits, *rest) if main else None)
+        return out
 
     @staticmethod
     def _profile(pid: str, main: dict[Any, Any], traits: dict[Any, Any], *rest: Any) -> Profile:

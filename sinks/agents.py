@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from contracts.events import ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
 from deploy.retry import until_done
+from deploy.undecodable import split
 from sinks.history import (
     Batch,
     HistoryWriter,
@@ -33,13 +34,8 @@ def _token(topic: str, events: list[Any]) -> str:
 
 
 def _decode(model: type[BaseModel], events: list[Any]) -> list[Any]:
-    out = []
-    for ev in events:
-        try:
-            out.append((model.model_validate_json(ev.message.value), ev))
-        except ValidationError:
-            continue  # dead-lettered by the processor that owns the topic's contract
-    return out
+    # Undecodable messages are dead-lettered by the processor that owns the topic's contract.
+    return split(model, events)[0]
 
 
 class History:
@@ -110,5 +106,5 @@ def register(app: Any, deps: Any) -> None:
 
     async def _snapshots(changes: list[ProfileChange]) -> list[Any]:
         """Read the current state of every profile a batch of changes touched."""
-        found = [await deps.profiles.get(pid) for pid in sorted({c.profile_id for c in changes})]
+        found = await deps.profiles.get_many(sorted({c.profile_id for c in changes}))
         return [p for p in found if p is not None]
