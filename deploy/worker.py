@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from deploy.deps import Deps
+from deploy.fastfaust import App as FaustApp
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
@@ -75,7 +76,7 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
-    app = faust.App(
+    app = FaustApp(
         group_id(settings, roles),
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
         store="memory://",

@@ -1,9 +1,12 @@
--- Resolve one event's identifiers to a profile id, merging and linking atomically.
+-- Resolve a micro-batch of events' identifiers to profile ids, merging and linking atomically.
 --
--- ARGV[1] namespace            ARGV[2] event id        ARGV[3] raw partition
--- ARGV[4] raw offset           ARGV[5] memo ttl (s)    ARGV[6] supernode limit
--- ARGV[7] rules JSON {type: [unique 0/1, cap]}, ARGV[8] custom rule JSON [unique, cap]
--- ARGV[9..] identifiers, strongest first, in pairs: "type:value", blocked 0/1
+-- ARGV[1] namespace   ARGV[2] memo ttl (s)   ARGV[3] supernode limit
+-- ARGV[4] rules JSON {type: [unique 0/1, cap]}, ARGV[5] custom rule JSON [unique, cap]
+-- ARGV[6] the batch JSON: [[event id, raw partition, raw offset, [ids], [blocked ids]], ...]
+--         identifiers as "type:value", strongest first
+--
+-- One call per micro-batch (the caller splits big batches into chunks so that Redis answers
+-- other clients between chunks); the events are resolved in order, each as before on its own.
 --
 -- Keys (all under the namespace; not Redis Cluster safe, see docs/architecture.md):
 --   i:<type:value>  SET of profile ids holding the identifier
@@ -14,28 +17,17 @@
 --   seq             profile id counter (lower = older)
 --   ev:<event id>   the outcome of this event, replayed for redelivered offsets
 --   rf:<pid>:<x>:<rule>  refusals already recorded
--- Returns the outcome as JSON: {pid, created, dup, merges, refusals}.
+-- Returns a JSON array with one outcome per event: {pid, created, dup, merges, refusals}.
 
 local ns = ARGV[1]
-local event_id = ARGV[2]
-local part, off = ARGV[3], ARGV[4]
-local ttl = tonumber(ARGV[5])
-local limit = tonumber(ARGV[6])
-local rules = cjson.decode(ARGV[7])
-local custom = cjson.decode(ARGV[8])
+local ttl = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local rules = cjson.decode(ARGV[4])
+local custom = cjson.decode(ARGV[5])
+local batch = cjson.decode(ARGV[6])
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
-
-local memo_key = k('ev', event_id)
-local memo = redis.call('GET', memo_key)
-if memo then
-  local m = cjson.decode(memo)
-  if m.part ~= part or m.off ~= off then
-    -- the same event id at another offset: a client retry; report it, change nothing
-    return cjson.encode({pid = m.pid, created = 0, dup = 1, merges = {}, refusals = {}})
-  end
-  return memo  -- a redelivery of the same offset: the same outcome again
-end
+local alias_key = k('alias')
 
 local function rule_of(t)
   local r = rules[t] or custom
@@ -48,154 +40,179 @@ local function value_of(id) return string.sub(id, #type_of(id) + 2) end
 local function resolve(pid)
   local cur, hops = pid, 0
   while hops < 64 do
-    local nxt = redis.call('HGET', k('alias'), cur)
+    local nxt = redis.call('HGET', alias_key, cur)
     if not nxt then break end
     cur, hops = nxt, hops + 1
   end
   return cur
 end
 
-local refusals, merges = {}, {}
-local function remember(pid, entry)
-  -- the profile's own ledger, for explain: which merges built it, which were refused
-  entry.event = event_id
-  redis.call('RPUSH', k('p', pid, 'log'), cjson.encode(entry))
-end
-
-local function refuse(pid, other, id, rule)
-  local mark = k('rf', pid, other or id, rule)
-  if redis.call('SET', mark, '1', 'NX', 'EX', 2592000) then
-    local entry = {pid = pid, other = other or cjson.null, id = id, rule = rule}
-    table.insert(refusals, entry)
-    remember(pid, {decision = 'refused', rule = rule, other = entry.other, id = id})
-  end
-end
-
--- 1. candidates: the profiles the usable identifiers point at, strongest identifier first
-local ids, blocked, supernode = {}, {}, {}
-for i = 9, #ARGV, 2 do
-  local id = ARGV[i]
-  if ARGV[i + 1] == '1' then table.insert(blocked, id) else table.insert(ids, id) end
-end
-local cands, via = {}, {}
-for _, id in ipairs(ids) do
-  local holders = redis.call('SMEMBERS', k('i', id))
-  if #holders > limit then
-    supernode[id] = true
-  else
-    for _, h in ipairs(holders) do
-      local s = resolve(h)
-      if not via[s] then via[s] = id; table.insert(cands, s) end
-    end
-  end
-end
-
--- 2. merge every candidate compatible with the group into the oldest
 local function uq(pid) return redis.call('HGETALL', k('p', pid, 'uq')) end
 local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
 
-local group_uq, group_cnt = {}, {}
-local function absorb(pid)
-  local u = uq(pid)
-  for j = 1, #u, 2 do group_uq[u[j]] = u[j + 1] end
-  local c = cnt(pid)
-  for j = 1, #c, 2 do group_cnt[c[j]] = (group_cnt[c[j]] or 0) + tonumber(c[j + 1]) end
-end
-
-local function conflict(pid)
-  local u = uq(pid)
-  for j = 1, #u, 2 do
-    if group_uq[u[j]] and group_uq[u[j]] ~= u[j + 1] then return 'unique_conflict' end
+local function resolve_event(event_id, part, off, ids, blocked)
+  local memo_key = k('ev', event_id)
+  local memo = redis.call('GET', memo_key)
+  if memo then
+    local m = cjson.decode(memo)
+    if m.part ~= part or m.off ~= off then
+      -- the same event id at another offset: a client retry; report it, change nothing
+      return cjson.encode({pid = m.pid, created = 0, dup = 1, merges = {}, refusals = {}})
+    end
+    return memo  -- a redelivery of the same offset: the same outcome again
   end
-  local c = cnt(pid)
-  for j = 1, #c, 2 do
-    local _, cap = rule_of(c[j])
-    if (group_cnt[c[j]] or 0) + tonumber(c[j + 1]) > cap then return 'cap' end
+
+  local refusals, merges = {}, {}
+  local function remember(pid, entry)
+    -- the profile's own ledger, for explain: which merges built it, which were refused
+    entry.event = event_id
+    redis.call('RPUSH', k('p', pid, 'log'), cjson.encode(entry))
   end
-  return nil
-end
 
--- The event's own unique identifiers take part: a candidate holding another member id
--- is a different person, even when a weaker identifier (a shared device) points at it.
-for _, id in ipairs(ids) do
-  local t = type_of(id)
-  if rule_of(t) and not group_uq[t] then group_uq[t] = value_of(id) end
-end
-
-local pid, created = nil, 0
-local group, pending = {}, {}
-for _, cand in ipairs(cands) do
-  local why = conflict(cand)
-  if why then
-    table.insert(pending, {cand, why})
-  else
-    table.insert(group, cand)
-    absorb(cand)
-  end
-end
-if #group > 0 then
-  table.sort(group, function(a, b) return tonumber(a) < tonumber(b) end)
-  pid = group[1]
-elseif #ids > 0 then
-  pid = tostring(redis.call('INCR', k('seq')))
-  created = 1
-end
-if pid then
-  for _, p in ipairs(pending) do refuse(pid, p[1], via[p[1]], p[2]) end
-end
-
-local function merge(gone, into)
-  for _, id in ipairs(redis.call('SMEMBERS', k('p', gone, 'ids'))) do
-    redis.call('SREM', k('i', id), gone)
-    redis.call('SADD', k('i', id), into)
-    if redis.call('SADD', k('p', into, 'ids'), id) == 1 then
-      redis.call('HINCRBY', k('p', into, 'cnt'), type_of(id), 1)
+  local function refuse(pid, other, id, rule)
+    local mark = k('rf', pid, other or id, rule)
+    if redis.call('SET', mark, '1', 'NX', 'EX', 2592000) then
+      local entry = {pid = pid, other = other or cjson.null, id = id, rule = rule}
+      table.insert(refusals, entry)
+      remember(pid, {decision = 'refused', rule = rule, other = entry.other, id = id})
     end
   end
-  local u = uq(gone)
-  for j = 1, #u, 2 do redis.call('HSETNX', k('p', into, 'uq'), u[j], u[j + 1]) end
-  for _, line in ipairs(redis.call('LRANGE', k('p', gone, 'log'), 0, -1)) do
-    redis.call('RPUSH', k('p', into, 'log'), line)
+
+  local function finish(pid, created)
+    if pid then
+      for _, id in ipairs(blocked) do refuse(pid, nil, id, 'blocklist') end
+    end
+    local out = cjson.encode({
+      pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
+      part = part, off = off,
+    })
+    redis.call('SET', memo_key, out, 'EX', ttl)
+    return out
   end
-  redis.call('DEL', k('p', gone, 'ids'), k('p', gone, 'cnt'), k('p', gone, 'uq'), k('p', gone, 'log'))
-  redis.call('HSET', k('alias'), gone, into)
-  -- the bridge: the identifier that brought in the profile not found by the event's strongest
-  local bridge = via[gone]
-  if gone == cands[1] then bridge = via[into] end
-  table.insert(merges, {survivor = into, merged = gone, id = bridge})
-  remember(into, {decision = 'merged', rule = 'shared_identifier', other = gone, id = bridge})
-end
 
-if pid then
-  for n = 2, #group do merge(group[n], pid) end
+  -- 1. candidates: the profiles the usable identifiers point at, strongest identifier first
+  local supernode, linked = {}, 0
+  local cands, via = {}, {}
+  for _, id in ipairs(ids) do
+    local holders = redis.call('SMEMBERS', k('i', id))
+    if #holders > limit then
+      supernode[id] = true
+    else
+      for _, h in ipairs(holders) do
+        local s = resolve(h)
+        if not via[s] then via[s] = id; table.insert(cands, s) end
+      end
+      if #holders == 1 then linked = linked + 1 end
+    end
+  end
 
-  -- 3. link the event's identifiers to the profile, within the rules
+  -- The common case: every identifier already belongs to one and the same profile, so
+  -- nothing can merge, link or conflict.
+  if #cands == 1 and linked == #ids then return finish(cands[1], 0) end
+
+  -- 2. merge every candidate compatible with the group into the oldest
+  local group_uq, group_cnt = {}, {}
+  local function absorb(pid)
+    local u = uq(pid)
+    for j = 1, #u, 2 do group_uq[u[j]] = u[j + 1] end
+    local c = cnt(pid)
+    for j = 1, #c, 2 do group_cnt[c[j]] = (group_cnt[c[j]] or 0) + tonumber(c[j + 1]) end
+  end
+
+  local function conflict(pid)
+    local u = uq(pid)
+    for j = 1, #u, 2 do
+      if group_uq[u[j]] and group_uq[u[j]] ~= u[j + 1] then return 'unique_conflict' end
+    end
+    local c = cnt(pid)
+    for j = 1, #c, 2 do
+      local _, cap = rule_of(c[j])
+      if (group_cnt[c[j]] or 0) + tonumber(c[j + 1]) > cap then return 'cap' end
+    end
+    return nil
+  end
+
+  -- The event's own unique identifiers take part: a candidate holding another member id
+  -- is a different person, even when a weaker identifier (a shared device) points at it.
   for _, id in ipairs(ids) do
     local t = type_of(id)
-    if supernode[id] then
-      refuse(pid, nil, id, 'supernode')
-    elseif redis.call('SISMEMBER', k('p', pid, 'ids'), id) == 0 then
-      local unique, cap = rule_of(t)
-      local held = redis.call('HGET', k('p', pid, 'uq'), t)
-      local count = tonumber(redis.call('HGET', k('p', pid, 'cnt'), t) or '0')
-      if unique and held and held ~= value_of(id) then
-        refuse(pid, nil, id, 'unique_conflict')
-      elseif count >= cap then
-        refuse(pid, nil, id, 'cap')
-      else
-        redis.call('SADD', k('i', id), pid)
-        redis.call('SADD', k('p', pid, 'ids'), id)
-        redis.call('HINCRBY', k('p', pid, 'cnt'), t, 1)
-        if unique then redis.call('HSET', k('p', pid, 'uq'), t, value_of(id)) end
+    if rule_of(t) and not group_uq[t] then group_uq[t] = value_of(id) end
+  end
+
+  local pid, created = nil, 0
+  local group, pending = {}, {}
+  for _, cand in ipairs(cands) do
+    local why = conflict(cand)
+    if why then
+      table.insert(pending, {cand, why})
+    else
+      table.insert(group, cand)
+      absorb(cand)
+    end
+  end
+  if #group > 0 then
+    table.sort(group, function(a, b) return tonumber(a) < tonumber(b) end)
+    pid = group[1]
+  elseif #ids > 0 then
+    pid = tostring(redis.call('INCR', k('seq')))
+    created = 1
+  end
+  if pid then
+    for _, p in ipairs(pending) do refuse(pid, p[1], via[p[1]], p[2]) end
+  end
+
+  local function merge(gone, into)
+    for _, id in ipairs(redis.call('SMEMBERS', k('p', gone, 'ids'))) do
+      redis.call('SREM', k('i', id), gone)
+      redis.call('SADD', k('i', id), into)
+      if redis.call('SADD', k('p', into, 'ids'), id) == 1 then
+        redis.call('HINCRBY', k('p', into, 'cnt'), type_of(id), 1)
+      end
+    end
+    local u = uq(gone)
+    for j = 1, #u, 2 do redis.call('HSETNX', k('p', into, 'uq'), u[j], u[j + 1]) end
+    for _, line in ipairs(redis.call('LRANGE', k('p', gone, 'log'), 0, -1)) do
+      redis.call('RPUSH', k('p', into, 'log'), line)
+    end
+    redis.call('DEL', k('p', gone, 'ids'), k('p', gone, 'cnt'), k('p', gone, 'uq'), k('p', gone, 'log'))
+    redis.call('HSET', alias_key, gone, into)
+    -- the bridge: the identifier that brought in the profile not found by the event's strongest
+    local bridge = via[gone]
+    if gone == cands[1] then bridge = via[into] end
+    table.insert(merges, {survivor = into, merged = gone, id = bridge})
+    remember(into, {decision = 'merged', rule = 'shared_identifier', other = gone, id = bridge})
+  end
+
+  if pid then
+    for n = 2, #group do merge(group[n], pid) end
+
+    -- 3. link the event's identifiers to the profile, within the rules
+    for _, id in ipairs(ids) do
+      local t = type_of(id)
+      if supernode[id] then
+        refuse(pid, nil, id, 'supernode')
+      elseif redis.call('SISMEMBER', k('p', pid, 'ids'), id) == 0 then
+        local unique, cap = rule_of(t)
+        local held = redis.call('HGET', k('p', pid, 'uq'), t)
+        local count = tonumber(redis.call('HGET', k('p', pid, 'cnt'), t) or '0')
+        if unique and held and held ~= value_of(id) then
+          refuse(pid, nil, id, 'unique_conflict')
+        elseif count >= cap then
+          refuse(pid, nil, id, 'cap')
+        else
+          redis.call('SADD', k('i', id), pid)
+          redis.call('SADD', k('p', pid, 'ids'), id)
+          redis.call('HINCRBY', k('p', pid, 'cnt'), t, 1)
+          if unique then redis.call('HSET', k('p', pid, 'uq'), t, value_of(id)) end
+        end
       end
     end
   end
-  for _, id in ipairs(blocked) do refuse(pid, nil, id, 'blocklist') end
+  return finish(pid, created)
 end
 
-local out = cjson.encode({
-  pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
-  part = part, off = off,
-})
-redis.call('SET', memo_key, out, 'EX', ttl)
-return out
+local outs = {}
+for n, e in ipairs(batch) do
+  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5])
+end
+return '[' .. table.concat(outs, ',') .. ']'

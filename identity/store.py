@@ -17,6 +17,8 @@ from identity.aliases import survivor
 from identity.rules import IdentityRules, ordered
 
 SCRIPT = (Path(__file__).parent / "resolve.lua").read_text()
+#: Events per script call: big enough to amortise the call, small enough not to stall Redis.
+CHUNK = 100
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,8 @@ def _list(value: Any) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else []
 
 
-def to_outcome(item: Located, raw: str | bytes, at: datetime) -> Outcome:
-    """Turn the Lua script's JSON answer into contract records."""
-    result = json.loads(raw)
+def to_outcome(item: Located, result: dict[str, Any], at: datetime) -> Outcome:
+    """Turn the Lua script's answer for one event into contract records."""
     eid = item.event.event_id
     merges = _list(result["merges"])
     ledger = [
@@ -101,23 +102,29 @@ class IdentityStore:
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
-    def _args(self, item: Located) -> list[str | int]:
-        args: list[str | int] = [
+    def _chunk(self, items: list[Located]) -> list[str | int]:
+        batch = []
+        for item in items:
+            ids: list[str] = []
+            blocked: list[str] = []
+            for ident in ordered(item.event.identifiers):
+                (blocked if self._rules.blocked(ident) else ids).append(ident.key())
+            batch.append([item.event.event_id, str(item.partition), str(item.offset), ids, blocked])
+        return [
             self._ns,
-            item.event.event_id,
-            item.partition,
-            item.offset,
             self._ttl,
             self._rules.supernode_limit,
             self._rules_json,
             self._custom_json,
+            json.dumps(batch),
         ]
-        for ident in ordered(item.event.identifiers):
-            args += [ident.key(), int(self._rules.blocked(ident))]
-        return args
 
     async def resolve(self, batch: list[Located], at: datetime) -> list[Outcome]:
-        """Resolve a batch: one pipelined round trip, each event atomic on its own."""
+        """Resolve a batch: one script call per chunk, all chunks in one pipelined round trip.
+
+        Each event is atomic on its own; a chunk keeps Redis busy for a few milliseconds at
+        most, so profile reads from the API interleave between chunks.
+        """
         if not batch:
             return []
         try:
@@ -129,9 +136,9 @@ class IdentityStore:
 
     async def _run(self, batch: list[Located]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for item in batch:
-            pipe.evalsha(self._script.sha, 0, *self._args(item))
-        return list(await pipe.execute())
+        for start in range(0, len(batch), CHUNK):
+            pipe.evalsha(self._script.sha, 0, *self._chunk(batch[start : start + CHUNK]))
+        return [outcome for chunk in await pipe.execute() for outcome in json.loads(chunk)]
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""

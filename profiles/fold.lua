@@ -1,8 +1,10 @@
--- Apply one event's operations to its profile, once (offset watermark), commutatively.
+-- Apply a micro-batch of events' operations to their profiles, once each (offset watermark),
+-- commutatively.
 --
--- ARGV[1] namespace   ARGV[2] profile id the event was keyed by   ARGV[3] raw partition
--- ARGV[4] raw offset  ARGV[5] operations JSON (see profiles/fold.py)
--- ARGV[6] merged profile ids JSON: fold each into the survivor first
+-- ARGV[1] namespace
+-- ARGV[2] the batch JSON: [[profile id the event was keyed by, raw partition, raw offset,
+--         operations (see profiles/fold.py), merged profile ids to fold into the survivor first],
+--         ...]
 --
 -- Keys under the namespace, per profile (pid = survivor after following aliases):
 --   pf:<pid>        HASH  n:* counters, lo:* minima, hi:* maxima, e:* sums of entries
@@ -10,32 +12,30 @@
 --   pf:<pid>:s:<x>  SET   members of x             pf:<pid>:h:<x> HASH entry id -> amount
 --   pf:<pid>:parts  SET   which s:<x> / h:<x> exist (so a merge can move them)
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
--- Returns JSON {pid, applied, changed: [names]}.
+-- Returns a JSON array with one {pid, applied, changed: [names]} per event.
 
-local ns, keyed, part, off = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local ops = cjson.decode(ARGV[5])
-local merged = cjson.decode(ARGV[6])
+local ns = ARGV[1]
+local batch = cjson.decode(ARGV[2])
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
+local alias_key = k('alias')
 
+-- Aliases are written by the identity script only, so they cannot change during this call.
+local survivors = {}
 local function resolve(pid)
+  local known = survivors[pid]
+  if known then return known end
   local cur, hops = pid, 0
   while hops < 64 do
-    local nxt = redis.call('HGET', k('alias'), cur)
+    local nxt = redis.call('HGET', alias_key, cur)
     if not nxt then break end
     cur, hops = nxt, hops + 1
   end
+  survivors[pid] = cur
   return cur
 end
 
-local wm = tonumber(redis.call('HGET', k('wm', keyed), part) or '-1')
-if off <= wm then
-  return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}})
-end
-redis.call('HSET', k('wm', keyed), part, off)
-
-local pid = resolve(keyed)
-local changed, seen = {}, {}
+local changed, seen
 local function mark(name)
   if not seen[name] then seen[name] = true; table.insert(changed, name) end
 end
@@ -61,16 +61,45 @@ local function trait(p, name, value, r)
   return false
 end
 local function entry(p, name, id, amount)
-  redis.call('SADD', k('pf', p, 'parts'), 'h:' .. name)
   if redis.call('HSETNX', k('pf', p, 'h', name), id, amount) == 1 then
+    redis.call('SADD', k('pf', p, 'parts'), 'h:' .. name)
     redis.call('HINCRBY', k('pf', p), 'e:' .. name, amount)
     return true
   end
   return false
 end
 local function sadd(p, name, member)
-  redis.call('SADD', k('pf', p, 'parts'), 's:' .. name)
-  return redis.call('SADD', k('pf', p, 's', name), member) == 1
+  if redis.call('SADD', k('pf', p, 's', name), member) == 1 then
+    redis.call('SADD', k('pf', p, 'parts'), 's:' .. name)
+    return true
+  end
+  return false
+end
+
+-- The minima and maxima of one event in two calls: read them all, write the ones that move.
+local function bounds(p, list)
+  if #list == 0 then return end
+  local fields, known = {}, {}
+  for _, op in ipairs(list) do
+    if not known[op[2]] then known[op[2]] = true; table.insert(fields, op[2]) end
+  end
+  local cur = redis.call('HMGET', k('pf', p), unpack(fields))
+  local best = {}
+  for n, f in ipairs(fields) do best[f] = tonumber(cur[n] or 'nil') end
+  for _, op in ipairs(list) do
+    local f, v = op[2], op[3]
+    local c = best[f]
+    if c == nil or (op[1] == 'min' and v < c) or (op[1] == 'max' and v > c) then best[f] = v end
+  end
+  local writes = {}
+  for n, f in ipairs(fields) do
+    if best[f] ~= tonumber(cur[n] or 'nil') then
+      mark(f)
+      table.insert(writes, f)
+      table.insert(writes, best[f])
+    end
+  end
+  if #writes > 0 then redis.call('HSET', k('pf', p), unpack(writes)) end
 end
 
 -- Fold a merged-away profile into the survivor: the same operations, so still commutative.
@@ -103,24 +132,41 @@ local function merge(gone, into)
   mark('merged')
 end
 
-if type(merged) == 'table' then
-  for _, gone in ipairs(merged) do merge(gone, pid) end
+
+local function apply(keyed, part, off, ops, merged)
+  local wm = tonumber(redis.call('HGET', k('wm', keyed), part) or '-1')
+  if off <= wm then
+    return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}})
+  end
+  redis.call('HSET', k('wm', keyed), part, off)
+
+  local pid = resolve(keyed)
+  changed, seen = {}, {}
+  if type(merged) == 'table' then
+    for _, gone in ipairs(merged) do merge(gone, pid) end
+  end
+
+  local extremes = {}
+  for _, op in ipairs(ops) do
+    local kind = op[1]
+    if kind == 'incr' then
+      redis.call('HINCRBY', k('pf', pid), op[2], op[3]); mark(op[2])
+    elseif kind == 'min' or kind == 'max' then
+      table.insert(extremes, op)
+    elseif kind == 'sadd' then
+      if sadd(pid, op[2], op[3]) then mark(op[2]) end
+    elseif kind == 'entry' then
+      if entry(pid, op[2], op[3], op[4]) then mark(op[2]) end
+    elseif kind == 'trait' then
+      if trait(pid, op[2], op[3], op[4]) then mark('trait:' .. op[2]) end
+    end
+  end
+  bounds(pid, extremes)
+  return cjson.encode({pid = pid, applied = 1, changed = changed})
 end
 
-for _, op in ipairs(ops) do
-  local kind = op[1]
-  if kind == 'incr' then
-    redis.call('HINCRBY', k('pf', pid), op[2], op[3]); mark(op[2])
-  elseif kind == 'min' then
-    if set_min(pid, op[2], op[3]) then mark(op[2]) end
-  elseif kind == 'max' then
-    if set_max(pid, op[2], op[3]) then mark(op[2]) end
-  elseif kind == 'sadd' then
-    if sadd(pid, op[2], op[3]) then mark(op[2]) end
-  elseif kind == 'entry' then
-    if entry(pid, op[2], op[3], op[4]) then mark(op[2]) end
-  elseif kind == 'trait' then
-    if trait(pid, op[2], op[3], op[4]) then mark('trait:' .. op[2]) end
-  end
+local outs = {}
+for n, e in ipairs(batch) do
+  outs[n] = apply(e[1], e[2], tonumber(e[3]), e[4], e[5])
 end
-return cjson.encode({pid = pid, applied = 1, changed = changed})
+return '[' .. table.concat(outs, ',') .. ']'

@@ -17,13 +17,13 @@ from identity.aliases import survivor
 from profiles.fold import FoldRules, fold
 
 SCRIPT = (Path(__file__).parent / "fold.lua").read_text()
+READ = (Path(__file__).parent / "read.lua").read_text()
+#: Events per script call: big enough to amortise the call, small enough not to stall Redis.
+CHUNK = 100
 #: What a profile read fetches besides its main hash and traits, in this order.
 _SETS = ("channels", "categories", "tickets_opened", "tickets_resolved", "complaints", "follow_ups")
 _ENTRIES = ("orders", "csat")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+_READ_SETS, _READ_ENTRIES = json.dumps(_SETS), json.dumps(_ENTRIES)
 
 
 def _time(ms: Any) -> datetime | None:
@@ -54,34 +54,35 @@ class ProfileStore:
         self._rules = rules
         self._ns = namespace
         self._script = client.register_script(SCRIPT)
+        self._reader = client.register_script(READ)
 
     async def apply(self, batch: list[ResolvedEvent], at: datetime) -> list[Applied]:
-        """Fold a batch: one pipelined round trip, each event atomic and applied once."""
+        """Fold a batch: one script call per chunk, each event atomic and applied once."""
         todo = [r for r in batch if r.profile_id]
         if not todo:
             return []
-        ops = [json.dumps(fold(r, self._rules).ops) for r in todo]
+        rows = [
+            [
+                r.profile_id,
+                str(r.raw_partition),
+                str(r.raw_offset),
+                fold(r, self._rules).ops,
+                r.merged,
+            ]
+            for r in todo
+        ]
         try:
-            answers = await self._run(todo, ops)
+            answers = await self._run(rows)
         except NoScriptError:
             await self._redis.script_load(SCRIPT)
-            answers = await self._run(todo, ops)
-        return [self._applied(r, json.loads(a), at) for r, a in zip(todo, answers, strict=True)]
+            answers = await self._run(rows)
+        return [self._applied(r, a, at) for r, a in zip(todo, answers, strict=True)]
 
-    async def _run(self, batch: list[ResolvedEvent], ops: list[str]) -> list[Any]:
+    async def _run(self, rows: list[list[Any]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for r, op in zip(batch, ops, strict=True):
-            pipe.evalsha(
-                self._script.sha,
-                0,
-                self._ns,
-                r.profile_id,
-                r.raw_partition,
-                r.raw_offset,
-                op,
-                json.dumps(r.merged),
-            )
-        return list(await pipe.execute())
+        for start in range(0, len(rows), CHUNK):
+            pipe.evalsha(self._script.sha, 0, self._ns, json.dumps(rows[start : start + CHUNK]))
+        return [answer for chunk in await pipe.execute() for answer in json.loads(chunk)]
 
     @staticmethod
     def _applied(r: ResolvedEvent, answer: dict[str, Any], at: datetime) -> Applied:
@@ -106,31 +107,47 @@ class ProfileStore:
         return (await self.get_many([profile_id]))[0]
 
     async def get_many(self, profile_ids: list[str]) -> list[Profile | None]:
-        """Read several profiles in one pipelined round trip (after resolving aliases)."""
-        pids = [await self.survivor(p) for p in profile_ids]
+        """Read several profiles (after resolving aliases), one script call per chunk.
+
+        Each profile is read atomically, so a reader never sees half of a fold or a merge.
+        """
+        if not profile_ids:
+            return []
+        try:
+            answers = await self._read(profile_ids)
+        except NoScriptError:
+            await self._redis.script_load(READ)
+            answers = await self._read(profile_ids)
+        return [self._profile(*a) if a else None for a in answers]
+
+    async def _read(self, profile_ids: list[str]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        for pid in pids:
-            base = f"{self._ns}:pf:{pid}"
-            pipe.hgetall(base)
-            pipe.hgetall(f"{base}:t")
-            pipe.smembers(f"{self._ns}:p:{pid}:ids")
-            for name in _SETS:
-                pipe.smembers(f"{base}:s:{name}")
-            for name in _ENTRIES:
-                pipe.hlen(f"{base}:h:{name}")
-        answers = await pipe.execute()
-        width = 3 + len(_SETS) + len(_ENTRIES)
-        out: list[Profile | None] = []
-        for n, pid in enumerate(pids):
-            main, traits, *rest = answers[n * width : (n + 1) * width]
-            out.append(self._profile(pid, main, traits, *rest) if main else None)
-        return out
+        for start in range(0, len(profile_ids), CHUNK):
+            pipe.evalsha(
+                self._reader.sha,
+                0,
+                self._ns,
+                _READ_SETS,
+                _READ_ENTRIES,
+                *profile_ids[start : start + CHUNK],
+            )
+        return [answer for chunk in await pipe.execute() for answer in json.loads(chunk)]
 
     @staticmethod
-    def _profile(pid: str, main: dict[Any, Any], traits: dict[Any, Any], *rest: Any) -> Profile:
-        ids, chans, cats, opened, resolved, complaints, follow, orders, csat = rest
-        n = {_text(k): int(v) for k, v in main.items()}
-        t = {_text(k): json.loads(v) for k, v in traits.items()}
+    def _profile(
+        pid: str,
+        main: dict[str, str],
+        traits: dict[str, str],
+        ids: list[str] | dict[str, Any],
+        sets: dict[str, Any],
+        counts: dict[str, int],
+    ) -> Profile:
+        # cjson encodes an empty Lua table as {}: an empty set arrives as a dict.
+        members = {name: set(sets.get(name) or ()) for name in _SETS}
+        chans, cats = members["channels"], members["categories"]
+        orders, csat = counts.get("orders", 0), counts.get("csat", 0)
+        n = {k: int(v) for k, v in main.items()}
+        t = {k: json.loads(v) for k, v in traits.items()}
         spend = n.get("e:orders", 0) / 100
         nps = t.get("nps_last")
         channels = {
@@ -139,7 +156,7 @@ class ProfileStore:
                 last_seen=_time(n.get(f"hi:last_seen:{ch}")),
                 events=n.get(f"n:events:{ch}", 0),
             )
-            for ch in sorted(_text(c) for c in chans)
+            for ch in sorted(chans)
         }
         plain = {
             k: v
@@ -148,7 +165,7 @@ class ProfileStore:
         }
         return Profile(
             profile_id=pid,
-            identifiers=sorted(_text(i) for i in ids),
+            identifiers=sorted(ids or ()),
             traits=plain,
             first_seen=_time(n.get("lo:first_seen")),
             last_seen=_time(n.get("hi:last_seen")),
@@ -160,15 +177,15 @@ class ProfileStore:
             first_purchase_at=_time(n.get("lo:first_purchase_at")),
             last_purchase_at=_time(n.get("hi:last_purchase_at")),
             refund_total=n.get("e:refunds", 0) / 100,
-            categories=sorted(_text(c) for c in cats),
+            categories=sorted(cats),
             csat_last=t.get("csat_last"),
             csat_average=round(n.get("e:csat", 0) / csat, 2) if csat else None,
             csat_count=csat,
             nps_last=nps,
             nps_class=nps_class(nps),
-            complaints=len(complaints),
-            open_tickets=len({_text(x) for x in opened} - {_text(x) for x in resolved}),
-            follow_ups=len(follow),
+            complaints=len(members["complaints"]),
+            open_tickets=len(members["tickets_opened"] - members["tickets_resolved"]),
+            follow_ups=len(members["follow_ups"]),
             points_earned=n.get("e:points_earned", 0),
             points_redeemed=n.get("e:points_redeemed", 0),
             points_balance=n.get("e:points_earned", 0) - n.get("e:points_redeemed", 0),
