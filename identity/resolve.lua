@@ -37,15 +37,7 @@ end
 local function type_of(id) return string.match(id, '^([^:]+):') end
 local function value_of(id) return string.sub(id, #type_of(id) + 2) end
 
-local function resolve(pid)
-  local cur, hops = pid, 0
-  while hops < 64 do
-    local nxt = redis.call('HGET', alias_key, cur)
-    if not nxt then break end
-    cur, hops = nxt, hops + 1
-  end
-  return cur
-end
+local function resolve(pid) return follow_alias(alias_key, pid) end
 
 local function uq(pid) return redis.call('HGETALL', k('p', pid, 'uq')) end
 local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
@@ -91,12 +83,17 @@ local function resolve_event(event_id, part, off, ids, blocked)
   end
 
   -- 1. candidates: the profiles the usable identifiers point at, strongest identifier first
-  local supernode, linked = {}, 0
+  -- An identifier held by two profiles that could not merge (a family's phone) is shared:
+  -- it proves nothing about which of them an event is about, so it never picks a profile.
+  -- It is still linked below, so that its holders are counted towards the supernode limit.
+  local supernode, shared, linked = {}, {}, 0
   local cands, via = {}, {}
   for _, id in ipairs(ids) do
     local holders = redis.call('SMEMBERS', k('i', id))
     if #holders > limit then
       supernode[id] = true
+    elseif #holders > 1 then
+      shared[id] = true
     else
       for _, h in ipairs(holders) do
         local s = resolve(h)

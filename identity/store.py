@@ -1,4 +1,4 @@
-"""The identity graph in Redis: one atomic Lua call per event, pipelined per batch."""
+"""The identity graph in Redis: atomic Lua resolution, one script call per chunk of a batch."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from contracts.events import Event, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
 from identity.aliases import survivor
 from identity.rules import IdentityRules, ordered
+from identity.scripts import load
 
-SCRIPT = (Path(__file__).parent / "resolve.lua").read_text()
+SCRIPT = load(Path(__file__).parent / "resolve.lua")
 #: Events per script call: big enough to amortise the call, small enough not to stall Redis.
 CHUNK = 100
 

@@ -25,12 +25,7 @@ local survivors = {}
 local function resolve(pid)
   local known = survivors[pid]
   if known then return known end
-  local cur, hops = pid, 0
-  while hops < 64 do
-    local nxt = redis.call('HGET', alias_key, cur)
-    if not nxt then break end
-    cur, hops = nxt, hops + 1
-  end
+  local cur = follow_alias(alias_key, pid)
   survivors[pid] = cur
   return cur
 end

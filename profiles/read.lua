@@ -11,15 +11,7 @@ local entries = cjson.decode(ARGV[3])
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
 
-local function resolve(pid)
-  local cur, hops = pid, 0
-  while hops < 64 do
-    local nxt = redis.call('HGET', alias_key, cur)
-    if not nxt then break end
-    cur, hops = nxt, hops + 1
-  end
-  return cur
-end
+local function resolve(pid) return follow_alias(alias_key, pid) end
 
 local function hash(key)
   local flat, out = redis.call('HGETALL', key), {}

@@ -14,10 +14,11 @@ from redis.exceptions import NoScriptError
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange
 from identity.aliases import survivor
+from identity.scripts import load
 from profiles.fold import FoldRules, fold
 
-SCRIPT = (Path(__file__).parent / "fold.lua").read_text()
-READ = (Path(__file__).parent / "read.lua").read_text()
+SCRIPT = load(Path(__file__).parent / "fold.lua")
+READ = load(Path(__file__).parent / "read.lua")
 #: Events per script call: big enough to amortise the call, small enough not to stall Redis.
 CHUNK = 100
 #: What a profile read fetches besides its main hash and traits, in this order.

@@ -130,6 +130,23 @@ def test_unique_conflict_is_refused_and_recorded(graph: Graph) -> None:
     assert graph.send("member_id:M2", "email:shared@x.com").ledger == []
 
 
+def test_a_shared_identifier_alone_picks_neither_holder(graph: Graph) -> None:
+    # A family: two members, one phone. Once both hold it, the phone says nothing about who.
+    mum = graph.send("member_id:F1", "phone:+8613900000042").resolved.profile_id
+    kid = graph.send("member_id:F2", "phone:+8613900000042").resolved.profile_id
+    assert mum != kid
+    ticket = graph.send("phone:+8613900000042", "device_id:desk-7")
+    assert ticket.created and ticket.resolved.profile_id not in (mum, kid)
+    assert ticket.ledger == []
+    # With a unique identifier next to it, the event goes to that member.
+    assert graph.send("member_id:F2", "phone:+8613900000042").resolved.profile_id == kid
+    # The device the ticket brought in joins whoever proves it later.
+    later = graph.send("member_id:F1", "device_id:desk-7")
+    assert later.resolved.profile_id == mum
+    assert [m.other_profile_id for m in later.ledger] == [ticket.resolved.profile_id]
+    assert "device_id:desk-7" in graph.ids(mum)
+
+
 def test_supernode_identifier_never_merges(graph: Graph) -> None:
     # Three members share a device (limit 2): the first two link it, then it is a supernode.
     pids = [
