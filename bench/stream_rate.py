@@ -20,6 +20,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -268,6 +269,8 @@ def main() -> None:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=60)
+        for n in range(len(commands)):  # the embedded ClickHouse of each process: bench data
+            shutil.rmtree(f"{env['CDP_CLICKHOUSE__PATH']}-{n}", ignore_errors=True)
     ceiling = asyncio.run(bare_consume(settings))
     print(
         f"end-to-end: {args.events} events ({args.customers} customers) posted in "
