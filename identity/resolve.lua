@@ -86,20 +86,18 @@ local function resolve_event(event_id, part, off, ids, blocked)
   -- An identifier held by two profiles that could not merge (a family's phone) is shared:
   -- it proves nothing about which of them an event is about, so it never picks a profile.
   -- It is still linked below, so that its holders are counted towards the supernode limit.
-  local supernode, shared, linked = {}, {}, 0
+  local supernode, linked = {}, 0
   local cands, via = {}, {}
   for _, id in ipairs(ids) do
     local holders = redis.call('SMEMBERS', k('i', id))
     if #holders > limit then
       supernode[id] = true
     elseif #holders > 1 then
-      shared[id] = true
-    else
-      for _, h in ipairs(holders) do
-        local s = resolve(h)
-        if not via[s] then via[s] = id; table.insert(cands, s) end
-      end
-      if #holders == 1 then linked = linked + 1 end
+      -- shared: not a candidate, and not counted as linked (so the slow path links it)
+    elseif #holders == 1 then
+      local s = resolve(holders[1])
+      if not via[s] then via[s] = id; table.insert(cands, s) end
+      linked = linked + 1
     end
   end
 

@@ -1,12 +1,55 @@
-"""Load the Lua scripts with the helpers they share (EVALSHA scripts cannot import)."""
+"""The Lua scripts: shared helpers prepended (EVALSHA scripts cannot import), batched calls."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 _PRELUDE = (Path(__file__).parent / "survivor.lua").read_text()
+#: Items per script call: big enough to amortise the call, small enough not to stall Redis
+#: (other clients, such as profile reads from the API, run between two calls).
+CHUNK = 100
 
 
 def load(path: Path) -> str:
     """Return the script at ``path`` with the shared helpers in front of it."""
     return _PRELUDE + path.read_text()
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
+    """Split ``items`` into consecutive chunks of at most ``size``."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+class BatchScript:
+    """A script that answers a JSON array, one item per input, called once per chunk.
+
+    All calls of a batch go in one pipelined round trip; their answers come back flattened,
+    in input order. A Redis that lost its script cache (restart, flush) gets it loaded again.
+    """
+
+    def __init__(self, client: aioredis.Redis, path: Path) -> None:
+        self._redis = client
+        self._text = load(path)
+        self._sha = client.register_script(self._text).sha
+
+    async def run(self, calls: list[list[Any]]) -> list[Any]:
+        """Run one script call per argument list; return the answers' items in order."""
+        if not calls:
+            return []
+        try:
+            return await self._run(calls)
+        except NoScriptError:
+            await self._redis.script_load(self._text)
+            return await self._run(calls)
+
+    async def _run(self, calls: list[list[Any]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for args in calls:
+            pipe.evalsha(self._sha, 0, *args)
+        return [item for answer in await pipe.execute() for item in json.loads(answer)]

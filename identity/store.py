@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
 from identity.aliases import survivor
 from identity.rules import IdentityRules, ordered
-from identity.scripts import load
-
-SCRIPT = load(Path(__file__).parent / "resolve.lua")
-#: Events per script call: big enough to amortise the call, small enough not to stall Redis.
-CHUNK = 100
+from identity.scripts import BatchScript, chunks
 
 
 @dataclass(frozen=True)
@@ -99,11 +95,11 @@ class IdentityStore:
         self._rules = rules
         self._ns = namespace
         self._ttl = memo_ttl_s
-        self._script = client.register_script(SCRIPT)
+        self._script = BatchScript(client, Path(__file__).parent / "resolve.lua")
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
-    def _chunk(self, items: list[Located]) -> list[str | int]:
+    def _args(self, items: Sequence[Located]) -> list[str | int]:
         batch = []
         for item in items:
             ids: list[str] = []
@@ -126,20 +122,8 @@ class IdentityStore:
         Each event is atomic on its own; a chunk keeps Redis busy for a few milliseconds at
         most, so profile reads from the API interleave between chunks.
         """
-        if not batch:
-            return []
-        try:
-            answers = await self._run(batch)
-        except NoScriptError:  # Redis restarted or flushed its script cache: load, retry once
-            await self._redis.script_load(SCRIPT)
-            answers = await self._run(batch)
+        answers = await self._script.run([self._args(chunk) for chunk in chunks(batch)])
         return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
-
-    async def _run(self, batch: list[Located]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(batch), CHUNK):
-            pipe.evalsha(self._script.sha, 0, *self._chunk(batch[start : start + CHUNK]))
-        return [outcome for chunk in await pipe.execute() for outcome in json.loads(chunk)]
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""

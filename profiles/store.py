@@ -9,18 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange
 from identity.aliases import survivor
-from identity.scripts import load
+from identity.scripts import BatchScript, chunks
 from profiles.fold import FoldRules, fold
 
-SCRIPT = load(Path(__file__).parent / "fold.lua")
-READ = load(Path(__file__).parent / "read.lua")
-#: Events per script call: big enough to amortise the call, small enough not to stall Redis.
-CHUNK = 100
 #: What a profile read fetches besides its main hash and traits, in this order.
 _SETS = ("channels", "categories", "tickets_opened", "tickets_resolved", "complaints", "follow_ups")
 _ENTRIES = ("orders", "csat")
@@ -54,14 +49,13 @@ class ProfileStore:
         self._redis = client
         self._rules = rules
         self._ns = namespace
-        self._script = client.register_script(SCRIPT)
-        self._reader = client.register_script(READ)
+        here = Path(__file__).parent
+        self._fold = BatchScript(client, here / "fold.lua")
+        self._read = BatchScript(client, here / "read.lua")
 
     async def apply(self, batch: list[ResolvedEvent], at: datetime) -> list[Applied]:
         """Fold a batch: one script call per chunk, each event atomic and applied once."""
         todo = [r for r in batch if r.profile_id]
-        if not todo:
-            return []
         rows = [
             [
                 r.profile_id,
@@ -72,18 +66,8 @@ class ProfileStore:
             ]
             for r in todo
         ]
-        try:
-            answers = await self._run(rows)
-        except NoScriptError:
-            await self._redis.script_load(SCRIPT)
-            answers = await self._run(rows)
+        answers = await self._fold.run([[self._ns, json.dumps(chunk)] for chunk in chunks(rows)])
         return [self._applied(r, a, at) for r, a in zip(todo, answers, strict=True)]
-
-    async def _run(self, rows: list[list[Any]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(rows), CHUNK):
-            pipe.evalsha(self._script.sha, 0, self._ns, json.dumps(rows[start : start + CHUNK]))
-        return [answer for chunk in await pipe.execute() for answer in json.loads(chunk)]
 
     @staticmethod
     def _applied(r: ResolvedEvent, answer: dict[str, Any], at: datetime) -> Applied:
@@ -112,27 +96,8 @@ class ProfileStore:
 
         Each profile is read atomically, so a reader never sees half of a fold or a merge.
         """
-        if not profile_ids:
-            return []
-        try:
-            answers = await self._read(profile_ids)
-        except NoScriptError:
-            await self._redis.script_load(READ)
-            answers = await self._read(profile_ids)
-        return [self._profile(*a) if a else None for a in answers]
-
-    async def _read(self, profile_ids: list[str]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(profile_ids), CHUNK):
-            pipe.evalsha(
-                self._reader.sha,
-                0,
-                self._ns,
-                _READ_SETS,
-                _READ_ENTRIES,
-                *profile_ids[start : start + CHUNK],
-            )
-        return [answer for chunk in await pipe.execute() for answer in json.loads(chunk)]
+        calls = [[self._ns, _READ_SETS, _READ_ENTRIES, *chunk] for chunk in chunks(profile_ids)]
+        return [self._profile(*a) if a else None for a in await self._read.run(calls)]
 
     @staticmethod
     def _profile(
