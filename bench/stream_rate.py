@@ -193,6 +193,13 @@ def main() -> None:
         help="one: cdp run; split: cdp api + cdp worker; three: api + identity/profiles "
         "worker + history worker (separate processes, separate groups)",
     )
+    parser.add_argument(
+        "--prefill",
+        action="store_true",
+        help="post all events with only the API running, then start the processors and time "
+        "how fast they drain the backlog (the stream core without HTTP ingest competing for "
+        "the CPUs); skips the freshness run",
+    )
     args = parser.parse_args()
 
     base = Settings()
@@ -225,15 +232,22 @@ def main() -> None:
         ],
     }
     commands = layouts[args.layout]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "deploy", *cmd],
-            env={**env, "CDP_CLICKHOUSE__PATH": f"{env['CDP_CLICKHOUSE__PATH']}-{n}"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    if args.prefill:  # the API first, alone; the processors later, without it
+        commands = [["api"]] + ([["worker"]] if args.layout == "one" else commands[1:])
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(n: int) -> None:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "deploy", *commands[n]],
+                env={**env, "CDP_CLICKHOUSE__PATH": f"{env['CDP_CLICKHOUSE__PATH']}-{n}"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
-        for n, cmd in enumerate(commands)
-    ]
+
+    for n in range(1 if args.prefill else len(commands)):
+        start(n)
     url = f"http://127.0.0.1:{port}"
     groups = (
         [
@@ -255,16 +269,29 @@ def main() -> None:
         bulk = batches("b" + tag, args.events, args.customers)
         started = time.monotonic()
         asyncio.run(post(url, bulk, None))
-        posted = time.monotonic()
+        timing = f"posted in {time.monotonic() - started:.1f}s"
+        if args.prefill:
+            procs[0].kill()
+            for n in range(1, len(commands)):
+                start(n)
+            raw = [settings.kafka.topic(TOPICS[0])]
+            while total_lag(settings.kafka, groups[0][0], raw) >= args.events:
+                time.sleep(0.2)  # the processors are still starting
+            started = time.monotonic()  # their first commit (commits are 1 s apart)
         drained = max(wait_drained(settings, g, t) for g, t in groups)
         e2e = args.events / (drained - started)
-
-        paced_n = int(args.paced_rate * args.paced_seconds)
-        run = "p" + tag
-        asyncio.run(post(url, batches(run, paced_n, args.customers, batch=100), args.paced_rate))
-        for g, t in groups:
-            wait_drained(settings, g, t)
-        fresh = asyncio.run(freshness(settings, run))
+        timing += f", all processed {drained - started:.1f}s after " + (
+            "the processors' first commit" if args.prefill else "the first POST"
+        )
+        fresh: list[float] = []
+        if not args.prefill:
+            paced_n = int(args.paced_rate * args.paced_seconds)
+            run = "p" + tag
+            body = batches(run, paced_n, args.customers, batch=100)
+            asyncio.run(post(url, body, args.paced_rate))
+            for g, t in groups:
+                wait_drained(settings, g, t)
+            fresh = asyncio.run(freshness(settings, run))
     finally:
         for proc in procs:
             proc.kill()
@@ -272,16 +299,17 @@ def main() -> None:
         for n in range(len(commands)):  # the embedded ClickHouse of each process: bench data
             shutil.rmtree(f"{env['CDP_CLICKHOUSE__PATH']}-{n}", ignore_errors=True)
     ceiling = asyncio.run(bare_consume(settings))
+    what = "prefilled events" if args.prefill else "events"
     print(
-        f"end-to-end: {args.events} events ({args.customers} customers) posted in "
-        f"{posted - started:.1f}s, all processed after {drained - started:.1f}s "
+        f"end-to-end: {args.events} {what} ({args.customers} customers) {timing} "
         f"= {e2e:,.0f} events/s sustained"
     )
-    print(
-        f"freshness at {args.paced_rate:,.0f} events/s for {args.paced_seconds:.0f}s "
-        f"({len(fresh)} events): p50 {statistics.median(fresh) * 1000:,.0f} ms, "
-        f"p99 {pct(fresh, 0.99) * 1000:,.0f} ms, max {max(fresh) * 1000:,.0f} ms"
-    )
+    if fresh:
+        print(
+            f"freshness at {args.paced_rate:,.0f} events/s for {args.paced_seconds:.0f}s "
+            f"({len(fresh)} events): p50 {statistics.median(fresh) * 1000:,.0f} ms, "
+            f"p99 {pct(fresh, 0.99) * 1000:,.0f} ms, max {max(fresh) * 1000:,.0f} ms"
+        )
     print(
         f"bare aiokafka consumer on the raw topic: {ceiling:,.0f} events/s; "
         f"end-to-end / ceiling = {e2e / ceiling:.3f}"

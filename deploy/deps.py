@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +25,8 @@ class Deps:
     profiles: ProfileStore
     #: The history writer (owns embedded ClickHouse); None in processes without that role.
     history: Any = None
+    #: Run when the worker stops, before its Redis client and publisher close (in order).
+    on_stop: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 
     def topic(self, name: str) -> str:
         """Return a registry topic's deployed name."""

@@ -106,6 +106,8 @@ class WorkerSettings(BaseModel):
     batch_within_s: float = 0.05
     sink_batch_size: int = 10_000
     sink_within_s: float = 0.5
+    #: How often the history worker snapshots the profiles changed since its last snapshot.
+    snapshot_interval_s: float = 2.0
     #: Redis key namespace for identity and profiles.
     namespace: str = "cdp"
     #: How long an event id's resolution is remembered (replays and client retries).

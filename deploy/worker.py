@@ -94,7 +94,7 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
 
     @app.service
     class Outputs(mode.Service):
-        """Flush the output publisher when the worker stops."""
+        """Run the processors' stop hooks, then flush the publisher, when the worker stops."""
 
         async def on_start(self) -> None:
             if not settings.worker.faust_monitor:
@@ -103,6 +103,8 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
                 app.sensors.remove(app.monitor)
 
         async def on_stop(self) -> None:
+            for hook in deps.on_stop:
+                await hook()
             await deps.publisher.stop()
             await deps.redis.aclose()
 

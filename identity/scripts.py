@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
@@ -52,4 +52,4 @@ class BatchScript:
         pipe = self._redis.pipeline(transaction=False)
         for args in calls:
             pipe.evalsha(self._sha, 0, *args)
-        return [item for answer in await pipe.execute() for item in json.loads(answer)]
+        return [item for answer in await pipe.execute() for item in orjson.loads(answer)]

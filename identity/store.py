@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from contracts.events import Event, ResolvedEvent
@@ -99,7 +100,7 @@ class IdentityStore:
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
-    def _args(self, items: Sequence[Located]) -> list[str | int]:
+    def _args(self, items: Sequence[Located]) -> list[str | int | bytes]:
         batch = []
         for item in items:
             ids: list[str] = []
@@ -113,7 +114,7 @@ class IdentityStore:
             self._rules.supernode_limit,
             self._rules_json,
             self._custom_json,
-            json.dumps(batch),
+            orjson.dumps(batch),
         ]
 
     async def resolve(self, batch: list[Located], at: datetime) -> list[Outcome]:

@@ -12,6 +12,7 @@
 --   pf:<pid>:s:<x>  SET   members of x             pf:<pid>:h:<x> HASH entry id -> amount
 --   pf:<pid>:parts  SET   which s:<x> / h:<x> exist (so a merge can move them)
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
+--   dirty           SET   profiles changed since their last history snapshot
 -- Returns a JSON array with one {pid, applied, changed: [names]} per event.
 
 local ns = ARGV[1]
@@ -19,6 +20,7 @@ local batch = cjson.decode(ARGV[2])
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
+local dirty_key = k('dirty')
 
 -- Aliases are written by the identity script only, so they cannot change during this call.
 local survivors = {}
@@ -157,6 +159,7 @@ local function apply(keyed, part, off, ops, merged)
     end
   end
   bounds(pid, extremes)
+  if #changed > 0 then redis.call('SADD', dirty_key, pid) end
   return cjson.encode({pid = pid, applied = 1, changed = changed})
 end
 

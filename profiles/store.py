@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange
@@ -66,7 +68,7 @@ class ProfileStore:
             ]
             for r in todo
         ]
-        answers = await self._fold.run([[self._ns, json.dumps(chunk)] for chunk in chunks(rows)])
+        answers = await self._fold.run([[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)])
         return [self._applied(r, a, at) for r, a in zip(todo, answers, strict=True)]
 
     @staticmethod
@@ -82,6 +84,26 @@ class ProfileStore:
                 at=at,
             )
         return Applied(answer["pid"], bool(answer["applied"]), change)
+
+    async def take_changed(self) -> list[str]:
+        """Return the profiles changed since the last call that finished with ``done_changed``.
+
+        The fold marks every profile it changes in a ``dirty`` set, in the same atomic step.
+        This moves the set aside (fresh changes start a new one) and returns it; a set moved
+        aside before a crash is returned again, so a snapshot is never lost, only repeated.
+        """
+        taking = f"{self._ns}:dirty:taking"
+        if not await self._redis.exists(taking):
+            try:
+                await self._redis.renamenx(f"{self._ns}:dirty", taking)
+            except ResponseError:  # no profile changed since the last call
+                return []
+        members = await self._redis.smembers(taking)
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+    async def done_changed(self) -> None:
+        """Forget the profiles ``take_changed`` returned: their snapshots are stored."""
+        await self._redis.delete(f"{self._ns}:dirty:taking")
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
 from contracts.events import ResolvedEvent
@@ -26,6 +27,8 @@ from sinks.history import (
     ledger_batch,
     snapshot_batch,
 )
+
+log = structlog.get_logger()
 
 
 def _token(topic: str, events: list[Any]) -> str:
@@ -96,15 +99,33 @@ def register(app: Any, deps: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
             changes = [c for c, _ in _decode(ProfileChange, list(events))]
             token = _token(PROFILES_CHANGES.name, list(events))
-            snapshots = await until_done("history.snapshot", partial(_snapshots, changes))
-            version = time.time_ns()
-            batches = [
-                change_batch(changes, token),
-                snapshot_batch(snapshots, version, datetime.now(UTC), token),
-            ]
-            await until_done("history.changes", partial(history.write, batches))
+            await until_done(
+                "history.changes", partial(history.write, [change_batch(changes, token)])
+            )
 
-    async def _snapshots(changes: list[ProfileChange]) -> list[Any]:
-        """Read the current state of every profile a batch of changes touched."""
-        found = await deps.profiles.get_many(sorted({c.profile_id for c in changes}))
-        return [p for p in found if p is not None]
+    async def snapshot() -> None:
+        """Store the current state of every profile changed since the last snapshot.
+
+        Coalesced: a profile that changed ten times in the interval is read and stored once.
+        """
+        pids = await deps.profiles.take_changed()
+        if pids:
+            found = [p for p in await deps.profiles.get_many(pids) if p is not None]
+            version = time.time_ns()
+            batch = snapshot_batch(found, version, datetime.now(UTC), f"snapshots:{version}")
+            await history.write([batch])
+        await deps.profiles.done_changed()
+
+    @app.timer(conf.snapshot_interval_s)
+    async def snapshots() -> None:
+        await until_done("history.snapshots", snapshot)
+
+    async def last_snapshot() -> None:
+        # One attempt, no retries: a stopping worker must not hang on an unreachable Redis
+        # or ClickHouse, and what it could not store stays marked for the next start.
+        try:
+            await snapshot()
+        except Exception:
+            log.warning("history.snapshots.deferred", exc_info=True)
+
+    deps.on_stop.append(last_snapshot)

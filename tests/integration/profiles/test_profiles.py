@@ -194,3 +194,22 @@ def test_a_merged_id_reads_as_its_survivor(make: Any) -> None:
     pipe.run(history()[4:5])
     assert pipe.profile(web).profile_id == first
     assert pipe.profile(web).order_count == 2
+
+
+def test_changed_profiles_are_handed_out_until_their_snapshot_is_done(make: Any) -> None:
+    pipe = make()
+    take = pipe.profiles.take_changed
+    assert pipe.loop.run_until_complete(take()) == []
+    first = pipe.run(history()[:2])[0].profile_id
+    web = pipe.run(history()[2:4])[0].profile_id
+    assert pipe.loop.run_until_complete(take()) == sorted([first, web])
+    # Not done (a crash before the snapshot was stored): the same set again, even with
+    # new changes meanwhile, which wait for the next round.
+    pipe.run(history()[4:5])  # merges web into first
+    assert pipe.loop.run_until_complete(take()) == sorted([first, web])
+    pipe.loop.run_until_complete(pipe.profiles.done_changed())
+    assert pipe.loop.run_until_complete(take()) == [first]
+    pipe.loop.run_until_complete(pipe.profiles.done_changed())
+    # A replayed event changes nothing, so it marks nothing.
+    pipe.apply(pipe.resolve(history()[:2]))
+    assert pipe.loop.run_until_complete(take()) == []
