@@ -45,6 +45,15 @@ class Profile(BaseModel):
     complaints: int
     open_tickets: int
     follow_ups: int
+    #: Complaint tickets not resolved yet.
+    open_complaints: int = 0
+    tickets: int = 0
+    tickets_resolved: int = 0
+    #: Orders per local part of the day (morning 6-12, afternoon 12-18, evening 18-24, night).
+    orders_by_daypart: dict[str, int] = Field(default_factory=dict)
+    orders_weekend: int = 0
+    #: Local months (YYYY-MM) with at least one order.
+    purchase_months: list[str] = Field(default_factory=list)
     points_earned: int
     points_redeemed: int
     points_balance: int
@@ -53,6 +62,8 @@ class Profile(BaseModel):
     member_level: Any = None
     account: dict[str, Any] = Field(default_factory=dict)
     consent: dict[str, bool] = Field(default_factory=dict)
+    #: Ids of the catalog tags that hold for this profile (see ``GET /v1/tags``).
+    tags: list[str] = Field(default_factory=list)
 
 
 class ProfileChange(BaseModel):

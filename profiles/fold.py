@@ -11,13 +11,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events import Event, EventType, ResolvedEvent
 
 Op = list[Any]
+
+#: Local hour -> part of the day an order falls in.
+DAYPARTS = ("night",) * 6 + ("morning",) * 6 + ("afternoon",) * 6 + ("evening",) * 6
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 class FoldRules(BaseModel):
@@ -39,6 +49,14 @@ class FoldRules(BaseModel):
             "survey": 30,
         }
     )
+
+    #: Time zone of the calendar facts (time of day, weekend, purchase month).
+    timezone: str = "Asia/Shanghai"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The calendar time zone."""
+        return _zone(self.timezone)
 
     def priority(self, event: Event) -> int:
         """Return the trait priority of the event's source."""
@@ -105,10 +123,16 @@ def _presence(delta: Delta, event: Event, ms: int) -> None:
     delta.add("incr", f"n:events:{ch}", 1)
 
 
-def _order(delta: Delta, event: Event, ms: int) -> None:
+def _order(delta: Delta, event: Event, ms: int, zone: ZoneInfo) -> None:
     props = event.properties
     order_id = str(props.get("order_id") or event.event_id)
     delta.add("entry", "orders", order_id, _cents(props))
+    local = event.timestamp.astimezone(zone)
+    # Keyed by order id like the order itself, so a repeated order counts once.
+    delta.add("entry", f"orders_at:{DAYPARTS[local.hour]}", order_id, 1)
+    if local.weekday() >= 5:
+        delta.add("entry", "orders_weekend", order_id, 1)
+    delta.add("sadd", "purchase_months", local.strftime("%Y-%m"))
     delta.add("max", "hi:last_purchase_at", ms)
     delta.add("min", "lo:first_purchase_at", ms)
     products = props.get("products")
@@ -161,10 +185,10 @@ def _traits(delta: Delta, event: Event, prio: int, ms: int) -> None:
         _trait(delta, f"consent.{purpose}", granted, 0, ms)
 
 
-def _domain(delta: Delta, event: Event, prio: int, ms: int) -> None:
-    props, kind = event.properties, event.type
+def _domain(delta: Delta, event: Event, rules: FoldRules, ms: int) -> None:
+    props, kind, prio = event.properties, event.type, rules.priority(event)
     if kind == EventType.ORDER_COMPLETED:
-        _order(delta, event, ms)
+        _order(delta, event, ms, rules.zone)
     elif kind == EventType.ORDER_REFUNDED:
         order_id = str(props.get("order_id") or event.event_id)
         delta.add("entry", "refunds", order_id, _cents(props))
@@ -194,5 +218,5 @@ def fold(resolved: ResolvedEvent, rules: FoldRules) -> Delta:
     ms, delta, prio = _ms(event), Delta(), rules.priority(event)
     _presence(delta, event, ms)
     _traits(delta, event, prio, ms)
-    _domain(delta, event, prio, ms)
+    _domain(delta, event, rules, ms)
     return delta

@@ -19,8 +19,17 @@ from identity.scripts import BatchScript, chunks
 from profiles.fold import FoldRules, fold
 
 #: What a profile read fetches besides its main hash and traits, in this order.
-_SETS = ("channels", "categories", "tickets_opened", "tickets_resolved", "complaints", "follow_ups")
-_ENTRIES = ("orders", "csat")
+_SETS = (
+    "channels",
+    "categories",
+    "tickets_opened",
+    "tickets_resolved",
+    "complaints",
+    "follow_ups",
+    "purchase_months",
+)
+_DAYPARTS = ("morning", "afternoon", "evening", "night")
+_ENTRIES = ("orders", "csat", "orders_weekend", *(f"orders_at:{d}" for d in _DAYPARTS))
 _READ_SETS, _READ_ENTRIES = json.dumps(_SETS), json.dumps(_ENTRIES)
 
 
@@ -172,8 +181,14 @@ class ProfileStore:
             nps_last=nps,
             nps_class=nps_class(nps),
             complaints=len(members["complaints"]),
+            open_complaints=len(members["complaints"] - members["tickets_resolved"]),
+            tickets=len(members["tickets_opened"]),
+            tickets_resolved=len(members["tickets_resolved"]),
             open_tickets=len(members["tickets_opened"] - members["tickets_resolved"]),
             follow_ups=len(members["follow_ups"]),
+            orders_by_daypart={d: counts.get(f"orders_at:{d}", 0) for d in _DAYPARTS},
+            orders_weekend=counts.get("orders_weekend", 0),
+            purchase_months=sorted(members["purchase_months"]),
             points_earned=n.get("e:points_earned", 0),
             points_redeemed=n.get("e:points_redeemed", 0),
             points_balance=n.get("e:points_earned", 0) - n.get("e:points_redeemed", 0),

@@ -1,0 +1,245 @@
+"""Profile facts: the flat, typed view of a unified profile that tag rules read.
+
+Built-in facts come from the profile's computed attributes; traits, account fields and
+consent purposes are declared with their kind in the catalog (``fields:``), so a rule on an
+undeclared trait fails at load, and a trait value of the wrong shape is simply absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from typing import Any
+
+from contracts.events import Channel
+from contracts.profiles import Profile
+from tagging.rules import Facts, Kind
+
+_N, _S, _T = Kind.NUMBER, Kind.STRING, Kind.TIME
+
+#: Facts every profile has (name -> kind), besides the declared trait/account/consent facts.
+BUILTIN: dict[str, Kind] = {
+    **dict.fromkeys(
+        (
+            "events order_count total_spend average_spend refund_total csat_last csat_average"
+            " csat_count nps_last complaints open_tickets follow_ups points_earned"
+            " points_redeemed points_balance coupons_redeemed store_visits channel_count"
+            " category_count identifier_count open_complaints tickets tickets_resolved"
+            " order_share_morning order_share_afternoon order_share_evening order_share_night"
+            " weekend_order_share purchase_month_count purchase_gap_months net_spend"
+            " coupon_rate refund_rate"
+        ).split(),
+        _N,
+    ),
+    "nps_class": _S,
+    "member_level": _S,
+    **dict.fromkeys("first_seen last_seen first_purchase_at last_purchase_at".split(), _T),
+    "channels": Kind.SET,
+    "categories": Kind.SET,
+    "identifier_types": Kind.SET,
+    **{f"channel.{c.value}.events": _N for c in Channel},
+    **{f"channel.{c.value}.share": _N for c in Channel},
+    **{f"channel.{c.value}.first_seen": _T for c in Channel},
+    **{f"channel.{c.value}.last_seen": _T for c in Channel},
+}
+
+_DAYPARTS = ("morning", "afternoon", "evening", "night")
+
+#: Declarable fact families: the prefix a declared field must start with.
+DECLARABLE = ("trait.", "account.", "consent.")
+
+#: Facts that change without a fold operation naming them (identity adds identifiers).
+ALWAYS = frozenset({"identifier_types", "identifier_count"})
+
+#: Fold change name -> the facts it can change (see profiles/fold.py).
+_SHARES = tuple(f"order_share_{d}" for d in ("morning", "afternoon", "evening", "night"))
+_CHANGED: dict[str, tuple[str, ...]] = {
+    "lo:first_seen": ("first_seen",),
+    "hi:last_seen": ("last_seen",),
+    "n:events": ("events", *(f"channel.{c.value}.share" for c in Channel)),
+    "channels": ("channels", "channel_count"),
+    "orders": (
+        "order_count",
+        "total_spend",
+        "average_spend",
+        "net_spend",
+        "coupon_rate",
+        "refund_rate",
+        "weekend_order_share",
+        *_SHARES,
+    ),
+    "orders_weekend": ("weekend_order_share",),
+    **{f"orders_at:{s[12:]}": (s,) for s in _SHARES},
+    "purchase_months": ("purchase_month_count", "purchase_gap_months"),
+    "hi:last_purchase_at": ("last_purchase_at",),
+    "lo:first_purchase_at": ("first_purchase_at",),
+    "categories": ("categories", "category_count"),
+    "tickets_opened": ("open_tickets", "tickets"),
+    "tickets_resolved": ("open_tickets", "open_complaints", "tickets_resolved"),
+    "complaints": ("complaints", "open_complaints"),
+    "follow_ups": ("follow_ups",),
+    "csat": ("csat_average", "csat_count"),
+    "points_earned": ("points_earned", "points_balance"),
+    "points_redeemed": ("points_redeemed", "points_balance"),
+    "refunds": ("refund_total", "net_spend", "refund_rate"),
+    "n:coupons_redeemed": ("coupons_redeemed", "coupon_rate"),
+    "n:store_visits": ("store_visits",),
+    "trait:csat_last": ("csat_last",),
+    "trait:nps_last": ("nps_last", "nps_class"),
+    "trait:member_level": ("member_level",),
+}
+
+
+def changed_facts(names: Iterable[str]) -> set[str] | None:
+    """Map a fold's change names to the facts they can change; None means all (a merge)."""
+    out = set(ALWAYS)
+    for name in names:
+        if name == "merged":
+            return None
+        known = _CHANGED.get(name)
+        if known:
+            out.update(known)
+        elif name.startswith("trait:"):
+            trait = name[6:]
+            out.add(trait if trait.startswith(("account.", "consent.")) else f"trait.{trait}")
+        elif name.startswith("n:events:"):
+            out.add(f"channel.{name[9:]}.events")
+            out.add(f"channel.{name[9:]}.share")
+        elif name.startswith("lo:first_seen:"):
+            out.add(f"channel.{name[14:]}.first_seen")
+        elif name.startswith("hi:last_seen:"):
+            out.add(f"channel.{name[13:]}.last_seen")
+    return out
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def coerce(kind: Kind, value: Any) -> Any:
+    """Return ``value`` as a fact of ``kind``, or None when it has another shape."""
+    if value is None:
+        return None
+    if kind == Kind.NUMBER:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            return value
+        if isinstance(value, str):
+            try:
+                return float(value) if "." in value else int(value)
+            except ValueError:
+                return None
+        return None
+    if kind == Kind.STRING:
+        return str(value).strip().casefold() if isinstance(value, str | int) else None
+    if kind == Kind.BOOL:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(
+            text
+        )
+    if kind in (Kind.DATE, Kind.TIME):
+        return _moment(kind, value)
+    if kind == Kind.SET:
+        if isinstance(value, list | set | frozenset | tuple):
+            return frozenset(str(v).strip().casefold() for v in value)
+        return None
+    return None
+
+
+def _moment(kind: Kind, value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        if kind == Kind.DATE:
+            day = date.fromisoformat(text[:10])
+            return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _gap_months(months: list[str]) -> int | None:
+    """Whole months between the last purchase month and the one before it."""
+    if len(months) < 2:
+        return None
+    (y1, m1), (y2, m2) = (map(int, m.split("-")) for m in sorted(months)[-2:])
+    return (y2 - y1) * 12 + m2 - m1
+
+
+def profile_facts(profile: Profile, declared: dict[str, Kind]) -> Facts:
+    """Return the facts of ``profile``; declared facts appear only when well-formed."""
+    orders, spend = profile.order_count, profile.total_spend
+    parts = profile.orders_by_daypart
+    f: Facts = {
+        "open_complaints": profile.open_complaints,
+        "tickets": profile.tickets,
+        "tickets_resolved": profile.tickets_resolved,
+        **{f"order_share_{d}": _ratio(parts.get(d, 0), orders) for d in _DAYPARTS},
+        "weekend_order_share": _ratio(profile.orders_weekend, orders),
+        "purchase_month_count": len(profile.purchase_months),
+        "purchase_gap_months": _gap_months(profile.purchase_months),
+        "net_spend": round(spend - profile.refund_total, 2),
+        "coupon_rate": _ratio(profile.coupons_redeemed, orders),
+        "refund_rate": _ratio(profile.refund_total, spend),
+        "events": profile.events,
+        "order_count": profile.order_count,
+        "total_spend": profile.total_spend,
+        "average_spend": profile.average_spend,
+        "refund_total": profile.refund_total,
+        "csat_last": profile.csat_last,
+        "csat_average": profile.csat_average,
+        "csat_count": profile.csat_count,
+        "nps_last": profile.nps_last,
+        "nps_class": profile.nps_class,
+        "complaints": profile.complaints,
+        "open_tickets": profile.open_tickets,
+        "follow_ups": profile.follow_ups,
+        "points_earned": profile.points_earned,
+        "points_redeemed": profile.points_redeemed,
+        "points_balance": profile.points_balance,
+        "coupons_redeemed": profile.coupons_redeemed,
+        "store_visits": profile.store_visits,
+        "member_level": coerce(Kind.STRING, profile.member_level),
+        "first_seen": _ms(profile.first_seen),
+        "last_seen": _ms(profile.last_seen),
+        "first_purchase_at": _ms(profile.first_purchase_at),
+        "last_purchase_at": _ms(profile.last_purchase_at),
+        "channels": frozenset(profile.channels),
+        "channel_count": len(profile.channels),
+        "categories": frozenset(profile.categories),
+        "category_count": len(profile.categories),
+        "identifier_types": frozenset(i.split(":", 1)[0] for i in profile.identifiers),
+        "identifier_count": len(profile.identifiers),
+    }
+    for ch, act in profile.channels.items():
+        f[f"channel.{ch}.events"] = act.events
+        f[f"channel.{ch}.share"] = _ratio(act.events, profile.events)
+        f[f"channel.{ch}.first_seen"] = _ms(act.first_seen)
+        f[f"channel.{ch}.last_seen"] = _ms(act.last_seen)
+    sources = (
+        ("trait.", profile.traits),
+        ("account.", profile.account),
+        ("consent.", profile.consent),
+    )
+    for prefix, values in sources:
+        for key, value in values.items():
+            name = prefix + key
+            kind = declared.get(name)
+            if kind is not None:
+                f[name] = coerce(kind, value)
+    return {k: v for k, v in f.items() if v is not None}

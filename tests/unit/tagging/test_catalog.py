@@ -1,0 +1,80 @@
+"""Every catalog tag against the examples written next to it: true where it says true,
+false where it says false, at a fixed clock (2026-06-15 12:00 Shanghai)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tagging.catalog import CATEGORIES, Catalog, load
+from tagging.facts import coerce
+from tagging.rules import Clock, Facts, Kind
+
+CATALOG = load()
+NOW = datetime(2026, 6, 15, 4, 0, tzinfo=UTC)
+CLOCK = CATALOG.clock(NOW)
+DAY_MS = 86_400_000
+
+
+def example_facts(catalog: Catalog, raw: dict[str, Any], clock: Clock) -> Facts:
+    """Turn an example (relative times like "-30d", ISO dates, lists) into typed facts."""
+    kinds = {**catalog_fields(catalog)}
+    facts: Facts = {}
+    for name, value in raw.items():
+        kind = kinds[name]
+        if kind == Kind.TIME and isinstance(value, str) and value.endswith("d"):
+            facts[name] = clock.now_ms + int(value[:-1]) * DAY_MS
+        else:
+            facts[name] = coerce(kind, value)
+        assert facts[name] is not None, f"example value {value!r} is no {kind.value}"
+    return facts
+
+
+def catalog_fields(catalog: Catalog) -> dict[str, Kind]:
+    from tagging.facts import BUILTIN
+
+    return {**BUILTIN, **catalog.declared}
+
+
+CASES = [
+    pytest.param(tag.id, truth, n, raw, id=f"{tag.id}-{truth}{n}")
+    for tag in CATALOG.tags
+    for truth in ("true", "false")
+    for n, raw in enumerate(tag.examples.get(truth, []))
+]
+
+
+def test_the_catalog_has_200_tags_in_every_category_each_with_both_kinds_of_example() -> None:
+    assert len(CATALOG.tags) >= 200
+    assert {t.category for t in CATALOG.tags} == set(CATEGORIES)
+    missing = [t.id for t in CATALOG.tags if not (t.examples.get("true") and t.examples["false"])]
+    assert missing == []
+
+
+@pytest.mark.parametrize(("tag_id", "truth", "n", "raw"), CASES)
+def test_tag_matches_its_example(tag_id: str, truth: str, n: int, raw: dict[str, Any]) -> None:
+    tag = CATALOG.by_id[tag_id]
+    facts = example_facts(CATALOG, raw, CLOCK)
+    assert tag.test(facts, CLOCK) is (truth == "true"), f"{tag.rule} on {raw}"
+    # Full evaluation agrees with the single test.
+    assert bool(CATALOG.evaluate(facts, CLOCK) >> tag.bit & 1) is (truth == "true")
+
+
+def test_every_tag_reads_only_declared_facts_and_incremental_sets_cover_them() -> None:
+    known = catalog_fields(CATALOG)
+    for tag in CATALOG.tags:
+        assert tag.reads <= set(known), tag.id
+        for fact in tag.reads:
+            assert tag in CATALOG.affected({fact}), (tag.id, fact)
+
+
+def test_timed_tags_have_a_due_time_when_their_fact_is_set() -> None:
+    facts = example_facts(CATALOG, {"last_purchase_at": "-29d"}, CLOCK)
+    # lifecycle_new flips 1 day later, rfm_r5 too: the earliest transition is what is due.
+    assert CATALOG.due(facts, CLOCK) == facts["last_purchase_at"] + 30 * DAY_MS
+    birthday = example_facts(CATALOG, {"trait.birthday": "1990-06-30"}, CLOCK)
+    july = datetime(2026, 6, 30, 16, tzinfo=UTC)  # 1 July 00:00 in Shanghai
+    assert CATALOG.due(birthday, CLOCK) == int(july.timestamp() * 1000)
+    assert CATALOG.due({}, CLOCK) is None
