@@ -76,4 +76,7 @@ class ProfileChange(BaseModel):
     event_id: str
     changed: list[str]
     merged: list[str] = Field(default_factory=list)
+    #: Catalog tags the profile gained and lost with this change.
+    tags_added: list[str] = Field(default_factory=list)
+    tags_removed: list[str] = Field(default_factory=list)
     at: datetime

@@ -23,6 +23,9 @@ from ingest.sources import SourceRegistry
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
 from sinks.clickhouse import connect as connect_clickhouse
+from tagging.api import build_router as tags_router
+from tagging.catalog import load as load_catalog
+from tagging.store import TagStore
 
 log = structlog.get_logger()
 
@@ -77,6 +80,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(tag_store.bind, redis_url)
+        except Exception as exc:  # noqa: BLE001 - ingest must not depend on Redis
+            log.warning("api.tags_unbound", error=str(exc))
         connected = await publisher.start()
         log.info("api.started", kafka_connected=connected, port=settings.api.port)
         yield
@@ -101,14 +108,22 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.include_router(build_router(config))
     ns = settings.worker.namespace
+    profile_store = ProfileStore(redis_client, settings.profiles, ns)
+    # An invalid catalog fails here, loudly; binding to Redis waits for the lifespan.
+    tag_store = TagStore(redis_client, load_catalog(settings.tags.catalog), profile_store, ns)
+    redis_url = settings.redis.url.get_secret_value()
     app.include_router(
         profiles_router(
-            ProfileStore(redis_client, settings.profiles, ns),
+            profile_store,
             IdentityStore(redis_client, settings.identity, ns),
             settings.ingest.default_region,
             read_profiles=require(settings.api.tokens, "profiles:read"),
             read_identity=require(settings.api.tokens, "identity:read"),
         )
+    )
+
+    app.include_router(
+        tags_router(tag_store, redis_url, require(settings.api.tokens, "profiles:read"))
     )
 
     @app.exception_handler(StarletteHTTPException)

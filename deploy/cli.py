@@ -31,6 +31,8 @@ from identity.normalize import normalize
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from profiles.store import ProfileStore
+from tagging.cli import run_guarded
+from tagging.cli import tags as tags_group
 
 
 @click.group()
@@ -390,6 +392,9 @@ def contracts_export(check: bool) -> None:
         click.echo(f"wrote {path}")
 
 
+cli.add_command(tags_group)
+
+
 def main() -> None:
-    """Entry point of the ``cdp`` script."""
-    cli(auto_envvar_prefix=None)
+    """Entry point of the ``cdp`` script; an invalid tag catalog stops any command (exit 2)."""
+    run_guarded(lambda: cli(auto_envvar_prefix=None))

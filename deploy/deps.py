@@ -12,6 +12,7 @@ from deploy.settings import Settings
 from identity.store import IdentityStore
 from ingest.publisher import Publisher
 from profiles.store import ProfileStore
+from tagging.store import TagStore
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Deps:
     profiles: ProfileStore
     #: The history writer (owns embedded ClickHouse); None in processes without that role.
     history: Any = None
+    #: Tags (evaluated by the profiles processor); None in processes without that role.
+    tags: TagStore | None = None
     #: Run when the worker stops, before its Redis client and publisher close (in order).
     on_stop: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 

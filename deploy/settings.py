@@ -116,6 +116,21 @@ class WorkerSettings(BaseModel):
     faust_monitor: bool = False
 
 
+class TagSettings(BaseModel):
+    """The tag catalog and its evaluation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Evaluate tags in the profiles processor (off: profiles only, no tag indexes).
+    enabled: bool = True
+    #: Directory of catalog ``*.yaml`` files; the shipped catalog when unset.
+    catalog: Path | None = None
+    #: How often the profiles worker re-evaluates profiles whose timed tags fell due.
+    due_interval_s: float = 1.0
+    #: Backfill new or changed tags over existing profiles when a profiles worker starts.
+    backfill_on_start: bool = True
+
+
 class LocalSettings(BaseModel):
     """The local real stack started by ``cdp up`` (and by the test fixtures)."""
 
@@ -145,6 +160,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     identity: IdentityRules = IdentityRules()
     profiles: FoldRules = FoldRules()
+    tags: TagSettings = TagSettings()
     log_level: str = "info"
     log_json: bool = False
 

@@ -23,6 +23,8 @@ from profiles.store import ProfileStore
 from sinks import agents as sink_agents
 from sinks.clickhouse import connect as connect_clickhouse
 from sinks.history import HistoryWriter, migrate
+from tagging.catalog import load as load_catalog
+from tagging.store import TagStore
 
 ROLES: dict[str, Callable[[Any, Deps], None]] = {
     "identity": identity_agents.register,
@@ -44,10 +46,24 @@ def history_writer(settings: Settings) -> HistoryWriter:
     return HistoryWriter(client, settings.clickhouse.database)
 
 
+def tag_store(settings: Settings, client: aioredis.Redis, profiles: ProfileStore) -> TagStore:
+    """Load and check the catalog, bind it to its stored ordinals, return the tag store.
+
+    An invalid catalog raises ``CatalogError`` here, so processors refuse to start on it.
+    """
+    store = TagStore(
+        client, load_catalog(settings.tags.catalog), profiles, settings.worker.namespace
+    )
+    store.bind(settings.redis.url.get_secret_value())
+    return store
+
+
 def build_deps(settings: Settings, roles: list[str]) -> Deps:
     """Create the shared clients (connections open lazily, inside the worker's loop)."""
     client = aioredis.from_url(settings.redis.url.get_secret_value())
     k, w = settings.kafka, settings.worker
+    profiles = ProfileStore(client, settings.profiles, w.namespace)
+    tags = tag_store(settings, client, profiles) if settings.tags.enabled else None
     return Deps(
         settings=settings,
         redis=client,
@@ -58,8 +74,9 @@ def build_deps(settings: Settings, roles: list[str]) -> Deps:
             linger_ms=k.linger_ms,
         ),
         identity=IdentityStore(client, settings.identity, w.namespace, w.identity_memo_ttl_s),
-        profiles=ProfileStore(client, settings.profiles, w.namespace),
+        profiles=profiles,
         history=history_writer(settings) if "history" in roles else None,
+        tags=tags,
     )
 
 

@@ -16,9 +16,9 @@ _PRELUDE = (Path(__file__).parent / "survivor.lua").read_text()
 CHUNK = 100
 
 
-def load(path: Path) -> str:
-    """Return the script at ``path`` with the shared helpers in front of it."""
-    return _PRELUDE + path.read_text()
+def load(path: Path, helpers: Sequence[Path] = ()) -> str:
+    """Return the script at ``path`` with the shared helpers (and ``helpers``) in front."""
+    return _PRELUDE + "".join(h.read_text() for h in helpers) + path.read_text()
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
@@ -33,9 +33,9 @@ class BatchScript:
     in input order. A Redis that lost its script cache (restart, flush) gets it loaded again.
     """
 
-    def __init__(self, client: aioredis.Redis, path: Path) -> None:
+    def __init__(self, client: aioredis.Redis, path: Path, helpers: Sequence[Path] = ()) -> None:
         self._redis = client
-        self._text = load(path)
+        self._text = load(path, helpers)
         self._sha = client.register_script(self._text).sha
 
     async def run(self, calls: list[list[Any]]) -> list[Any]:

@@ -1,16 +1,23 @@
-"""The profile processor: cdp.events.resolved -> Redis profiles + cdp.profiles.changes."""
+"""The profile processor: cdp.events.resolved -> Redis profiles (and their tags) +
+cdp.profiles.changes."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from contracts.events import ResolvedEvent
+from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
 from deploy.retry import until_done
 from deploy.undecodable import dead_letters, split
 from ingest.publisher import Record
+from profiles.store import Applied
+from tagging.store import TagChange
+
+log = logging.getLogger(__name__)
 
 
 def decode(events: list[Any]) -> tuple[list[ResolvedEvent], list[Any]]:
@@ -19,8 +26,52 @@ def decode(events: list[Any]) -> tuple[list[ResolvedEvent], list[Any]]:
     return [r for r, _ in good], bad
 
 
+def changed_names(applied: list[Applied]) -> dict[str, list[str] | None]:
+    """Per changed profile, the union of its fold change names (None after a merge)."""
+    out: dict[str, list[str] | None] = {}
+    for a in applied:
+        if a.change is None:
+            continue
+        pid, names = a.change.profile_id, out.get(a.change.profile_id, [])
+        if a.change.merged or names is None:
+            out[pid] = None
+        else:
+            out[pid] = [*names, *a.change.changed]
+    return out
+
+
+def with_tags(
+    changes: list[ProfileChange], tagged: list[TagChange], at: datetime
+) -> list[ProfileChange]:
+    """Attach each profile's tag change to its last change record of the batch."""
+    last = {c.profile_id: n for n, c in enumerate(changes)}
+    out = list(changes)
+    for t in tagged:
+        update = {"tags_added": t.added, "tags_removed": t.removed}
+        n = last.get(t.profile_id)
+        if n is None:
+            out.append(tag_only(t, "merge", at))
+        else:
+            update["changed"] = [*out[n].changed, "tags"]
+            out[n] = out[n].model_copy(update=update)
+    return out
+
+
+def tag_only(t: TagChange, cause: str, at: datetime) -> ProfileChange:
+    """A change record for tags that changed without an event (time passing, backfill)."""
+    ms = int(at.timestamp() * 1000)
+    return ProfileChange(
+        profile_id=t.profile_id,
+        event_id=f"tags:{cause}:{ms}",
+        changed=["tags"],
+        tags_added=t.added,
+        tags_removed=t.removed,
+        at=at,
+    )
+
+
 def register(app: Any, deps: Any) -> None:
-    """Add the profile agent to ``app``."""
+    """Add the profile agent, and the timed-tag and backfill tasks, to ``app``."""
     source = app.topic(
         deps.topic(EVENTS_RESOLVED.name), key_serializer="raw", value_serializer="raw"
     )
@@ -28,16 +79,61 @@ def register(app: Any, deps: Any) -> None:
     dead_topic = deps.topic(EVENTS_DEADLETTER.name)
     conf = deps.settings.worker
 
+    def records(changes: list[ProfileChange]) -> list[Record]:
+        return [
+            Record(changes_topic, c.profile_id.encode(), c.model_dump_json().encode())
+            for c in changes
+        ]
+
     @app.agent(source, name="profiles")
     async def profiles(stream: Any) -> None:
         async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
             batch, bad = decode(list(events))
             now = datetime.now(UTC)
             applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now))
-            records = dead_letters(bad, "profiles", dead_topic)
-            records += [
-                Record(changes_topic, a.profile_id.encode(), a.change.model_dump_json().encode())
-                for a in applied
-                if a.change is not None
-            ]
-            await until_done("profiles.publish", partial(deps.publisher.publish, records))
+            changes = [a.change for a in applied if a.change is not None]
+            if deps.tags is not None and changes:
+                tagged = await until_done(
+                    "tags.evaluate", partial(deps.tags.after_fold, changed_names(applied), now)
+                )
+                changes = with_tags(changes, tagged, now)
+            out = dead_letters(bad, "profiles", dead_topic) + records(changes)
+            await until_done("profiles.publish", partial(deps.publisher.publish, out))
+
+    if deps.tags is None:
+        return
+    tags = deps.tags
+    settings = deps.settings.tags
+
+    async def publish_tag_changes(found: list[TagChange], cause: str) -> None:
+        at = datetime.now(UTC)
+        out = records([tag_only(t, cause, at) for t in found])
+        await until_done("tags.publish", partial(deps.publisher.publish, out))
+
+    @app.timer(settings.due_interval_s)
+    async def tags_due() -> None:
+        """Re-evaluate timed tags (recency windows, birthdays) of profiles that fell due."""
+        found = await until_done("tags.due", partial(tags.run_due, datetime.now(UTC)))
+        if found:
+            await publish_tag_changes(found, "time")
+
+    @app.task
+    async def tags_backfill() -> None:
+        """Backfill new or changed tags over existing profiles, once across workers."""
+        if not tags.pending or not settings.backfill_on_start:
+            return
+        lock = f"{conf.namespace}:tags:backfill:lock"
+        if not await deps.redis.set(lock, "1", nx=True, ex=3600):
+            return  # another worker is on it
+        try:
+            ids = [t.id for t in tags.pending]
+            log.info("tags.backfill.start %d tags: %s", len(ids), ", ".join(ids[:10]))
+            seen, changed = await tags.backfill(
+                tags.pending,
+                now=lambda: datetime.now(UTC),
+                on_changes=lambda found: publish_tag_changes(found, "backfill"),
+            )
+            log.info("tags.backfill.done profiles=%d changed=%d", seen, changed)
+            tags.pending = []
+        finally:
+            await deps.redis.delete(lock)

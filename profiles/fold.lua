@@ -13,6 +13,8 @@
 --   pf:<pid>:parts  SET   which s:<x> / h:<x> exist (so a merge can move them)
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
 --   dirty           SET   profiles changed since their last history snapshot
+--   pf:<pid> _v     the profile's version, bumped by every change (tag evaluation checks it)
+-- A merged-away profile also leaves the tag indexes (tagging/bits.lua untag).
 -- Returns a JSON array with one {pid, applied, changed: [names]} per event.
 
 local ns = ARGV[1]
@@ -125,6 +127,7 @@ local function merge(gone, into)
       redis.call('DEL', k('pf', gone, 'h', name))
     end
   end
+  untag(ns, gone)
   redis.call('DEL', k('pf', gone), k('pf', gone, 't'), k('pf', gone, 'r'), k('pf', gone, 'parts'))
   mark('merged')
 end
@@ -159,7 +162,10 @@ local function apply(keyed, part, off, ops, merged)
     end
   end
   bounds(pid, extremes)
-  if #changed > 0 then redis.call('SADD', dirty_key, pid) end
+  if #changed > 0 then
+    redis.call('HINCRBY', k('pf', pid), '_v', 1)
+    redis.call('SADD', dirty_key, pid)
+  end
   return cjson.encode({pid = pid, applied = 1, changed = changed})
 end
 

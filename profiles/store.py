@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,9 @@ _ENTRIES = ("orders", "csat", "orders_weekend", *(f"orders_at:{d}" for d in _DAY
 _READ_SETS, _READ_ENTRIES = json.dumps(_SETS), json.dumps(_ENTRIES)
 
 
+_BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
+
+
 def _time(ms: Any) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
 
@@ -42,6 +46,15 @@ def nps_class(score: int | None) -> str | None:
     if score is None:
         return None
     return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A profile as stored: the profile, its version and its tag bitmap (hex, "" if none)."""
+
+    profile: Profile
+    version: str
+    tags: str
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,10 @@ class ProfileStore:
         self._rules = rules
         self._ns = namespace
         here = Path(__file__).parent
-        self._fold = BatchScript(client, here / "fold.lua")
+        self._fold = BatchScript(client, here / "fold.lua", [_BITS])
         self._read = BatchScript(client, here / "read.lua")
+        #: Tag bitmap (hex) -> tag ids; set when a tag catalog is loaded.
+        self.tag_names: Callable[[str], list[str]] | None = None
 
     async def apply(self, batch: list[ResolvedEvent], at: datetime) -> list[Applied]:
         """Fold a batch: one script call per chunk, each event atomic and applied once."""
@@ -127,8 +142,22 @@ class ProfileStore:
 
         Each profile is read atomically, so a reader never sees half of a fold or a merge.
         """
+        return [s.profile if s else None for s in await self.read(profile_ids)]
+
+    async def read(self, profile_ids: list[str]) -> list[Stored | None]:
+        """Like ``get_many``, with each profile's version and stored tag bitmap."""
         calls = [[self._ns, _READ_SETS, _READ_ENTRIES, *chunk] for chunk in chunks(profile_ids)]
-        return [self._profile(*a) if a else None for a in await self._read.run(calls)]
+        out: list[Stored | None] = []
+        for answer in await self._read.run(calls):
+            if not answer:
+                out.append(None)
+                continue
+            pid, main, traits, ids, sets, counts = answer
+            tags = main.get("_tg", "")
+            names = self.tag_names(tags) if self.tag_names and tags else []
+            profile = self._profile(pid, main, traits, ids, sets, counts, names)
+            out.append(Stored(profile, main.get("_v", "0"), tags))
+        return out
 
     @staticmethod
     def _profile(
@@ -138,12 +167,13 @@ class ProfileStore:
         ids: list[str] | dict[str, Any],
         sets: dict[str, Any],
         counts: dict[str, int],
+        tags: list[str],
     ) -> Profile:
         # cjson encodes an empty Lua table as {}: an empty set arrives as a dict.
         members = {name: set(sets.get(name) or ()) for name in _SETS}
         chans, cats = members["channels"], members["categories"]
         orders, csat = counts.get("orders", 0), counts.get("csat", 0)
-        n = {k: int(v) for k, v in main.items()}
+        n = {k: int(v) for k, v in main.items() if not k.startswith("_")}
         t = {k: json.loads(v) for k, v in traits.items()}
         spend = n.get("e:orders", 0) / 100
         nps = t.get("nps_last")
@@ -203,4 +233,5 @@ class ProfileStore:
                 for k, v in t.items()
                 if k.startswith("consent.")
             },
+            tags=tags,
         )

@@ -26,6 +26,7 @@ from sinks.history import (
     event_batches,
     ledger_batch,
     snapshot_batch,
+    tag_batch,
 )
 
 log = structlog.get_logger()
@@ -99,9 +100,8 @@ def register(app: Any, deps: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
             changes = [c for c, _ in _decode(ProfileChange, list(events))]
             token = _token(PROFILES_CHANGES.name, list(events))
-            await until_done(
-                "history.changes", partial(history.write, [change_batch(changes, token)])
-            )
+            batches = [change_batch(changes, token), tag_batch(changes, token)]
+            await until_done("history.changes", partial(history.write, batches))
 
     async def snapshot() -> None:
         """Store the current state of every profile changed since the last snapshot.

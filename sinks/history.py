@@ -43,6 +43,10 @@ def schema(db: str) -> list[str]:
             profile_id String, event_id String, changed Array(String), merged Array(String),
             at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(at) ORDER BY (profile_id, event_id) {settings}""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.tag_changes (
+            profile_id String, tag LowCardinality(String), added UInt8, event_id String,
+            at DateTime64(3, 'UTC')
+        ) ENGINE = ReplacingMergeTree(at) ORDER BY (profile_id, tag, event_id) {settings}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.profile_snapshots (
             profile_id String, snapshot String, version UInt64, at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(version) ORDER BY profile_id {settings}""",
@@ -50,7 +54,14 @@ def schema(db: str) -> list[str]:
 
 
 TABLES = frozenset(
-    {"events", "profile_aliases", "identity_ledger", "profile_changes", "profile_snapshots"}
+    {
+        "events",
+        "profile_aliases",
+        "identity_ledger",
+        "profile_changes",
+        "profile_snapshots",
+        "tag_changes",
+    }
 )
 
 
@@ -216,6 +227,17 @@ def change_batch(changes: list[ProfileChange], token: str) -> Batch:
     return Batch(
         "profile_changes", ["profile_id", "event_id", "changed", "merged", "at"], rows, token
     )
+
+
+def tag_batch(changes: list[ProfileChange], token: str) -> Batch:
+    """Rows for ``tag_changes``: one per tag gained (added=1) or lost (added=0)."""
+    rows = [
+        [c.profile_id, tag, added, c.event_id, c.at]
+        for c in changes
+        for added, tags in ((1, c.tags_added), (0, c.tags_removed))
+        for tag in tags
+    ]
+    return Batch("tag_changes", ["profile_id", "tag", "added", "event_id", "at"], rows, token)
 
 
 def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: str) -> Batch:

@@ -104,6 +104,16 @@ def test_cross_channel_customer_becomes_one_profile(
     ]
     assert (profile["order_count"], profile["total_spend"]) == (2, 150.5)
     assert set(profile["channels"]) == {"pos", "web"}
+    # Tags were evaluated by the profiles processor and are read with the profile.
+    assert {"repeat_buyer", "online_and_offline", "age_25_34", "spend_under_500"} <= set(
+        profile["tags"]
+    )
+    assert "single_channel" not in profile["tags"]
+    count = httpx.get(api + "/v1/tags/online_and_offline/count", headers=READER).json()
+    assert count == {"tag": "online_and_offline", "count": 1}  # the merged-away one left
+    catalog = httpx.get(api + "/v1/tags", params={"category": "value"}, headers=READER).json()
+    assert catalog["count"] == len(catalog["tags"]) >= 30
+    assert httpx.get(api + "/v1/tags/nope/count", headers=READER).status_code == 404
 
     explain = httpx.get(
         api + "/v1/identity/explain", params={"profile_id": profile["profile_id"]}, headers=READER
@@ -135,6 +145,16 @@ def test_cross_channel_customer_becomes_one_profile(
     )
     assert [json.loads(line) for line in latest.splitlines()] == [
         {"orders": 2, "pid": profile["profile_id"]}
+    ]
+    # The tag history: the survivor gained repeat_buyer once, through the event that made it.
+    gained = workers[0].cli(
+        "history",
+        "sql",
+        "SELECT tag, added FROM cdp.tag_changes FINAL "
+        f"WHERE profile_id = '{profile['profile_id']}' AND tag = 'repeat_buyer'",
+    )
+    assert [json.loads(line) for line in gained.splitlines()] == [
+        {"tag": "repeat_buyer", "added": 1}
     ]
 
 

@@ -1,0 +1,249 @@
+"""Tags in Redis: evaluate after folds and when time makes them due; compact indexes.
+
+Per profile, the tags are one hex bitmap field of its main hash (``_tg``: bit i = the tag of
+ordinal i), about 60 bytes for 240 tags instead of a 240-member set. Per tag, the index is a
+Redis bitmap over profile ordinals (``tag:<ordinal>``), one bit per profile: BITCOUNT is the
+count, BITOP combines tags. Tag ordinals are assigned once and never reused, so a bitmap
+means the same thing across catalog versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from identity.scripts import BatchScript, chunks
+from profiles.store import ProfileStore, Stored
+from tagging.catalog import Catalog, Tag
+from tagging.facts import changed_facts, profile_facts
+
+log = logging.getLogger(__name__)
+_HERE = Path(__file__).parent
+_BITS = _HERE / "bits.lua"
+#: How long a claimed due profile is held before another worker may take it again.
+DUE_LEASE_MS = 60_000
+_ATTEMPTS = 5
+
+_ORDINALS = """
+local ns = ARGV[1]
+local out = {}
+for n = 2, #ARGV do
+  local ord = redis.call('HGET', ns .. ':tags:ord', ARGV[n])
+  if not ord then
+    ord = redis.call('INCR', ns .. ':tags:next') - 1
+    redis.call('HSET', ns .. ':tags:ord', ARGV[n], ord)
+  end
+  table.insert(out, tonumber(ord))
+end
+return out
+"""
+
+
+def sync_catalog(redis_url: str, catalog: Catalog, namespace: str) -> list[Tag]:
+    """Bind ``catalog`` to its stored ordinals (new tags get new ones), before any evaluation.
+
+    Blocking on purpose: processors call it before their event loop starts. Returns the tags
+    whose rule is new or changed since their last backfill: their stored values are missing
+    or stale until ``TagStore.backfill`` has run over the existing profiles.
+    """
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ids = [t.id for t in catalog.tags]
+        ords = client.eval(_ORDINALS, 0, namespace, *ids)
+        catalog.bind(dict(zip(ids, (int(o) for o in ords), strict=True)))
+        stored = client.hgetall(f"{namespace}:tags:print")
+    finally:
+        client.close()
+    known = {text(k): text(v) for k, v in stored.items()}
+    return [t for t in catalog.tags if known.get(t.id) != t.fingerprint]
+
+
+@dataclass(frozen=True)
+class TagChange:
+    """Tags a profile gained and lost in one evaluation."""
+
+    profile_id: str
+    added: list[str]
+    removed: list[str]
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _hex(mask: int) -> str:
+    return format(mask, "x") if mask else ""
+
+
+class TagStore:
+    """Evaluates the catalog against profiles and keeps tags and indexes in Redis."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        catalog: Catalog,
+        profiles: ProfileStore,
+        namespace: str = "cdp",
+    ) -> None:
+        self._redis = client
+        self.catalog = catalog
+        self._profiles = profiles
+        self._ns = namespace
+        self._apply = BatchScript(client, _HERE / "apply.lua", [_BITS])
+        self._claim = BatchScript(client, _HERE / "due.lua")
+        profiles.tag_names = self.names
+        #: Tags new or changed since their last backfill (set by ``sync_catalog``'s caller).
+        self.pending: list[Tag] = []
+        #: True once the catalog is bound to the stored ordinals (``bind``).
+        self.bound = False
+
+    def bind(self, redis_url: str) -> list[Tag]:
+        """Bind the catalog to its stored ordinals (blocking); remember the pending tags."""
+        self.pending = sync_catalog(redis_url, self.catalog, self._ns)
+        self.bound = True
+        return self.pending
+
+    def names(self, hex_bitmap: str) -> list[str]:
+        """The tag ids set in a stored bitmap (bits of retired tags are ignored)."""
+        if not hex_bitmap or not self.bound:
+            return []
+        return self.catalog.ids(int(hex_bitmap, 16))
+
+    async def mark_backfilled(self, tags: list[Tag]) -> None:
+        """Record that ``tags`` hold their current rule's value on every existing profile."""
+        if tags:
+            await self._redis.hset(
+                f"{self._ns}:tags:print", mapping={t.id: t.fingerprint for t in tags}
+            )
+
+    async def after_fold(
+        self, changed: dict[str, list[str] | None], now: datetime
+    ) -> list[TagChange]:
+        """Re-evaluate, for each changed profile, the tags its change can affect.
+
+        ``changed`` maps a profile id to the fold's change names (None: merged, so all tags).
+        """
+        todo: dict[str, list[Tag] | None] = {}
+        for pid, names in changed.items():
+            facts = None if names is None else changed_facts(names)
+            tags = self.catalog.affected(facts)
+            if tags:
+                todo[pid] = None if facts is None else tags
+        return await self._evaluate(todo, now)
+
+    async def run_due(self, now: datetime, limit: int = 1000) -> list[TagChange]:
+        """Re-evaluate the timed tags of the profiles whose due time has passed."""
+        ms = int(now.timestamp() * 1000)
+        pids = await self._claim.run([[self._ns, ms, DUE_LEASE_MS, limit]])
+        timed = self.catalog.timed
+        return await self._evaluate({str(p): timed for p in pids}, now)
+
+    async def evaluate_all(
+        self, pids: list[str], tags: list[Tag], now: datetime
+    ) -> list[TagChange]:
+        """Evaluate ``tags`` on ``pids`` (a backfill step); return the changes."""
+        return await self._evaluate(dict.fromkeys(pids, tags), now)
+
+    async def _evaluate(self, todo: dict[str, list[Tag] | None], now: datetime) -> list[TagChange]:
+        """Evaluate and store; a profile folded meanwhile is read and evaluated again."""
+        clock = self.catalog.clock(now)
+        changes: list[TagChange] = []
+        for _ in range(_ATTEMPTS):
+            if not todo:
+                break
+            pids = list(todo)
+            rows, asked = [], []
+            for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
+                if stored is not None:
+                    rows.append(self._row(stored, todo[pid], clock))
+                    asked.append(pid)
+            answers = await self._apply.run(
+                [[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)]
+            )
+            retry: dict[str, list[Tag] | None] = {}
+            for pid, answer in zip(asked, answers, strict=True):
+                state = answer[1]
+                if state == "stale":
+                    retry[pid] = todo[pid]
+                elif state == "ok" and (answer[2] or answer[3]):
+                    changes.append(self._change(answer))
+            todo = retry
+        if todo:
+            log.warning("tags not stored after %d attempts: %s", _ATTEMPTS, sorted(todo))
+        return changes
+
+    def _row(self, stored: Stored, tags: list[Tag] | None, clock: Any) -> list[Any]:
+        facts = profile_facts(stored.profile, self.catalog.declared)
+        # Never evaluated (or merged): every tag. Otherwise only those the change touches.
+        evaluate = self.catalog.tags if tags is None or not stored.tags else tags
+        mask = self.catalog.mask(evaluate)
+        values = self.catalog.evaluate(facts, clock, evaluate)
+        due = self.catalog.due(facts, clock) or 0
+        # The stored profile id: a merged id read through its alias lands on the survivor.
+        return [stored.profile.profile_id, stored.version, _hex(mask), _hex(values), due]
+
+    def _change(self, answer: list[Any]) -> TagChange:
+        by_bit = self.catalog.by_bit
+        added = sorted(by_bit[b].id for b in (answer[2] or ()) if b in by_bit)
+        removed = sorted(by_bit[b].id for b in (answer[3] or ()) if b in by_bit)
+        return TagChange(answer[0], added, removed)
+
+    async def count(self, tag: Tag) -> int:
+        """How many profiles have ``tag`` now (one BITCOUNT)."""
+        return int(await self._redis.bitcount(f"{self._ns}:tag:{tag.bit}"))
+
+    async def profiles(self, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One SCAN step over stored profiles: (next cursor, profile ids)."""
+        prefix = f"{self._ns}:pf:"
+        nxt, keys = await self._redis.scan(cursor, match=f"{prefix}*", count=count)
+        ids = []
+        for key in keys:
+            rest = text(key)[len(prefix) :]
+            if ":" not in rest:
+                ids.append(rest)
+        return int(nxt), ids
+
+    async def backfill(
+        self,
+        tags: list[Tag],
+        now: Callable[[], datetime],
+        progress: Callable[[int, int], Awaitable[None] | None] | None = None,
+        on_changes: Callable[[list[TagChange]], Awaitable[None]] | None = None,
+    ) -> tuple[int, int]:
+        """Evaluate ``tags`` over every existing profile; return (profiles seen, changed).
+
+        Progress is reported after each SCAN step and kept in ``tags:backfill`` in Redis.
+        Live evaluation goes on meanwhile: both store through the same version check.
+        """
+        key = f"{self._ns}:tags:backfill"
+        total = int(await self._redis.incrby(f"{self._ns}:pord:next", 0))
+        await self._redis.hset(
+            key, mapping={"tags": ",".join(t.id for t in tags), "seen": 0, "state": "running"}
+        )
+        cursor, seen, changed = 0, 0, 0
+        while True:
+            cursor, pids = await self.profiles(cursor)
+            if pids:
+                found = await self.evaluate_all(pids, tags, now())
+                if found and on_changes is not None:
+                    await on_changes(found)
+                changed += len(found)
+                seen += len(pids)
+                await self._redis.hset(key, mapping={"seen": seen, "changed": changed})
+                if progress is not None:
+                    result = progress(seen, max(total, seen))
+                    if result is not None:
+                        await result
+            if cursor == 0:
+                break
+        await self.mark_backfilled(tags)
+        await self._redis.hset(key, mapping={"state": "done", "seen": seen, "changed": changed})
+        return seen, changed

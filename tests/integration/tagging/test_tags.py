@@ -1,0 +1,321 @@
+"""Tags in real Redis: evaluated after folds, on merges, when due, and by backfill."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+
+from contracts.events import Event, Identifier, ResolvedEvent
+from identity.rules import IdentityRules
+from identity.store import IdentityStore, Located
+from profiles.agents import changed_names
+from profiles.fold import FoldRules
+from profiles.store import ProfileStore
+from tagging.catalog import DEFAULT_DIR, Catalog, build, load
+from tagging.facts import profile_facts
+from tagging.store import TagChange, TagStore, sync_catalog
+from tests.support.services import Services
+
+T0 = datetime(2026, 3, 2, 4, tzinfo=UTC)  # a Monday, 12:00 in Shanghai
+DAY = timedelta(days=1)
+
+
+def ev(
+    n: int, kind: str, channel: str, ids: list[tuple[str, str]], at: datetime, **kw: Any
+) -> Event:
+    return Event(
+        event_id=f"e{n}",
+        type=kind,
+        name=kind,
+        channel=channel,
+        source=channel,
+        identifiers=[Identifier(type=t, value=v) for t, v in ids],
+        traits=kw.pop("traits", {}),
+        consent=kw.pop("consent", {}),
+        properties=kw,
+        original_timestamp=at,
+        received_at=at,
+        timestamp=at,
+    )
+
+
+class Tagged:
+    """Identity, profiles and tags as the processors chain them, on a fresh namespace."""
+
+    def __init__(self, url: str, catalog: Catalog | None = None) -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.client = aioredis.from_url(url)
+        self.ns = f"t{uuid.uuid4().hex[:8]}"
+        self.identity = IdentityStore(self.client, IdentityRules(), namespace=self.ns)
+        self.profiles = ProfileStore(self.client, FoldRules(), namespace=self.ns)
+        self.tags = self.with_catalog(catalog or load())
+        self.offset = 0
+
+    def with_catalog(self, catalog: Catalog) -> TagStore:
+        store = TagStore(self.client, catalog, self.profiles, self.ns)
+        store.bind(self.url)
+        self.tags = store
+        return store
+
+    def run(self, events: list[Event], now: datetime) -> list[TagChange]:
+        """Resolve, fold and tag ``events`` as one micro-batch, like the processors do."""
+        items = []
+        for e in events:
+            items.append(Located(e, 0, self.offset))
+            self.offset += 1
+        resolved: list[ResolvedEvent] = [
+            o.resolved for o in self.loop.run_until_complete(self.identity.resolve(items, now))
+        ]
+        applied = self.loop.run_until_complete(self.profiles.apply(resolved, now))
+        return self.loop.run_until_complete(self.tags.after_fold(changed_names(applied), now))
+
+    def stored(self, pid: str) -> tuple[str, list[str]]:
+        found = self.loop.run_until_complete(self.profiles.read([pid]))[0]
+        assert found is not None
+        return found.profile.profile_id, found.profile.tags
+
+    def full(self, pid: str, now: datetime) -> list[str]:
+        """Every tag evaluated from scratch on the stored profile (the reference)."""
+        found = self.loop.run_until_complete(self.profiles.read([pid]))[0]
+        assert found is not None
+        catalog = self.tags.catalog
+        facts = profile_facts(found.profile, catalog.declared)
+        return catalog.ids(catalog.evaluate(facts, catalog.clock(now)))
+
+    def count(self, tag_id: str) -> int:
+        return self.loop.run_until_complete(self.tags.count(self.tags.catalog.by_id[tag_id]))
+
+    def run_async(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+@pytest.fixture
+def make(services: Services) -> Iterator[Any]:
+    made: list[Tagged] = []
+
+    def new(catalog: Catalog | None = None) -> Tagged:
+        made.append(Tagged(services.redis_url, catalog))
+        return made[-1]
+
+    yield new
+    for t in made:
+        t.close()
+
+
+LI_M, LI_P, LI_E = ("member_id", "M1"), ("phone", "+8613800138000"), ("email", "li@x.com")
+
+
+def test_tags_follow_folds_and_the_index_counts_them(make: Any) -> None:
+    t = make()
+    now = T0 + DAY
+    t.run(
+        [
+            ev(1, "identify", "pos", [LI_M, LI_P], T0, traits={"age": 34, "city": "Shanghai"}),
+            ev(
+                2, "order_completed", "pos", [LI_M], T0, order_id="O1", total=2500, category="Shoes"
+            ),
+        ],
+        now,
+    )
+    pid, tags = t.stored("1")
+    assert tags == t.full(pid, now)
+    for expected in (
+        "age_25_34",
+        "city_tier_1",
+        "city_shanghai",
+        "rfm_r5",
+        "lifecycle_new",
+        "channel_pos",
+        "buys_shoes",
+        "spend_2000_5000",
+        "offline_only",
+        "loyalty_member",
+    ):
+        assert expected in tags
+        assert t.count(expected) == 1
+    # A second event changes only what it touches; the result equals a full evaluation.
+    # The member app outranks the POS for traits, so its age wins.
+    changes = t.run(
+        [ev(3, "identify", "member_app", [LI_M], T0, traits={"age": 35}, consent={"sms": True})],
+        now,
+    )
+    added = [
+        "age_35_44",
+        "channel_member_app",
+        "channel_member_app_active_90d",
+        "consent_sms_allowed",
+        "member_app_active_30d",
+        "online_and_offline",
+        "reachable_sms",
+    ]
+    removed = ["age_25_34", "consent_unknown", "offline_only", "single_channel"]
+    assert changes == [TagChange(pid, added, removed)]
+    assert t.stored(pid)[1] == t.full(pid, now)
+    assert (t.count("age_25_34"), t.count("age_35_44")) == (0, 1)
+
+
+def test_a_merge_re_evaluates_the_survivor_and_clears_the_merged_profile(make: Any) -> None:
+    t = make()
+    now = T0 + DAY
+    t.run([ev(1, "order_completed", "pos", [LI_M], T0, order_id="O1", total=2000)], now)
+    t.run([ev(2, "order_completed", "web", [LI_E], T0, order_id="O2", total=1500)], now)
+    assert t.count("rfm_m2") == 2 and t.count("channel_web") == 1 and t.count("rfm_m_high") == 0
+    t.run([ev(3, "identify", "member_app", [LI_M, LI_E], T0)], now)  # proves M1 ~ li@x.com
+    pid, tags = t.stored("2")
+    assert pid == "1"
+    assert tags == t.full(pid, now)
+    assert "rfm_m_high" in tags and "rfm_m3" in tags and "channel_web" in tags
+    # The merged profile left every index: each count is of the one survivor.
+    assert t.count("rfm_m2") == 0 and t.count("rfm_m3") == 1
+    assert t.count("channel_web") == 1 and t.count("channel_pos") == 1
+
+
+def test_timed_tags_change_when_they_fall_due_without_any_event(make: Any) -> None:
+    t = make()
+    t.run([ev(1, "order_completed", "pos", [LI_M], T0, order_id="O1", total=100)], T0 + DAY)
+    pid, tags = t.stored("1")
+    assert {"lifecycle_new", "rfm_r5", "care_first_purchase_thanks"} <= set(tags)
+    due = t.run_async(t.client.zscore(f"{t.ns}:tags:due", pid))
+    assert due == (T0 + timedelta(days=7)).timestamp() * 1000  # the welcome tag ends first
+    # Nothing is due before then.
+    assert t.run_async(t.tags.run_due(T0 + 6 * DAY)) == []
+    changes = t.run_async(t.tags.run_due(T0 + 31 * DAY))
+    # 31 days on: no longer new (so active), no longer in the 7-day welcome windows, R 5 -> 4.
+    gone = ["care_first_purchase_thanks", "care_welcome", "lifecycle_new", "rfm_r5", "seen_last_7d"]
+    assert changes == [TagChange(pid, ["lifecycle_active", "rfm_r4"], gone)]
+    assert t.stored(pid)[1] == t.full(pid, T0 + 31 * DAY)
+    assert (t.count("lifecycle_new"), t.count("rfm_r4")) == (0, 1)
+    # The next due time is the next boundary (rfm_r4 ends at 60 days).
+    due = t.run_async(t.client.zscore(f"{t.ns}:tags:due", pid))
+    assert due == (T0 + timedelta(days=60)).timestamp() * 1000
+
+
+def _random_events(rng: random.Random, n: int) -> list[Event]:
+    people = [
+        [("member_id", f"M{i}"), ("phone", f"+86138001380{i:02d}"), ("email", f"p{i}@x.com")]
+        for i in range(12)
+    ]
+    kinds = [
+        "identify",
+        "order_completed",
+        "ticket_opened",
+        "ticket_resolved",
+        "survey_answered",
+        "points_earned",
+        "coupon_redeemed",
+        "store_visited",
+        "follow_up_completed",
+    ]
+    channels = ["pos", "web", "member_app", "mini_program", "service_desk", "survey", "delivery"]
+    out = []
+    for k in range(n):
+        ids = rng.sample(rng.choice(people), rng.randint(1, 2))
+        kind = rng.choice(kinds)
+        at = T0 - timedelta(days=rng.randint(0, 400), hours=rng.randint(0, 23))
+        kw: dict[str, Any] = {}
+        if kind == "identify":
+            kw["traits"] = {
+                "age": rng.randint(15, 80),
+                "gender": rng.choice(["female", "male"]),
+                "city": rng.choice(["Shanghai", "Chengdu", "Wuhan"]),
+                "birthday": f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-10",
+            }
+            kw["consent"] = {rng.choice(["sms", "email", "wechat"]): rng.random() < 0.7}
+        elif kind == "order_completed":
+            kw = {
+                "order_id": f"O{k}",
+                "total": rng.choice([50, 300, 1200, 6000, 25000]),
+                "category": rng.choice(["shoes", "bags", "beauty", "home", "kids", "sports"]),
+            }
+        elif kind in ("ticket_opened", "ticket_resolved", "follow_up_completed"):
+            kw = {
+                "ticket_id": f"T{rng.randint(0, 5)}",
+                "category": rng.choice(["complaint", "repair"]),
+            }
+        elif kind == "survey_answered":
+            kw = {"survey_type": rng.choice(["csat", "nps"]), "score": rng.randint(1, 10)}
+        elif kind == "points_earned":
+            kw = {"points": rng.randint(10, 3000)}
+        out.append(ev(k, kind, rng.choice(channels), ids, at, **kw))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_incremental_evaluation_equals_full_evaluation(make: Any, seed: int) -> None:
+    """Only the tags a change can affect are re-evaluated; the result must not differ."""
+    t = make()
+    rng = random.Random(seed)
+    events = _random_events(rng, 300)
+    now = T0
+    for start in range(0, len(events), 7):
+        t.run(events[start : start + 7], now)
+    pids = {t.stored(str(p))[0] for p in range(1, 40) if t.run_async(t.profiles.read([str(p)]))[0]}
+    assert len(pids) >= 5
+    for pid in pids:
+        assert t.stored(pid)[1] == t.full(pid, now), pid
+    # And every tag index agrees with the profiles' tags.
+    holders: dict[str, int] = {}
+    for pid in pids:
+        for tag in t.stored(pid)[1]:
+            holders[tag] = holders.get(tag, 0) + 1
+    for tag in t.tags.catalog.tags:
+        assert t.count(tag.id) == holders.get(tag.id, 0), tag.id
+
+
+def _catalog_with(extra: list[dict[str, Any]], changed: dict[str, str] | None = None) -> Catalog:
+    documents = []
+    for path in sorted(Path(DEFAULT_DIR).glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for tag in doc.get("tags") or []:
+            if changed and tag["id"] in changed:
+                tag["rule"] = changed[tag["id"]]
+        documents.append((path.name, doc))
+    base = {"name_en": "x", "name_zh": "x", "category": "behaviour", "description": "x"}
+    documents.append(("99-extra.yaml", {"tags": [{**base, **t} for t in extra]}))
+    return build(documents)
+
+
+def test_backfill_of_a_new_tag_gives_what_live_evaluation_gives(
+    make: Any, services: Services
+) -> None:
+    t = make()
+    rng = random.Random(9)
+    events = _random_events(rng, 200)
+    for start in range(0, len(events), 10):
+        t.run(events[start : start + 10], T0)
+    t.run_async(t.tags.mark_backfilled(t.tags.catalog.tags))
+    assert sync_catalog(services.redis_url, load(), t.ns) == []
+    # A new tag, and a changed rule (which also changes the tags that reference it).
+    new = {"id": "web_big_basket", "rule": 'average_spend >= 1000 and channels contains "web"'}
+    catalog = _catalog_with([new], changed={"rfm_m_high": "total_spend >= 6000"})
+    store = t.with_catalog(catalog)
+    pending = sorted(tag.id for tag in store.pending)
+    assert "web_big_basket" in pending and "rfm_m_high" in pending
+    assert "rfm_important_value" in pending and "unhappy_high_value" in pending  # references
+    assert "age_25_34" not in pending
+    reported: list[tuple[int, int]] = []
+    seen, _ = t.run_async(
+        store.backfill(store.pending, now=lambda: T0, progress=lambda s, n: reported.append((s, n)))
+    )
+    assert seen >= 5 and reported[-1][0] == seen
+    pids = {t.stored(str(p))[0] for p in range(1, 40) if t.run_async(t.profiles.read([str(p)]))[0]}
+    for pid in pids:
+        assert t.stored(pid)[1] == t.full(pid, T0), pid
+    live = sum("web_big_basket" in t.full(pid, T0) for pid in pids)
+    assert live > 0 and t.count("web_big_basket") == live
+    # Once backfilled, nothing is pending for this catalog any more.
+    assert sync_catalog(services.redis_url, catalog, t.ns) == []
