@@ -17,24 +17,6 @@ local function hex_bits(hex)
   return out
 end
 
--- (old AND NOT mask) OR (values AND mask), nibble by nibble, as hex without leading zeros.
-local function hex_merge(old, mask, values)
-  local n = math.max(#old, #mask, #values)
-  local function nib(s, j)
-    local len = #s
-    if j > len then return 0 end
-    return tonumber(string.sub(s, len - j + 1, len - j + 1), 16) or 0
-  end
-  local digits = {}
-  for j = n, 1, -1 do
-    local m = nib(mask, j)
-    local v = bit.bor(bit.band(nib(old, j), bit.band(bit.bnot(m), 15)), bit.band(nib(values, j), m))
-    table.insert(digits, string.format('%x', v))
-  end
-  local hex = table.concat(digits):gsub('^0+', '')
-  return hex
-end
-
 -- Remove a profile from every tag index and the due index (it was merged away or erased).
 local function untag(ns, pid)
   local key = ns .. ':pf:' .. pid

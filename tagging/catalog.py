@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from tagging import compiled
+from tagging.compiled import Evaluate
 from tagging.facts import BUILTIN, DECLARABLE
 from tagging.rules import Clock, Facts, Kind, Parsed, RuleError, Test, compile_node, parse
 
@@ -85,6 +87,16 @@ class Tag:
         }
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Some tags of a catalog: their bitmap and their tests in evaluation order."""
+
+    tags: list[Tag]
+    mask: int
+    #: The selected tags compiled into one function (tagging/compiled.py).
+    fn: Evaluate
+
+
 class Catalog:
     """All tags, compiled, with dependency indexes for incremental and timed evaluation."""
 
@@ -107,12 +119,36 @@ class Catalog:
         for tag in self.tags:
             tag.bit = ordinals[tag.id]
         self.by_bit = {t.bit: t for t in self.tags}
+        self._selections: dict[frozenset[str] | None, Selection] = {}
+        self.timed_selection = self.selection(self.timed)
+
+    def selection(self, tags: list[Tag]) -> Selection:
+        """``tags`` compiled for ``run``."""
+        return Selection(tags, self.mask(tags), compiled.build(tags, self.by_id))
 
     def clock(self, now: Any) -> Clock:
         """The evaluation clock for instant ``now`` in the catalog's time zone."""
         return Clock.at(now, self.zone)
 
-    def affected(self, facts_changed: set[str] | None) -> list[Tag]:
+    def select(self, facts_changed: set[str] | frozenset[str] | None) -> Selection:
+        """The tags a change of ``facts_changed`` can affect (None: all), ready to run.
+
+        Cached: a stream sees the same few shapes of change over and over.
+        """
+        key = None if facts_changed is None else frozenset(facts_changed)
+        found = self._selections.get(key)
+        if found is None:
+            found = self.selection(self.affected(facts_changed))
+            if len(self._selections) < 10_000:
+                self._selections[key] = found
+        return found
+
+    @staticmethod
+    def run(facts: Facts, clock: Clock, selection: Selection) -> int:
+        """The bitmap of the selected tags that hold."""
+        return selection.fn(facts, clock.now_ms, clock.month)
+
+    def affected(self, facts_changed: set[str] | frozenset[str] | None) -> list[Tag]:
         """Tags whose value may change when ``facts_changed`` change (None: all tags)."""
         if facts_changed is None:
             return self.tags
@@ -124,11 +160,8 @@ class Catalog:
 
     def evaluate(self, facts: Facts, clock: Clock, tags: Iterable[Tag] | None = None) -> int:
         """Return the bitmap (as an int) of the tags in ``tags`` (default all) that hold."""
-        mask = 0
-        for tag in self.tags if tags is None else tags:
-            if tag.test(facts, clock):
-                mask |= 1 << tag.bit
-        return mask
+        chosen = self.select(None) if tags is None else self.selection(list(tags))
+        return self.run(facts, clock, chosen)
 
     @staticmethod
     def mask(tags: Iterable[Tag]) -> int:

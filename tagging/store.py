@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from identity.scripts import BatchScript, chunks
 from profiles.store import ProfileStore, Stored
-from tagging.catalog import Catalog, Tag
+from tagging.catalog import Catalog, Selection, Tag
 from tagging.facts import changed_facts, profile_facts
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,16 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _bits(mask: int) -> list[int]:
+    """Indexes of the set bits of ``mask``."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
 def _hex(mask: int) -> str:
     return format(mask, "x") if mask else ""
 
@@ -104,10 +114,12 @@ class TagStore:
         self.pending: list[Tag] = []
         #: True once the catalog is bound to the stored ordinals (``bind``).
         self.bound = False
+        self._by_change: dict[frozenset[str], Selection] = {}
 
     def bind(self, redis_url: str) -> list[Tag]:
         """Bind the catalog to its stored ordinals (blocking); remember the pending tags."""
         self.pending = sync_catalog(redis_url, self.catalog, self._ns)
+        self._by_change = {}  # bits may have moved
         self.bound = True
         return self.pending
 
@@ -131,28 +143,41 @@ class TagStore:
 
         ``changed`` maps a profile id to the fold's change names (None: merged, so all tags).
         """
-        todo: dict[str, list[Tag] | None] = {}
+        todo: dict[str, Selection | None] = {}
         for pid, names in changed.items():
-            facts = None if names is None else changed_facts(names)
-            tags = self.catalog.affected(facts)
-            if tags:
-                todo[pid] = None if facts is None else tags
+            if names is None:
+                todo[pid] = None
+                continue
+            selection = self.for_change(names)
+            if selection.tags:
+                todo[pid] = selection
         return await self._evaluate(todo, now)
+
+    def for_change(self, names: list[str]) -> Selection:
+        """The compiled tags a fold's change ``names`` can affect (cached per shape)."""
+        key = frozenset(names)
+        found = self._by_change.get(key)
+        if found is None:
+            found = self.catalog.select(changed_facts(key))
+            if len(self._by_change) < 10_000:
+                self._by_change[key] = found
+        return found
 
     async def run_due(self, now: datetime, limit: int = 1000) -> list[TagChange]:
         """Re-evaluate the timed tags of the profiles whose due time has passed."""
         ms = int(now.timestamp() * 1000)
         pids = await self._claim.run([[self._ns, ms, DUE_LEASE_MS, limit]])
-        timed = self.catalog.timed
+        timed = self.catalog.timed_selection
         return await self._evaluate({str(p): timed for p in pids}, now)
 
     async def evaluate_all(
         self, pids: list[str], tags: list[Tag], now: datetime
     ) -> list[TagChange]:
         """Evaluate ``tags`` on ``pids`` (a backfill step); return the changes."""
-        return await self._evaluate(dict.fromkeys(pids, tags), now)
+        selection = self.catalog.selection(tags)
+        return await self._evaluate(dict.fromkeys(pids, selection), now)
 
-    async def _evaluate(self, todo: dict[str, list[Tag] | None], now: datetime) -> list[TagChange]:
+    async def _evaluate(self, todo: dict[str, Selection | None], now: datetime) -> list[TagChange]:
         """Evaluate and store; a profile folded meanwhile is read and evaluated again."""
         clock = self.catalog.clock(now)
         changes: list[TagChange] = []
@@ -168,33 +193,43 @@ class TagStore:
             answers = await self._apply.run(
                 [[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)]
             )
-            retry: dict[str, list[Tag] | None] = {}
-            for pid, answer in zip(asked, answers, strict=True):
-                state = answer[1]
+            retry: dict[str, Selection | None] = {}
+            for pid, row, state in zip(asked, rows, answers, strict=True):
                 if state == "stale":
                     retry[pid] = todo[pid]
-                elif state == "ok" and (answer[2] or answer[3]):
-                    changes.append(self._change(answer))
+                elif state == "ok" and (row[4] or row[5]):
+                    changes.append(self._change(row))
             todo = retry
         if todo:
             log.warning("tags not stored after %d attempts: %s", _ATTEMPTS, sorted(todo))
         return changes
 
-    def _row(self, stored: Stored, tags: list[Tag] | None, clock: Any) -> list[Any]:
+    def _row(self, stored: Stored, chosen: Selection | None, clock: Any) -> list[Any]:
         facts = profile_facts(stored.profile, self.catalog.declared)
         # Never evaluated (or merged): every tag. Otherwise only those the change touches.
-        evaluate = self.catalog.tags if tags is None or not stored.tags else tags
-        mask = self.catalog.mask(evaluate)
-        values = self.catalog.evaluate(facts, clock, evaluate)
+        if chosen is None or not stored.tags:
+            chosen = self.catalog.select(None)
+        values = self.catalog.run(facts, clock, chosen)
+        old = int(stored.tags, 16) if stored.tags else 0
+        new = (old & ~chosen.mask) | values
         due = self.catalog.due(facts, clock) or 0
         # The stored profile id: a merged id read through its alias lands on the survivor.
-        return [stored.profile.profile_id, stored.version, _hex(mask), _hex(values), due]
+        pid = stored.profile.profile_id
+        return [
+            pid,
+            stored.version,
+            stored.tags,
+            _hex(new),
+            _bits(new & ~old),
+            _bits(old & ~new),
+            due,
+        ]
 
-    def _change(self, answer: list[Any]) -> TagChange:
+    def _change(self, row: list[Any]) -> TagChange:
         by_bit = self.catalog.by_bit
-        added = sorted(by_bit[b].id for b in (answer[2] or ()) if b in by_bit)
-        removed = sorted(by_bit[b].id for b in (answer[3] or ()) if b in by_bit)
-        return TagChange(answer[0], added, removed)
+        added = sorted(by_bit[b].id for b in row[4] if b in by_bit)
+        removed = sorted(by_bit[b].id for b in row[5] if b in by_bit)
+        return TagChange(row[0], added, removed)
 
     async def count(self, tag: Tag) -> int:
         """How many profiles have ``tag`` now (one BITCOUNT)."""

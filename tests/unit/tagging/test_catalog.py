@@ -3,6 +3,7 @@ false where it says false, at a fixed clock (2026-06-15 12:00 Shanghai)."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,3 +79,24 @@ def test_timed_tags_have_a_due_time_when_their_fact_is_set() -> None:
     july = datetime(2026, 6, 30, 16, tzinfo=UTC)  # 1 July 00:00 in Shanghai
     assert CATALOG.due(birthday, CLOCK) == int(july.timestamp() * 1000)
     assert CATALOG.due({}, CLOCK) is None
+
+
+def test_compiled_catalog_agrees_with_the_rule_closures_on_mixed_profiles() -> None:
+    """The compiled function (one per selection) against each tag's own closure."""
+    pool: dict[str, list[Any]] = {}
+    for tag in CATALOG.tags:
+        for truth in ("true", "false"):
+            for raw in tag.examples.get(truth, []):
+                for name, value in example_facts(CATALOG, raw, CLOCK).items():
+                    pool.setdefault(name, []).append(value)
+    rng = random.Random(5)
+    names = sorted(pool)
+    everything = CATALOG.select(None)
+    timed = CATALOG.timed_selection
+    for _ in range(500):
+        facts = {n: rng.choice(pool[n]) for n in rng.sample(names, rng.randint(1, len(names)))}
+        expected = {t.id for t in CATALOG.tags if t.test(dict(facts), CLOCK)}
+        assert set(CATALOG.ids(CATALOG.run(facts, CLOCK, everything))) == expected
+        assert set(CATALOG.ids(CATALOG.run(facts, CLOCK, timed))) == {
+            t.id for t in CATALOG.timed if t.id in expected
+        }
