@@ -30,6 +30,7 @@ import redis
 import redis.asyncio as aioredis
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from namespace import drop  # bench/namespace.py
 
 from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
 from deploy.settings import Settings
@@ -121,6 +122,7 @@ async def stores(settings: Settings, evs: list[Event]) -> list[ResolvedEvent]:
         return resolved
     finally:
         await client.aclose()
+        drop(settings.redis.url.get_secret_value(), ns)
 
 
 def history(resolved: list[ResolvedEvent]) -> None:

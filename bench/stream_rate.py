@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer
+from namespace import drop  # bench/namespace.py
 
 from deploy import topics
 from deploy.demo import demo_key, demo_sources
@@ -298,6 +299,7 @@ def main() -> None:
             proc.wait(timeout=60)
         for n in range(len(commands)):  # the embedded ClickHouse of each process: bench data
             shutil.rmtree(f"{env['CDP_CLICKHOUSE__PATH']}-{n}", ignore_errors=True)
+        drop(settings.redis.url.get_secret_value(), settings.worker.namespace)
     ceiling = asyncio.run(bare_consume(settings))
     what = "prefilled events" if args.prefill else "events"
     print(

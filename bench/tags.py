@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 import redis
 import redis.asyncio as aioredis
+from namespace import drop  # bench/namespace.py
 
 from contracts.events import Event, ResolvedEvent
 from deploy.demo import demo_sources
@@ -215,10 +216,8 @@ async def main() -> None:
         )
         await client.aclose()
     finally:
-        keys = list(sync.scan_iter(f"{ns}:*", count=5000))
-        for start in range(0, len(keys), 5000):
-            sync.unlink(*keys[start : start + 5000])
         sync.close()
+        drop(url, ns)
 
 
 if __name__ == "__main__":

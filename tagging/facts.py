@@ -170,7 +170,8 @@ def _moment(kind: Kind, value: Any) -> int | None:
 
 
 def _ratio(part: float, whole: float) -> float | None:
-    return round(part / whole, 4) if whole else None
+    # Not rounded: 3/5 is the same double as the literal 0.6, so boundaries compare exactly.
+    return part / whole if whole else None
 
 
 def _gap_months(months: list[str]) -> int | None:
@@ -240,6 +241,7 @@ def profile_facts(profile: Profile, declared: dict[str, Kind]) -> Facts:
         for key, value in values.items():
             name = prefix + key
             kind = declared.get(name)
-            if kind is not None:
-                f[name] = coerce(kind, value)
-    return {k: v for k, v in f.items() if v is not None}
+            if kind is not None and (fact := coerce(kind, value)) is not None:
+                f[name] = fact
+    # A None value reads like a missing fact in every rule (sets are never None).
+    return f
