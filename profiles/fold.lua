@@ -6,14 +6,15 @@
 --         operations (see profiles/fold.py), merged profile ids to fold into the survivor first],
 --         ...]
 --
--- Keys under the namespace, per profile (pid = survivor after following aliases):
---   pf:<pid>        HASH  n:* counters, lo:* minima, hi:* maxima, e:* sums of entries
---   pf:<pid>:t      HASH  trait -> JSON value      pf:<pid>:r  HASH trait -> rank
---   pf:<pid>:s:<x>  SET   members of x             pf:<pid>:h:<x> HASH entry id -> amount
---   pf:<pid>:parts  SET   which s:<x> / h:<x> exist (so a merge can move them)
+-- A profile is one hash, pf:<pid> (one key: small profiles stay in Redis's compact listpack
+-- encoding, and a read is one HGETALL). Its fields, by prefix:
+--   n:<x>  counters       lo:<x> minima      hi:<x> maxima       e:<x> sums of entries x
+--   t:<x>  trait JSON     r:<x>  trait rank  s:<set>:<member> 1  h:<entry>:<id> amount
+--   _v     version, bumped by every change (tag evaluation checks it)
+--   _tg, _ord  tags (tagging/apply.lua)
+-- Other keys under the namespace:
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
 --   dirty           SET   profiles changed since their last history snapshot
---   pf:<pid> _v     the profile's version, bumped by every change (tag evaluation checks it)
 -- A merged-away profile also leaves the tag indexes (tagging/bits.lua untag).
 -- Returns a JSON array with one {pid, applied, changed: [names]} per event.
 
@@ -50,29 +51,23 @@ local function set_max(p, f, v)
   return false
 end
 local function trait(p, name, value, r)
-  local cur = tonumber(redis.call('HGET', k('pf', p, 'r'), name) or 'nil')
-  local old = redis.call('HGET', k('pf', p, 't'), name)
-  if not cur or r > cur or (r == cur and old and value > old) then
-    redis.call('HSET', k('pf', p, 'r'), name, r)
-    redis.call('HSET', k('pf', p, 't'), name, value)
+  local cur = redis.call('HMGET', k('pf', p), 'r:' .. name, 't:' .. name)
+  local rank, old = tonumber(cur[1] or 'nil'), cur[2]
+  if not rank or r > rank or (r == rank and old and value > old) then
+    redis.call('HSET', k('pf', p), 'r:' .. name, r, 't:' .. name, value)
     return old ~= value
   end
   return false
 end
 local function entry(p, name, id, amount)
-  if redis.call('HSETNX', k('pf', p, 'h', name), id, amount) == 1 then
-    redis.call('SADD', k('pf', p, 'parts'), 'h:' .. name)
+  if redis.call('HSETNX', k('pf', p), 'h:' .. name .. ':' .. id, amount) == 1 then
     redis.call('HINCRBY', k('pf', p), 'e:' .. name, amount)
     return true
   end
   return false
 end
 local function sadd(p, name, member)
-  if redis.call('SADD', k('pf', p, 's', name), member) == 1 then
-    redis.call('SADD', k('pf', p, 'parts'), 's:' .. name)
-    return true
-  end
-  return false
+  return redis.call('HSETNX', k('pf', p), 's:' .. name .. ':' .. member, 1) == 1
 end
 
 -- The minima and maxima of one event in two calls: read them all, write the ones that move.
@@ -101,34 +96,37 @@ local function bounds(p, list)
   if #writes > 0 then redis.call('HSET', k('pf', p), unpack(writes)) end
 end
 
+-- "s:<set>:<member>" -> set, member ("h:<entry>:<id>" alike); names never contain ':'.
+local function split(field)
+  local sep = string.find(field, ':', 3, true)
+  return string.sub(field, 3, sep - 1), string.sub(field, sep + 1)
+end
+
 -- Fold a merged-away profile into the survivor: the same operations, so still commutative.
 local function merge(gone, into)
   if gone == into then return end
-  local main = redis.call('HGETALL', k('pf', gone))
-  for j = 1, #main, 2 do
-    local f, v = main[j], tonumber(main[j + 1])
+  local flat = redis.call('HGETALL', k('pf', gone))
+  local values = {}
+  for j = 1, #flat, 2 do values[flat[j]] = flat[j + 1] end
+  for j = 1, #flat, 2 do
+    local f, v = flat[j], flat[j + 1]
     local kind = string.sub(f, 1, 2)
     if kind == 'n:' then redis.call('HINCRBY', k('pf', into), f, v)
-    elseif kind == 'lo' then set_min(into, f, v)
-    elseif kind == 'hi' then set_max(into, f, v) end
-  end
-  local ranks = redis.call('HGETALL', k('pf', gone, 'r'))
-  for j = 1, #ranks, 2 do
-    trait(into, ranks[j], redis.call('HGET', k('pf', gone, 't'), ranks[j]), tonumber(ranks[j + 1]))
-  end
-  for _, part_name in ipairs(redis.call('SMEMBERS', k('pf', gone, 'parts'))) do
-    local kind, name = string.sub(part_name, 1, 1), string.sub(part_name, 3)
-    if kind == 's' then
-      for _, m in ipairs(redis.call('SMEMBERS', k('pf', gone, 's', name))) do sadd(into, name, m) end
-      redis.call('DEL', k('pf', gone, 's', name))
-    else
-      local entries = redis.call('HGETALL', k('pf', gone, 'h', name))
-      for j = 1, #entries, 2 do entry(into, name, entries[j], tonumber(entries[j + 1])) end
-      redis.call('DEL', k('pf', gone, 'h', name))
+    elseif kind == 'lo' then set_min(into, f, tonumber(v))
+    elseif kind == 'hi' then set_max(into, f, tonumber(v))
+    elseif kind == 'r:' then
+      local name = string.sub(f, 3)
+      trait(into, name, values['t:' .. name], tonumber(v))
+    elseif kind == 's:' then
+      local name, member = split(f)
+      sadd(into, name, member)
+    elseif kind == 'h:' then
+      local name, id = split(f)
+      entry(into, name, id, tonumber(v))
     end
   end
   untag(ns, gone)
-  redis.call('DEL', k('pf', gone), k('pf', gone, 't'), k('pf', gone, 'r'), k('pf', gone, 'parts'))
+  redis.call('DEL', k('pf', gone))
   mark('merged')
 end
 

@@ -129,7 +129,7 @@ def _order(delta: Delta, event: Event, ms: int, zone: ZoneInfo) -> None:
     delta.add("entry", "orders", order_id, _cents(props))
     local = event.timestamp.astimezone(zone)
     # Keyed by order id like the order itself, so a repeated order counts once.
-    delta.add("entry", f"orders_at:{DAYPARTS[local.hour]}", order_id, 1)
+    delta.add("entry", f"orders_{DAYPARTS[local.hour]}", order_id, 1)
     if local.weekday() >= 5:
         delta.add("entry", "orders_weekend", order_id, 1)
     delta.add("sadd", "purchase_months", local.strftime("%Y-%m"))

@@ -1,37 +1,43 @@
--- Read whole profiles in one call: the survivor of each id and all its parts, consistently.
+-- Read whole profiles in one call: the survivor of each id and all its fields, consistently.
 --
--- ARGV[1] namespace   ARGV[2] JSON list of set names   ARGV[3] JSON list of entry names (counted)
--- ARGV[4..] profile ids (merged ids are followed to their survivor)
+-- ARGV[1] namespace   ARGV[2..] profile ids (merged ids are followed to their survivor)
 -- Returns a JSON array, one item per id: false when unknown, else
--- [survivor, {main hash}, {traits}, [identifiers], {set name: [members]}, {entry name: count}].
+-- [survivor, {main fields}, {traits}, [identifiers], {set name: [members]}, {entry: count}]
+-- (the profile hash's fields split by prefix, see fold.lua).
 
 local ns = ARGV[1]
-local sets = cjson.decode(ARGV[2])
-local entries = cjson.decode(ARGV[3])
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
 
-local function resolve(pid) return follow_alias(alias_key, pid) end
-
-local function hash(key)
-  local flat, out = redis.call('HGETALL', key), {}
-  for j = 1, #flat, 2 do out[flat[j]] = flat[j + 1] end
-  return out
-end
-
 local outs = {}
-for n = 4, #ARGV do
-  local pid = resolve(ARGV[n])
-  local base = k('pf', pid)
-  local main = hash(base)
-  if next(main) == nil then
+for n = 2, #ARGV do
+  local pid = follow_alias(alias_key, ARGV[n])
+  local flat = redis.call('HGETALL', k('pf', pid))
+  if #flat == 0 then
     table.insert(outs, 'false')
   else
-    local members, counts = {}, {}
-    for _, name in ipairs(sets) do members[name] = redis.call('SMEMBERS', base .. ':s:' .. name) end
-    for _, name in ipairs(entries) do counts[name] = redis.call('HLEN', base .. ':h:' .. name) end
+    local main, traits, sets, counts = {}, {}, {}, {}
+    for j = 1, #flat, 2 do
+      local f, v = flat[j], flat[j + 1]
+      local kind = string.sub(f, 1, 2)
+      if kind == 't:' then
+        traits[string.sub(f, 3)] = v
+      elseif kind == 's:' or kind == 'h:' then
+        local sep = string.find(f, ':', 3, true)
+        local name = string.sub(f, 3, sep - 1)
+        if kind == 's:' then
+          local members = sets[name]
+          if not members then members = {}; sets[name] = members end
+          table.insert(members, string.sub(f, sep + 1))
+        else
+          counts[name] = (counts[name] or 0) + 1
+        end
+      elseif kind ~= 'r:' then
+        main[f] = v
+      end
+    end
     table.insert(outs, cjson.encode({
-      pid, main, hash(base .. ':t'), redis.call('SMEMBERS', k('p', pid, 'ids')), members, counts,
+      pid, main, traits, redis.call('SMEMBERS', k('p', pid, 'ids')), sets, counts,
     }))
   end
 end

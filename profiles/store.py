@@ -19,7 +19,7 @@ from identity.aliases import survivor
 from identity.scripts import BatchScript, chunks
 from profiles.fold import FoldRules, fold
 
-#: What a profile read fetches besides its main hash and traits, in this order.
+#: The sets a profile can hold (see profiles/fold.py).
 _SETS = (
     "channels",
     "categories",
@@ -30,8 +30,6 @@ _SETS = (
     "purchase_months",
 )
 _DAYPARTS = ("morning", "afternoon", "evening", "night")
-_ENTRIES = ("orders", "csat", "orders_weekend", *(f"orders_at:{d}" for d in _DAYPARTS))
-_READ_SETS, _READ_ENTRIES = json.dumps(_SETS), json.dumps(_ENTRIES)
 
 
 _BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
@@ -146,7 +144,7 @@ class ProfileStore:
 
     async def read(self, profile_ids: list[str]) -> list[Stored | None]:
         """Like ``get_many``, with each profile's version and stored tag bitmap."""
-        calls = [[self._ns, _READ_SETS, _READ_ENTRIES, *chunk] for chunk in chunks(profile_ids)]
+        calls = [[self._ns, *chunk] for chunk in chunks(profile_ids)]
         out: list[Stored | None] = []
         for answer in await self._read.run(calls):
             if not answer:
@@ -216,7 +214,7 @@ class ProfileStore:
             tickets_resolved=len(members["tickets_resolved"]),
             open_tickets=len(members["tickets_opened"] - members["tickets_resolved"]),
             follow_ups=len(members["follow_ups"]),
-            orders_by_daypart={d: counts.get(f"orders_at:{d}", 0) for d in _DAYPARTS},
+            orders_by_daypart={d: counts.get(f"orders_{d}", 0) for d in _DAYPARTS},
             orders_weekend=counts.get("orders_weekend", 0),
             purchase_months=sorted(members["purchase_months"]),
             points_earned=n.get("e:points_earned", 0),

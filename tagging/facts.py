@@ -69,7 +69,7 @@ _CHANGED: dict[str, tuple[str, ...]] = {
         *_SHARES,
     ),
     "orders_weekend": ("weekend_order_share",),
-    **{f"orders_at:{s[12:]}": (s,) for s in _SHARES},
+    **{f"orders_{s[12:]}": (s,) for s in _SHARES},
     "purchase_months": ("purchase_month_count", "purchase_gap_months"),
     "hi:last_purchase_at": ("last_purchase_at",),
     "lo:first_purchase_at": ("first_purchase_at",),

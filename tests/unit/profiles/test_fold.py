@@ -104,7 +104,7 @@ def test_order_completed_records_entry_purchase_times_and_categories() -> None:
     # 12:00 UTC on a Monday is 20:00 in Shanghai (the default calendar zone): evening, weekday.
     assert found == [
         ["entry", "orders", "O-1", 26850],
-        ["entry", "orders_at:evening", "O-1", 1],
+        ["entry", "orders_evening", "O-1", 1],
         ["sadd", "purchase_months", "2026-11"],
         ["max", "hi:last_purchase_at", MS],
         ["min", "lo:first_purchase_at", MS],
