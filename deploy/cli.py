@@ -31,8 +31,10 @@ from identity.normalize import normalize
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from profiles.store import ProfileStore
+from tagging.catalog import load as load_catalog
 from tagging.cli import run_guarded
 from tagging.cli import tags as tags_group
+from tagging.store import TagStore
 
 
 @click.group()
@@ -271,13 +273,13 @@ def tokens_new(name: str, scopes: tuple[str, ...]) -> None:
 def _stores(settings: Settings) -> tuple[Any, Any, Any]:
     import redis.asyncio as aioredis
 
-    client = aioredis.from_url(settings.redis.url.get_secret_value())
+    url = settings.redis.url.get_secret_value()
+    client = aioredis.from_url(url)
     ns = settings.worker.namespace
-    return (
-        client,
-        ProfileStore(client, settings.profiles, ns),
-        IdentityStore(client, settings.identity, ns),
-    )
+    profiles = ProfileStore(client, settings.profiles, ns)
+    # Bound to the stored tag ordinals, so profiles print with their tags.
+    TagStore(client, load_catalog(settings.tags.catalog), profiles, ns).bind(url)
+    return client, profiles, IdentityStore(client, settings.identity, ns)
 
 
 @cli.group()

@@ -6,7 +6,7 @@ import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,24 @@ from deploy.demo import demo_key, post
 from deploy.generator import Feed, linkable, pairwise
 from deploy.lag import consumer_lag, render_table, total_lag
 from deploy.settings import Settings
+from tagging.catalog import load as load_catalog
+from tagging.store import sync_catalog
+
+#: Tags the demo summary counts: tiers, lifecycle, channels, service, satisfaction, reach.
+HEADLINE_TAGS = (
+    "tier_vip",
+    "tier_core",
+    "tier_ordinary",
+    "tier_potential",
+    "lifecycle_new",
+    "lifecycle_active",
+    "omnichannel",
+    "service_open_complaint",
+    "csat_last_dissatisfied",
+    "loyalty_member",
+    "b2b_account",
+    "reachable_sms",
+)
 
 
 @dataclass
@@ -36,6 +54,8 @@ class DemoResult:
     decisions: Counter[str]
     junk_merges: int
     lag: str
+    #: Profiles per headline tag, from the tag indexes.
+    tag_counts: dict[str, int] = field(default_factory=dict)
 
 
 def push(base_url: str, feed: Feed, concurrency: int = 4) -> float:
@@ -94,6 +114,18 @@ def _survivors(settings: Settings, pids: set[str]) -> dict[str, str]:
     return out
 
 
+def tag_counts(settings: Settings, tags: tuple[str, ...] = HEADLINE_TAGS) -> dict[str, int]:
+    """How many profiles have each tag now (BITCOUNT of the tag indexes)."""
+    url, ns = settings.redis.url.get_secret_value(), settings.worker.namespace
+    catalog = load_catalog(settings.tags.catalog)
+    sync_catalog(url, catalog, ns)
+    client = redis.Redis.from_url(url)
+    try:
+        return {t: int(client.bitcount(f"{ns}:tag:{catalog.by_id[t].bit}")) for t in tags}
+    finally:
+        client.close()
+
+
 def measure(settings: Settings, feed: Feed, group: str, seconds: float) -> DemoResult:
     """Compare what the platform made of the feed with the ground truth."""
     wanted = set(feed.truth)
@@ -130,6 +162,7 @@ def measure(settings: Settings, feed: Feed, group: str, seconds: float) -> DemoR
         decisions=decisions,
         junk_merges=junk,
         lag=render_table(consumer_lag(settings.kafka, group)),
+        tag_counts=tag_counts(settings) if settings.tags.enabled else {},
     )
 
 
@@ -144,6 +177,7 @@ def render(r: DemoResult) -> str:
         f" (recall {r.linkable_recall:.4f} of what the data links)",
         "ledger: " + ", ".join(f"{k} {v}" for k, v in sorted(r.decisions.items())),
         f"merges through blocklisted/junk identifiers: {r.junk_merges}",
+        "tags (profiles): " + ", ".join(f"{k} {v}" for k, v in r.tag_counts.items()),
         r.lag,
     ]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from deploy.demo_run import tag_counts
 from deploy.settings import Settings
 from tests.support.keys import key_of
 from tests.support.worker import WorkerProcess
@@ -111,6 +112,10 @@ def test_cross_channel_customer_becomes_one_profile(
     assert "single_channel" not in profile["tags"]
     count = httpx.get(api + "/v1/tags/online_and_offline/count", headers=READER).json()
     assert count == {"tag": "online_and_offline", "count": 1}  # the merged-away one left
+    assert tag_counts(settings, ("online_and_offline", "tier_vip")) == {  # cdp demo's summary
+        "online_and_offline": 1,
+        "tier_vip": 0,
+    }
     catalog = httpx.get(api + "/v1/tags", params={"category": "value"}, headers=READER).json()
     assert catalog["count"] == len(catalog["tags"]) >= 30
     assert httpx.get(api + "/v1/tags/nope/count", headers=READER).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -118,6 +119,8 @@ def test_backfill_list_show_and_count_from_the_terminal(settings: Settings) -> N
         "channel_pos\t2",
         "spend_under_500\t1",
     ]
+    profile = json.loads(cdp(env, "profiles", "get", "--type", "member_id", "--value", "M1").stdout)
+    assert "spend_2000_5000" in profile["tags"] and "channel_pos" in profile["tags"]
     again = cdp(env, "tags", "backfill")
     assert again.stdout.strip() == "nothing to backfill: every tag's rule is backfilled"
     status = cdp(env, "tags", "backfill", "--status")
