@@ -152,13 +152,34 @@ def _pos(w: _Writer, p: Person) -> None:
         )
 
 
+def _own(p: Person, what: str) -> random.Random:
+    """A person's own generator for attributes that add no event: the feed's draws (and so
+    its events and identity figures) stay the same."""
+    return random.Random(f"{p.key}:{what}")  # noqa: S311 - seeded demo data, not security
+
+
+def _profile_traits(p: Person) -> dict[str, Any]:
+    rng = _own(p, "traits")
+    born = 2026 - p.age
+    return {
+        "gender": rng.choice(["female", "male"]),
+        "birthday": f"{born}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+    }
+
+
+def _consent(p: Person) -> dict[str, Any]:
+    """What the member app asked: SMS and push opt-in, as Segment's consent context."""
+    rng = _own(p, "consent")
+    return {"categoryPreferences": {"sms": rng.random() < 0.6, "push": rng.random() < 0.4}}
+
+
 def _app(w: _Writer, p: Person) -> None:
     rng = w.rng
     if not p.member_id:
         return
     age = p.age + 18 if rng.random() < 0.1 else p.age  # the age conflict the brief mentions
     device = JUNK_DEVICE if rng.random() < 0.03 else p.devices[0]
-    traits: dict[str, Any] = {"age": age, "phone": p.phone}
+    traits: dict[str, Any] = {"age": age, "phone": p.phone, **_profile_traits(p)}
     if p.email:
         traits["email"] = p.email.upper()
     w.segment(
@@ -169,7 +190,7 @@ def _app(w: _Writer, p: Person) -> None:
             "userId": p.member_id,
             "anonymousId": device,
             "traits": traits,
-            "context": {"device": {"id": device}},
+            "context": {"device": {"id": device}, "consent": _consent(p)},
         },
     )
     w.segment(
