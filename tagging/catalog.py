@@ -119,6 +119,8 @@ class Catalog:
         for tag in self.tags:
             tag.bit = ordinals[tag.id]
         self.by_bit = {t.bit: t for t in self.tags}
+        #: The bits of every tag of this catalog.
+        self.known = self.mask(self.tags)
         self._selections: dict[frozenset[str] | None, Selection] = {}
         self.timed_selection = self.selection(self.timed)
 

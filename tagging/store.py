@@ -59,6 +59,14 @@ def sync_catalog(redis_url: str, catalog: Catalog, namespace: str) -> list[Tag]:
         ids = [t.id for t in catalog.tags]
         ords = client.eval(_ORDINALS, 0, namespace, *ids)
         catalog.bind(dict(zip(ids, (int(o) for o in ords), strict=True)))
+        # Tags no longer in the catalog: drop their index and fingerprint. Their ordinal stays
+        # reserved (a tag that comes back gets it again, and a backfill, as its print is gone).
+        every = {text(k): int(v) for k, v in client.hgetall(f"{namespace}:tags:ord").items()}
+        retired = sorted(set(every) - set(ids))
+        if retired:
+            client.delete(*(f"{namespace}:tag:{every[t]}" for t in retired))
+            client.hdel(f"{namespace}:tags:print", *retired)
+            log.info("tags retired: %s", ", ".join(retired))
         stored = client.hgetall(f"{namespace}:tags:print")
     finally:
         client.close()
@@ -175,10 +183,17 @@ class TagStore:
     ) -> list[TagChange]:
         """Evaluate ``tags`` on ``pids`` (a backfill step); return the changes."""
         selection = self.catalog.selection(tags)
-        return await self._evaluate(dict.fromkeys(pids, selection), now)
+        return await self._evaluate(dict.fromkeys(pids, selection), now, force=True)
 
-    async def _evaluate(self, todo: dict[str, Selection | None], now: datetime) -> list[TagChange]:
-        """Evaluate and store; a profile folded meanwhile is read and evaluated again."""
+    async def _evaluate(
+        self, todo: dict[str, Selection | None], now: datetime, force: bool = False
+    ) -> list[TagChange]:
+        """Evaluate and store; a profile folded meanwhile is read and evaluated again.
+
+        ``force`` (backfills) writes every evaluated tag's index bit, not only those that
+        differ from the profile's stored tags: a new or changed rule's index is not yet in
+        step with them.
+        """
         clock = self.catalog.clock(now)
         changes: list[TagChange] = []
         for _ in range(_ATTEMPTS):
@@ -188,7 +203,7 @@ class TagStore:
             rows, asked = [], []
             for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
                 if stored is not None:
-                    rows.append(self._row(stored, todo[pid], clock))
+                    rows.append(self._row(stored, todo[pid], clock, force))
                     asked.append(pid)
             answers = await self._apply.run(
                 [[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)]
@@ -197,38 +212,43 @@ class TagStore:
             for pid, row, state in zip(asked, rows, answers, strict=True):
                 if state == "stale":
                     retry[pid] = todo[pid]
-                elif state == "ok" and (row[4] or row[5]):
-                    changes.append(self._change(row))
+                elif state == "ok" and row[2] != row[3]:
+                    change = self._change(row)
+                    if change.added or change.removed:  # not only retired bits dropped
+                        changes.append(change)
             todo = retry
         if todo:
             log.warning("tags not stored after %d attempts: %s", _ATTEMPTS, sorted(todo))
         return changes
 
-    def _row(self, stored: Stored, chosen: Selection | None, clock: Any) -> list[Any]:
+    def _row(
+        self, stored: Stored, chosen: Selection | None, clock: Any, force: bool = False
+    ) -> list[Any]:
         facts = profile_facts(stored.profile, self.catalog.declared)
         # Never evaluated (or merged): every tag. Otherwise only those the change touches.
         if chosen is None or not stored.tags:
             chosen = self.catalog.select(None)
         values = self.catalog.run(facts, clock, chosen)
         old = int(stored.tags, 16) if stored.tags else 0
-        new = (old & ~chosen.mask) | values
+        # Bits of retired tags are dropped from the profile; their index is already gone.
+        new = ((old & ~chosen.mask) | values) & self.catalog.known
+        old &= self.catalog.known
         due = self.catalog.due(facts, clock) or 0
         # The stored profile id: a merged id read through its alias lands on the survivor.
         pid = stored.profile.profile_id
-        return [
-            pid,
-            stored.version,
-            stored.tags,
-            _hex(new),
-            _bits(new & ~old),
-            _bits(old & ~new),
-            due,
-        ]
+        if force:
+            sets, clears = _bits(values), _bits(chosen.mask & ~values)
+        else:
+            sets, clears = _bits(new & ~old), _bits(old & ~new)
+        return [pid, stored.version, stored.tags, _hex(new), sets, clears, due]
 
     def _change(self, row: list[Any]) -> TagChange:
+        """What an applied row changed in the profile's tags (of this catalog)."""
+        old = int(row[2], 16) & self.catalog.known if row[2] else 0
+        new = int(row[3], 16) if row[3] else 0
         by_bit = self.catalog.by_bit
-        added = sorted(by_bit[b].id for b in row[4] if b in by_bit)
-        removed = sorted(by_bit[b].id for b in row[5] if b in by_bit)
+        added = sorted(by_bit[b].id for b in _bits(new & ~old))
+        removed = sorted(by_bit[b].id for b in _bits(old & ~new))
         return TagChange(row[0], added, removed)
 
     async def count(self, tag: Tag) -> int:

@@ -319,3 +319,37 @@ def test_backfill_of_a_new_tag_gives_what_live_evaluation_gives(
     assert live > 0 and t.count("web_big_basket") == live
     # Once backfilled, nothing is pending for this catalog any more.
     assert sync_catalog(services.redis_url, catalog, t.ns) == []
+
+
+def _catalog_without(tag_id: str) -> Catalog:
+    documents = []
+    for path in sorted(Path(DEFAULT_DIR).glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if doc.get("tags"):
+            doc["tags"] = [t for t in doc["tags"] if t["id"] != tag_id]
+        documents.append((path.name, doc))
+    return build(documents)
+
+
+def test_a_retired_tag_leaves_the_indexes_and_comes_back_through_a_backfill(make: Any) -> None:
+    t = make()
+    now = T0 + DAY
+    t.run([ev(1, "order_completed", "pos", [LI_M], T0, order_id="O1", total=100)], now)
+    t.run([ev(2, "order_completed", "pos", [LI_E], T0, order_id="O2", total=100)], now)
+    t.run_async(t.tags.mark_backfilled(t.tags.catalog.tags))
+    ordinal = t.tags.catalog.by_id["channel_pos"].bit
+    assert t.count("channel_pos") == 2
+    # A deploy without the tag: its index goes; its bit leaves a profile when it is evaluated.
+    t.with_catalog(_catalog_without("channel_pos"))
+    assert t.run_async(t.client.exists(f"{t.ns}:tag:{ordinal}")) == 0
+    t.run([ev(3, "store_visited", "pos", [LI_M], T0)], now)
+    stored = t.run_async(t.profiles.read(["1"]))[0]
+    assert stored is not None and not int(stored.tags, 16) >> ordinal & 1
+    assert t.run_async(t.client.exists(f"{t.ns}:tag:{ordinal}")) == 0  # not recreated
+    # It comes back with the same ordinal, pending a backfill that restores its index.
+    store = t.with_catalog(load())
+    assert store.catalog.by_id["channel_pos"].bit == ordinal
+    assert [tag.id for tag in store.pending] == ["channel_pos"]
+    assert t.count("channel_pos") == 0
+    t.run_async(store.backfill(store.pending, now=lambda: now))
+    assert t.count("channel_pos") == 2
