@@ -187,6 +187,26 @@ def test_redelivery_replays_the_same_outcome_and_retries_are_flagged(graph: Grap
     assert retry.duplicate and retry.ledger == []
 
 
+def test_the_memo_is_compact_unless_the_outcome_merged_or_refused(graph: Graph) -> None:
+    ns = graph.store._ns
+    new = graph.send("member_id:K1", event_id="k-1", offset=7)
+    assert (
+        graph.run(graph.client.get(f"{ns}:ev:k-1")) == f"{new.resolved.profile_id}|1|0|7".encode()
+    )
+    graph.send("email:k@x.com", event_id="k-2", offset=8)
+    merged = graph.send("member_id:K1", "email:k@x.com", event_id="k-3", offset=9)
+    assert merged.resolved.merged  # a merge: kept whole, so a replay re-emits it
+    assert graph.run(graph.client.get(f"{ns}:ev:k-3")).startswith(b"{")
+    both = ("member_id:K1", "email:k@x.com")
+    for ids, event_id, offset, first in ((both[:1], "k-1", 7, new), (both, "k-3", 9, merged)):
+        again = graph.send(*ids, event_id=event_id, offset=offset)
+        assert (again.resolved, again.ledger, again.duplicate) == (
+            first.resolved,
+            first.ledger,
+            False,
+        )
+
+
 def test_a_batch_resolves_in_order_in_one_round_trip(graph: Graph) -> None:
     out = graph.batch([("member_id:Q1",), ("email:q@x.com",), ("member_id:Q1", "email:q@x.com")])
     assert out[2].resolved.merged == [out[1].resolved.profile_id]
