@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,7 +171,7 @@ class ProfileStore:
         chans, cats = members["channels"], members["categories"]
         orders, csat = counts.get("orders", 0), counts.get("csat", 0)
         n = {k: int(v) for k, v in main.items() if not k.startswith("_")}
-        t = {k: json.loads(v) for k, v in traits.items()}
+        t = {k: orjson.loads(v) for k, v in traits.items()}
         spend = n.get("e:orders", 0) / 100
         nps = t.get("nps_last")
         channels = {
