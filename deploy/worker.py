@@ -104,6 +104,8 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         broker_commit_interval=1.0,
+        # faust keeps a small data directory per app; not in the current directory.
+        datadir=str(settings.local.state_dir / "faust"),
     )
     deps = build_deps(settings, roles)
     for role in sorted(roles):
