@@ -98,7 +98,9 @@ def _bits(mask: int) -> list[int]:
 
 
 def _hex(mask: int) -> str:
-    return format(mask, "x") if mask else ""
+    # "0", not "": a profile evaluated with no tag must not look never evaluated (which
+    # would make every change re-evaluate its whole catalog).
+    return format(mask, "x")
 
 
 class TagStore:

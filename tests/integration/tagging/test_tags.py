@@ -353,3 +353,16 @@ def test_a_retired_tag_leaves_the_indexes_and_comes_back_through_a_backfill(make
     assert t.count("channel_pos") == 0
     t.run_async(store.backfill(store.pending, now=lambda: now))
     assert t.count("channel_pos") == 2
+
+
+def test_a_profile_with_no_tag_is_marked_evaluated(make: Any) -> None:
+    base = {"name_en": "x", "name_zh": "x", "category": "value", "description": "x"}
+    only = build([("t.yaml", {"tags": [{**base, "id": "big", "rule": "total_spend >= 1000"}]})])
+    t = make(only)
+    t.run([ev(1, "order_completed", "pos", [LI_M], T0, order_id="O1", total=10)], T0)
+    stored = t.run_async(t.profiles.read(["1"]))[0]
+    assert stored is not None and stored.tags == "0" and stored.profile.tags == []
+    # Later changes re-evaluate only what they affect, and the tag still appears when due.
+    assert t.run([ev(2, "order_completed", "pos", [LI_M], T0, order_id="O2", total=990)], T0) == [
+        TagChange("1", ["big"], [])
+    ]
