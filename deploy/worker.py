@@ -46,15 +46,19 @@ def history_writer(settings: Settings) -> HistoryWriter:
     return HistoryWriter(client, settings.clickhouse.database)
 
 
-def tag_store(settings: Settings, client: aioredis.Redis, profiles: ProfileStore) -> TagStore:
+def tag_store(
+    settings: Settings, client: aioredis.Redis, profiles: ProfileStore, evaluates: bool
+) -> TagStore:
     """Load and check the catalog, bind it to its stored ordinals, return the tag store.
 
     An invalid catalog raises ``CatalogError`` here, so processors refuse to start on it.
+    Only a process that evaluates tags (``evaluates``: the profiles role) retires the
+    indexes of tags its catalog removed.
     """
     store = TagStore(
         client, load_catalog(settings.tags.catalog), profiles, settings.worker.namespace
     )
-    store.bind(settings.redis.url.get_secret_value())
+    store.bind(settings.redis.url.get_secret_value(), retire=evaluates)
     return store
 
 
@@ -63,7 +67,8 @@ def build_deps(settings: Settings, roles: list[str]) -> Deps:
     client = aioredis.from_url(settings.redis.url.get_secret_value())
     k, w = settings.kafka, settings.worker
     profiles = ProfileStore(client, settings.profiles, w.namespace)
-    tags = tag_store(settings, client, profiles) if settings.tags.enabled else None
+    enabled = settings.tags.enabled
+    tags = tag_store(settings, client, profiles, "profiles" in roles) if enabled else None
     return Deps(
         settings=settings,
         redis=client,

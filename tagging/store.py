@@ -47,12 +47,18 @@ return out
 """
 
 
-def sync_catalog(redis_url: str, catalog: Catalog, namespace: str) -> list[Tag]:
+def sync_catalog(
+    redis_url: str, catalog: Catalog, namespace: str, retire: bool = False
+) -> list[Tag]:
     """Bind ``catalog`` to its stored ordinals (new tags get new ones), before any evaluation.
 
     Blocking on purpose: processors call it before their event loop starts. Returns the tags
     whose rule is new or changed since their last backfill: their stored values are missing
     or stale until ``TagStore.backfill`` has run over the existing profiles.
+
+    ``retire`` (profiles processors only) also drops the indexes of stored tags this catalog
+    no longer has. Readers (API, CLI) never retire: one deployed with an older catalog must
+    not delete the index of a tag the processors evaluate.
     """
     client = redis.Redis.from_url(redis_url)
     try:
@@ -62,7 +68,7 @@ def sync_catalog(redis_url: str, catalog: Catalog, namespace: str) -> list[Tag]:
         # Tags no longer in the catalog: drop their index and fingerprint. Their ordinal stays
         # reserved (a tag that comes back gets it again, and a backfill, as its print is gone).
         every = {text(k): int(v) for k, v in client.hgetall(f"{namespace}:tags:ord").items()}
-        retired = sorted(set(every) - set(ids))
+        retired = sorted(set(every) - set(ids)) if retire else []
         if retired:
             client.delete(*(f"{namespace}:tag:{every[t]}" for t in retired))
             client.hdel(f"{namespace}:tags:print", *retired)
@@ -126,9 +132,12 @@ class TagStore:
         self.bound = False
         self._by_change: dict[frozenset[str], Selection] = {}
 
-    def bind(self, redis_url: str) -> list[Tag]:
-        """Bind the catalog to its stored ordinals (blocking); remember the pending tags."""
-        self.pending = sync_catalog(redis_url, self.catalog, self._ns)
+    def bind(self, redis_url: str, retire: bool = False) -> list[Tag]:
+        """Bind the catalog to its stored ordinals (blocking); remember the pending tags.
+
+        ``retire``: also drop the indexes of tags this catalog removed (see sync_catalog).
+        """
+        self.pending = sync_catalog(redis_url, self.catalog, self._ns, retire)
         self._by_change = {}  # bits may have moved
         self.bound = True
         return self.pending

@@ -61,9 +61,9 @@ class Tagged:
         self.tags = self.with_catalog(catalog or load())
         self.offset = 0
 
-    def with_catalog(self, catalog: Catalog) -> TagStore:
+    def with_catalog(self, catalog: Catalog, retire: bool = True) -> TagStore:
         store = TagStore(self.client, catalog, self.profiles, self.ns)
-        store.bind(self.url)
+        store.bind(self.url, retire)  # as a profiles processor does
         self.tags = store
         return store
 
@@ -339,7 +339,12 @@ def test_a_retired_tag_leaves_the_indexes_and_comes_back_through_a_backfill(make
     t.run_async(t.tags.mark_backfilled(t.tags.catalog.tags))
     ordinal = t.tags.catalog.by_id["channel_pos"].bit
     assert t.count("channel_pos") == 2
-    # A deploy without the tag: its index goes; its bit leaves a profile when it is evaluated.
+    # A reader (API, CLI) with an older catalog never drops an index the processors keep.
+    t.with_catalog(_catalog_without("channel_pos"), retire=False)
+    assert t.run_async(t.client.exists(f"{t.ns}:tag:{ordinal}")) == 1
+    t.with_catalog(load())
+    # A processor deployed without the tag: its index goes; its bit leaves each profile
+    # when that profile is evaluated.
     t.with_catalog(_catalog_without("channel_pos"))
     assert t.run_async(t.client.exists(f"{t.ns}:tag:{ordinal}")) == 0
     t.run([ev(3, "store_visited", "pos", [LI_M], T0)], now)
