@@ -57,6 +57,11 @@ def with_tags(
     return out
 
 
+def change_records(topic: str, changes: list[ProfileChange]) -> list[Record]:
+    """``changes`` as records of ``cdp.profiles.changes`` (key = profile id)."""
+    return [Record(topic, c.profile_id.encode(), c.model_dump_json().encode()) for c in changes]
+
+
 def tag_only(t: TagChange, cause: str, at: datetime) -> ProfileChange:
     """A change record for tags that changed without an event (time passing, backfill)."""
     ms = int(at.timestamp() * 1000)
@@ -80,10 +85,7 @@ def register(app: Any, deps: Any) -> None:
     conf = deps.settings.worker
 
     def records(changes: list[ProfileChange]) -> list[Record]:
-        return [
-            Record(changes_topic, c.profile_id.encode(), c.model_dump_json().encode())
-            for c in changes
-        ]
+        return change_records(changes_topic, changes)
 
     @app.agent(source, name="profiles")
     async def profiles(stream: Any) -> None:

@@ -21,6 +21,9 @@ from contracts.events import Event, EventType, ResolvedEvent
 
 Op = list[Any]
 
+#: The parts of the day orders are counted by (morning 6-12, afternoon 12-18, evening
+#: 18-24, night 0-6, local time).
+PARTS_OF_DAY = ("morning", "afternoon", "evening", "night")
 #: Local hour -> part of the day an order falls in.
 DAYPARTS = ("night",) * 6 + ("morning",) * 6 + ("afternoon",) * 6 + ("evening",) * 6
 

@@ -16,7 +16,7 @@ from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange
 from identity.aliases import survivor
 from identity.scripts import BatchScript, chunks
-from profiles.fold import FoldRules, fold
+from profiles.fold import PARTS_OF_DAY, FoldRules, fold
 
 #: The sets a profile can hold (see profiles/fold.py).
 _SETS = (
@@ -28,7 +28,6 @@ _SETS = (
     "follow_ups",
     "purchase_months",
 )
-_DAYPARTS = ("morning", "afternoon", "evening", "night")
 
 
 _BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
@@ -213,7 +212,7 @@ class ProfileStore:
             tickets_resolved=len(members["tickets_resolved"]),
             open_tickets=len(members["tickets_opened"] - members["tickets_resolved"]),
             follow_ups=len(members["follow_ups"]),
-            orders_by_daypart={d: counts.get(f"orders_{d}", 0) for d in _DAYPARTS},
+            orders_by_daypart={d: counts.get(f"orders_{d}", 0) for d in PARTS_OF_DAY},
             orders_weekend=counts.get("orders_weekend", 0),
             purchase_months=sorted(members["purchase_months"]),
             points_earned=n.get("e:points_earned", 0),

@@ -11,8 +11,8 @@ import click
 import redis.asyncio as aioredis
 
 from contracts.topics import PROFILES_CHANGES
-from ingest.publisher import Publisher, Record
-from profiles.agents import tag_only
+from ingest.publisher import Publisher
+from profiles.agents import change_records, tag_only
 from profiles.store import ProfileStore
 from tagging.catalog import CATEGORIES, CatalogError, load
 from tagging.store import TagChange, TagStore, text
@@ -138,10 +138,7 @@ async def _backfill(settings: Any, store: TagStore, chosen: list[Any]) -> None:
 
     async def publish(found: list[TagChange]) -> None:
         at = datetime.now(UTC)
-        changes = [tag_only(t, "backfill", at) for t in found]
-        await publisher.publish(
-            [Record(topic, c.profile_id.encode(), c.model_dump_json().encode()) for c in changes]
-        )
+        await publisher.publish(change_records(topic, [tag_only(t, "backfill", at) for t in found]))
 
     click.echo(f"backfilling {len(chosen)} tags: {', '.join(t.id for t in chosen)}", err=True)
     await publisher.start()

@@ -25,10 +25,9 @@ from __future__ import annotations
 import ast
 import types
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tagging.rules import Bool, Facts, Node, Not, Pred, TagRef
+from tagging.rules import Bool, Facts, Node, Not, Pred, TagRef, month_of
 
 if TYPE_CHECKING:
     from tagging.catalog import Tag
@@ -42,11 +41,6 @@ _OPS: dict[str, ast.cmpop] = {
     ">": ast.Gt(),
     ">=": ast.GtE(),
 }
-
-
-def month_of(ms: int) -> int:
-    """Month of a date value (UTC midnight of the day, so UTC is its calendar)."""
-    return datetime.fromtimestamp(ms / 1000, UTC).month
 
 
 def _name(ident: str) -> ast.Name:

@@ -13,6 +13,7 @@ from typing import Any
 
 from contracts.events import Channel
 from contracts.profiles import Profile
+from profiles.fold import PARTS_OF_DAY
 from tagging.rules import Facts, Kind
 
 _N, _S, _T = Kind.NUMBER, Kind.STRING, Kind.TIME
@@ -43,7 +44,6 @@ BUILTIN: dict[str, Kind] = {
     **{f"channel.{c.value}.last_seen": _T for c in Channel},
 }
 
-_DAYPARTS = ("morning", "afternoon", "evening", "night")
 
 #: Declarable fact families: the prefix a declared field must start with.
 DECLARABLE = ("trait.", "account.", "consent.")
@@ -52,7 +52,7 @@ DECLARABLE = ("trait.", "account.", "consent.")
 ALWAYS = frozenset({"identifier_types", "identifier_count"})
 
 #: Fold change name -> the facts it can change (see profiles/fold.py).
-_SHARES = tuple(f"order_share_{d}" for d in ("morning", "afternoon", "evening", "night"))
+_SHARES = tuple(f"order_share_{d}" for d in PARTS_OF_DAY)
 _CHANGED: dict[str, tuple[str, ...]] = {
     "lo:first_seen": ("first_seen",),
     "hi:last_seen": ("last_seen",),
@@ -69,7 +69,7 @@ _CHANGED: dict[str, tuple[str, ...]] = {
         *_SHARES,
     ),
     "orders_weekend": ("weekend_order_share",),
-    **{f"orders_{s[12:]}": (s,) for s in _SHARES},
+    **{f"orders_{d}": (f"order_share_{d}",) for d in PARTS_OF_DAY},
     "purchase_months": ("purchase_month_count", "purchase_gap_months"),
     "hi:last_purchase_at": ("last_purchase_at",),
     "lo:first_purchase_at": ("first_purchase_at",),
@@ -190,7 +190,7 @@ def profile_facts(profile: Profile, declared: dict[str, Kind]) -> Facts:
         "open_complaints": profile.open_complaints,
         "tickets": profile.tickets,
         "tickets_resolved": profile.tickets_resolved,
-        **{f"order_share_{d}": _ratio(parts.get(d, 0), orders) for d in _DAYPARTS},
+        **{f"order_share_{d}": _ratio(parts.get(d, 0), orders) for d in PARTS_OF_DAY},
         "weekend_order_share": _ratio(profile.orders_weekend, orders),
         "purchase_month_count": len(profile.purchase_months),
         "purchase_gap_months": _gap_months(profile.purchase_months),

@@ -83,6 +83,12 @@ class Clock:
 Facts = dict[str, Any]
 Test = Callable[[Facts, Clock], bool]
 
+
+def month_of(ms: int) -> int:
+    """Month of a date value (UTC midnight of the day, so UTC is its calendar)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).month
+
+
 _DURATION_MS = {"h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000, "y": 365 * 86_400_000}
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -411,65 +417,22 @@ def parse(tag: str, rule: str, fields: dict[str, Kind]) -> Parsed:
 def compile_node(node: Node, resolve_tag: Callable[[str], Test]) -> Test:
     """Compile a checked tree to a closure ``test(facts, clock) -> bool``.
 
-    The closures are specialised by shape (two- and three-way and/or, one closure per
-    comparison operator) because a catalog is evaluated per profile change: a few hundred
-    calls, each a few dozen nanoseconds. A referenced tag is computed once per evaluation
-    and remembered in the facts under ``#<tag id>``.
+    These closures are the plain, per-tag reading of a rule (``Tag.test``); processors
+    evaluate selections of tags with the equivalent function of tagging/compiled.py, which
+    the tests check against them.
     """
     if isinstance(node, Bool):
         parts = tuple(compile_node(c, resolve_tag) for c in node.children)
-        return _all(parts) if node.op == "and" else _any(parts)
+        if node.op == "and":
+            return lambda f, c: all(p(f, c) for p in parts)
+        return lambda f, c: any(p(f, c) for p in parts)
     if isinstance(node, Not):
         inner = compile_node(node.child, resolve_tag)
         return lambda f, c: not inner(f, c)
     if isinstance(node, TagRef):
-        return _memo("#" + node.tag, resolve_tag(node.tag))
+        return resolve_tag(node.tag)
     assert isinstance(node, Pred)
     return _predicate(node)
-
-
-def _all(parts: tuple[Test, ...]) -> Test:
-    if len(parts) == 2:
-        a, b = parts
-        return lambda f, c: a(f, c) and b(f, c)
-    if len(parts) == 3:
-        a, b, d = parts
-        return lambda f, c: a(f, c) and b(f, c) and d(f, c)
-
-    def every(f: Facts, c: Clock) -> bool:
-        for part in parts:
-            if not part(f, c):
-                return False
-        return True
-
-    return every
-
-
-def _any(parts: tuple[Test, ...]) -> Test:
-    if len(parts) == 2:
-        a, b = parts
-        return lambda f, c: a(f, c) or b(f, c)
-    if len(parts) == 3:
-        a, b, d = parts
-        return lambda f, c: a(f, c) or b(f, c) or d(f, c)
-
-    def some(f: Facts, c: Clock) -> bool:
-        for part in parts:
-            if part(f, c):
-                return True
-        return False
-
-    return some
-
-
-def _memo(key: str, test: Test) -> Test:
-    def ref(f: Facts, c: Clock) -> bool:
-        known = f.get(key)
-        if known is None:
-            known = f[key] = test(f, c)
-        return bool(known)
-
-    return ref
 
 
 def _compare(name: str, op: str, k: Any) -> Test:
@@ -515,12 +478,7 @@ def _predicate(node: Pred) -> Test:
         span = args[0]
         return lambda f, c: (v := f.get(name)) is not None and v < c.now_ms - span
     if kind == "month":
-        return lambda f, c: (v := f.get(name)) is not None and _month(v) == c.month
+        return lambda f, c: (v := f.get(name)) is not None and month_of(v) == c.month
     if kind == "set":
         return lambda f, c: f.get(name) is not None
     raise AssertionError(kind)  # the parser produces no other kind
-
-
-def _month(ms: int) -> int:
-    """Month of a date value (UTC midnight of the day, so UTC is its calendar)."""
-    return datetime.fromtimestamp(ms / 1000, UTC).month
