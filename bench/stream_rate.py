@@ -175,6 +175,22 @@ async def bare_consume(settings: Settings) -> float:
     return n / (time.perf_counter() - started - 1.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_pids(settings: Settings) -> dict[str, int]:
+    """The pids of the local stack's Kafka and Redis, when `cdp up` started them here."""
+    found = {}
+    for name in ("kafka", "redis"):
+        pid_file = Path(settings.local.state_dir) / name / f"{name}.pid"
+        if pid_file.exists():
+            found[name] = int(pid_file.read_text().strip())
+    return found
+
+
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of values."""
     ordered = sorted(values)
@@ -279,7 +295,11 @@ def main() -> None:
             while total_lag(settings.kafka, groups[0][0], raw) >= args.events:
                 time.sleep(0.2)  # the processors are still starting
             started = time.monotonic()  # their first commit (commits are 1 s apart)
+        watched = {" ".join(commands[n]): p.pid for n, p in enumerate(procs) if p.poll() is None}
+        watched |= service_pids(settings)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
         drained = max(wait_drained(settings, g, t) for g, t in groups)
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
         e2e = args.events / (drained - started)
         timing += f", all processed {drained - started:.1f}s after " + (
             "the processors' first commit" if args.prefill else "the first POST"
@@ -301,6 +321,10 @@ def main() -> None:
             shutil.rmtree(f"{env['CDP_CLICKHOUSE__PATH']}-{n}", ignore_errors=True)
         drop(settings.redis.url.get_secret_value(), settings.worker.namespace)
     ceiling = asyncio.run(bare_consume(settings))
+    print("CPU per event while processing (µs), by process:")
+    for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<45} {seconds / args.events * 1e6:8.1f}")
+    print(f"  {'total':<45} {sum(cpu.values()) / args.events * 1e6:8.1f}")
     what = "prefilled events" if args.prefill else "events"
     print(
         f"end-to-end: {args.events} {what} ({args.customers} customers) {timing} "
