@@ -16,6 +16,79 @@ from contracts.profiles import Profile, ProfileChange
 DEDUP_WINDOW = 10_000
 
 
+def _num(field: str, ch_type: str = "Int64") -> str:
+    return f"JSONExtract(snapshot, '{field}', '{ch_type}')"
+
+
+def _time_of(field: str) -> str:
+    return f"parseDateTime64BestEffortOrNull(JSONExtractString(snapshot, '{field}'), 3, 'UTC')"
+
+
+#: Typed columns of ``profile_snapshots``, materialised from the snapshot JSON at insert so
+#: segment queries filter columns instead of parsing JSON: name -> (type, expression, kind).
+#: ``kind`` is how a segment condition may compare it (number, time, string, list, map).
+PROFILE_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "tags": (
+        "Array(LowCardinality(String))",
+        "JSONExtract(snapshot, 'tags', 'Array(String)')",
+        "list",
+    ),
+    "traits": (
+        "Map(String, String)",
+        "CAST(JSONExtractKeysAndValuesRaw(snapshot, 'traits'), 'Map(String, String)')",
+        "map",
+    ),
+    "consent": (
+        "Map(String, UInt8)",
+        "CAST(JSONExtractKeysAndValues(snapshot, 'consent', 'UInt8'), 'Map(String, UInt8)')",
+        "map",
+    ),
+    "account": (
+        "Map(String, String)",
+        "CAST(JSONExtractKeysAndValuesRaw(snapshot, 'account'), 'Map(String, String)')",
+        "map",
+    ),
+    "channels": ("Array(LowCardinality(String))", "JSONExtractKeys(snapshot, 'channels')", "list"),
+    "categories": ("Array(String)", "JSONExtract(snapshot, 'categories', 'Array(String)')", "list"),
+    "identifier_types": (
+        "Array(LowCardinality(String))",
+        "arrayDistinct(arrayMap(i -> splitByChar(':', i)[1], "
+        "JSONExtract(snapshot, 'identifiers', 'Array(String)')))",
+        "list",
+    ),
+    "events": ("Int64", _num("events"), "number"),
+    "order_count": ("Int64", _num("order_count"), "number"),
+    "total_spend": ("Float64", _num("total_spend", "Float64"), "number"),
+    "average_spend": ("Nullable(Float64)", _num("average_spend", "Nullable(Float64)"), "number"),
+    "refund_total": ("Float64", _num("refund_total", "Float64"), "number"),
+    "csat_last": ("Nullable(Int64)", _num("csat_last", "Nullable(Int64)"), "number"),
+    "csat_average": ("Nullable(Float64)", _num("csat_average", "Nullable(Float64)"), "number"),
+    "nps_last": ("Nullable(Int64)", _num("nps_last", "Nullable(Int64)"), "number"),
+    "nps_class": ("LowCardinality(String)", "JSONExtractString(snapshot, 'nps_class')", "string"),
+    "complaints": ("Int64", _num("complaints"), "number"),
+    "open_complaints": ("Int64", _num("open_complaints"), "number"),
+    "tickets": ("Int64", _num("tickets"), "number"),
+    "open_tickets": ("Int64", _num("open_tickets"), "number"),
+    "follow_ups": ("Int64", _num("follow_ups"), "number"),
+    "points_balance": ("Int64", _num("points_balance"), "number"),
+    "coupons_redeemed": ("Int64", _num("coupons_redeemed"), "number"),
+    "store_visits": ("Int64", _num("store_visits"), "number"),
+    "orders_weekend": ("Int64", _num("orders_weekend"), "number"),
+    "member_level": (
+        "String",
+        "multiIf(JSONType(snapshot, 'member_level') = 'String', "
+        "JSONExtractString(snapshot, 'member_level'), "
+        "JSONType(snapshot, 'member_level') = 'Null', '', "
+        "JSONExtractRaw(snapshot, 'member_level'))",
+        "string",
+    ),
+    "first_seen": ("Nullable(DateTime64(3, 'UTC'))", _time_of("first_seen"), "time"),
+    "last_seen": ("Nullable(DateTime64(3, 'UTC'))", _time_of("last_seen"), "time"),
+    "first_purchase_at": ("Nullable(DateTime64(3, 'UTC'))", _time_of("first_purchase_at"), "time"),
+    "last_purchase_at": ("Nullable(DateTime64(3, 'UTC'))", _time_of("last_purchase_at"), "time"),
+}
+
+
 def schema(db: str) -> list[str]:
     """Return the DDL of the history tables (idempotent)."""
     settings = f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
@@ -50,6 +123,11 @@ def schema(db: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {db}.profile_snapshots (
             profile_id String, snapshot String, version UInt64, at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(version) ORDER BY profile_id {settings}""",
+        *(
+            f"ALTER TABLE {db}.profile_snapshots ADD COLUMN IF NOT EXISTS {name} {ch_type} "
+            f"MATERIALIZED {expression}"
+            for name, (ch_type, expression, _) in PROFILE_COLUMNS.items()
+        ),
     ]
 
 

@@ -1,0 +1,397 @@
+"""Compile a segment definition into ClickHouse SQL.
+
+Every value is a bound parameter (``{p3:String}``), never text in the query; every identifier
+(table, column, aggregate) comes from an allow-list here or in ``sinks.history``. Trait,
+property, tag and consent names are values too (map keys, array members), so they are bound.
+
+Semantics, which docs/segments.md states for users:
+
+- A profile is a survivor: ids merged into another profile are not members themselves, and
+  their events count for the survivor (aliases are followed to the end of the chain).
+- A condition on a missing value is false (``nps_last lt 7`` is false without a survey; its
+  ``not`` is true). ``count`` and ``sum`` of no events are 0; ``avg``/``min``/``max``/``first``/
+  ``last`` of no events are missing.
+- Windows: ``last`` is ``now - duration <= timestamp <= now``; ``from``/``to`` is
+  ``from <= timestamp < to``; without a window, all history. Event time is the skew-corrected
+  ``timestamp``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.events import EventType
+from contracts.segments import (
+    All,
+    AnyOf,
+    AttributeCondition,
+    Comparison,
+    ConsentCondition,
+    EventCondition,
+    Measure,
+    Not,
+    Op,
+    SegmentDefinition,
+    TagCondition,
+    TraitCondition,
+    Where,
+    Window,
+    parse_duration,
+)
+from sinks.history import PROFILE_COLUMNS
+
+#: Attributes a condition may name: the typed snapshot columns that are not maps.
+ATTRIBUTES: dict[str, str] = {
+    name: kind for name, (_, _, kind) in PROFILE_COLUMNS.items() if kind != "map"
+}
+#: Columns a preview or export may return besides ``traits.<name>``.
+FIELDS: tuple[str, ...] = ("profile_id", *ATTRIBUTES)
+_EVENT_TYPES = frozenset(t.value for t in EventType)
+_EVENT_FIELD_SQL = {
+    "channel": ("channel", "string"),
+    "source": ("source", "string"),
+    "name": ("name", "string"),
+    "order_id": ("order_id", "string"),
+    "amount": ("toFloat64(amount)", "number"),
+}
+_DT = "DateTime64(3, 'UTC')"
+#: Trait names a preview or export may return as ``traits.<name>`` (also the column name).
+_TRAIT_FIELD = re.compile(r"^traits\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_CMP = {Op.EQ: "=", Op.NE: "!=", Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
+
+
+class SegmentError(ValueError):
+    """A definition that validates as a shape but cannot be compiled; names the node's path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass
+class Query:
+    """A compiled query and its bound parameters."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+@dataclass
+class _Build:
+    db: str
+    now: datetime
+    tags: Collection[str] | None
+    purposes: Collection[str] | None
+    params: dict[str, Any] = field(default_factory=dict)
+    ctes: list[str] = field(default_factory=list)
+    joins: list[str] = field(default_factory=list)
+
+    def bind(self, value: Any, ch_type: str) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"{{{name}:{ch_type}}}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _values(c: Comparison) -> list[Any]:
+    return c.value if isinstance(c.value, list) else [c.value]
+
+
+def _compare(b: _Build, expr: str, c: Comparison, kind: str, path: str) -> str:
+    """``expr`` (of ``kind``: number, string, time) compared as ``c`` says."""
+    op = c.op
+    if op == Op.EXISTS:
+        return f"isNotNull({expr})"
+    if op == Op.NOT_EXISTS:
+        return f"isNull({expr})"
+    if op in (Op.WITHIN, Op.BEFORE):
+        if kind != "time":
+            raise SegmentError(path, f"op {op.value} applies to time attributes only")
+        amount, unit = parse_duration(str(c.value))
+        cutoff = f"{b.bind(b.now, _DT)} - toInterval{unit.title()}({b.bind(amount, 'UInt32')})"
+        return f"{expr} >= {cutoff}" if op == Op.WITHIN else f"{expr} < {cutoff}"
+    if op == Op.CONTAINS:
+        raise SegmentError(path, "op contains applies to list attributes (channels, categories...)")
+    values = _values(c)
+    bound: list[Any]
+    if kind == "number":
+        if not all(_is_number(v) for v in values):
+            raise SegmentError(path, "compares a number: give numeric values")
+        ch_type, bound = "Float64", [float(v) for v in values]
+    elif kind == "time":
+        try:
+            bound = [_instant(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise SegmentError(path, f"compares a time: {exc}") from exc
+        ch_type = _DT
+    else:
+        if not all(isinstance(v, str) for v in values):
+            raise SegmentError(path, "compares text: give string values")
+        ch_type, bound = "String", values
+    if op in _CMP:
+        return f"{expr} {_CMP[op]} {b.bind(bound[0], ch_type)}"
+    if op == Op.BETWEEN:
+        return f"{expr} BETWEEN {b.bind(bound[0], ch_type)} AND {b.bind(bound[1], ch_type)}"
+    listed = b.bind(bound, f"Array({ch_type})")
+    return f"has({listed}, {expr})" if op == Op.IN else f"NOT has({listed}, {expr})"
+
+
+def _instant(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("give an ISO 8601 time or use within/before with a duration")
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _attribute(b: _Build, c: AttributeCondition, path: str) -> str:
+    kind = ATTRIBUTES.get(c.attribute)
+    if kind is None:
+        raise SegmentError(
+            f"{path}.attribute",
+            f"unknown attribute {c.attribute!r}; one of {', '.join(ATTRIBUTES)}",
+        )
+    column = f"p.{c.attribute}"  # allow-listed above
+    if kind == "list":
+        if c.op == Op.CONTAINS:
+            return f"has({column}, {b.bind(str(c.value), 'String')})"
+        if c.op in (Op.EXISTS, Op.NOT_EXISTS):
+            return f"{'notEmpty' if c.op == Op.EXISTS else 'empty'}({column})"
+        if c.op in (Op.GT, Op.GTE, Op.LT, Op.LTE, Op.EQ, Op.NE, Op.BETWEEN) and all(
+            _is_number(v) for v in _values(c)
+        ):
+            return _compare(b, f"length({column})", c, "number", path)
+        raise SegmentError(
+            path, f"{c.attribute} is a list: use contains, exists, or compare its size"
+        )
+    if kind == "string" and c.op in (Op.EXISTS, Op.NOT_EXISTS):
+        return f"{column} {'!=' if c.op == Op.EXISTS else '='} ''"
+    return _compare(b, column, c, kind, path)
+
+
+def _trait(b: _Build, c: TraitCondition, path: str) -> str:
+    raw = f"p.traits[{b.bind(c.trait, 'String')}]"
+    present = f"(mapContains(p.traits, {b.bind(c.trait, 'String')}) AND {raw} != 'null')"
+    if c.op == Op.EXISTS:
+        return present
+    if c.op == Op.NOT_EXISTS:
+        return f"NOT {present}"
+    values = _values(c)
+    if all(isinstance(v, bool) for v in values) and c.op in (Op.EQ, Op.NE):
+        return f"{raw} {_CMP[c.op]} {b.bind('true' if values[0] else 'false', 'String')}"
+    if all(_is_number(v) for v in values):
+        return f"({present} AND {_compare(b, f'toFloat64OrNull({raw})', c, 'number', path)})"
+    if all(isinstance(v, str) for v in values):
+        if c.op in (Op.WITHIN, Op.BEFORE):
+            parsed = f"parseDateTime64BestEffortOrNull(JSONExtractString({raw}), 3, 'UTC')"
+            return f"({present} AND {_compare(b, parsed, c, 'time', path)})"
+        return f"({present} AND {_compare(b, f'JSONExtractString({raw})', c, 'string', path)})"
+    raise SegmentError(
+        f"{path}.value", "give values of one type: all numbers, all strings or a bool"
+    )
+
+
+def _window(b: _Build, w: Window | None) -> list[str]:
+    if w is None:
+        return []
+    now = b.bind(b.now, _DT)
+    if w.last is not None:
+        amount, unit = parse_duration(w.last)
+        interval = f"toInterval{unit.title()}({b.bind(amount, 'UInt32')})"
+        return [f"timestamp >= {now} - {interval}", f"timestamp <= {now}"]
+    out = []
+    if w.from_ is not None:
+        out.append(f"timestamp >= {b.bind(w.from_, _DT)}")
+    if w.to is not None:
+        out.append(f"timestamp < {b.bind(w.to, _DT)}")
+    return out
+
+
+def _where(b: _Build, w: Where, path: str) -> str:
+    if w.field is not None:
+        expr, kind = _EVENT_FIELD_SQL[w.field]
+    else:
+        key = b.bind(w.property, "String")
+        values = _values(w)
+        numeric = w.value is not None and all(_is_number(v) for v in values)
+        kind = "number" if numeric else "string"
+        if w.op in (Op.EXISTS, Op.NOT_EXISTS):
+            has = f"JSONHas(properties, {key})"
+            return has if w.op == Op.EXISTS else f"NOT {has}"
+        expr = (
+            f"JSONExtract(properties, {key}, 'Nullable(Float64)')"
+            if numeric
+            else f"JSONExtractString(properties, {key})"
+        )
+    if w.op in (Op.EXISTS, Op.NOT_EXISTS):
+        empty = "isNull" if kind == "number" else "empty"
+        return f"{'NOT ' if w.op == Op.EXISTS else ''}{empty}({expr})"
+    return f"coalesce({_compare(b, expr, w, kind, path)}, 0)"
+
+
+def _event(b: _Build, c: EventCondition, path: str) -> str:
+    n = len(b.ctes) + 1
+    column = "type" if c.event in _EVENT_TYPES else "name"
+    filters = [f"{column} = {b.bind(c.event, 'String')}", "profile_id != ''"]
+    filters += _window(b, c.within)
+    filters += [_where(b, w, f"{path}.where.{i}") for i, w in enumerate(c.where)]
+    numeric = c.measure in (Measure.SUM, Measure.AVG, Measure.MIN, Measure.MAX) or all(
+        _is_number(v) for v in _values(c)
+    )
+    value = ""
+    if c.property == "amount":
+        value = "toFloat64(amount)"
+    elif c.property is not None:
+        key = b.bind(c.property, "String")
+        value = (
+            f"JSONExtract(properties, {key}, 'Nullable(Float64)')"
+            if numeric
+            else f"JSONExtractString(properties, {key})"
+        )
+        if c.measure in (Measure.FIRST, Measure.LAST):
+            filters.append(f"JSONHas(properties, {key})")  # of the events that carry it
+    inner, outer = {
+        Measure.COUNT: ("count() AS a", "sum(x.a)"),
+        Measure.SUM: (f"sum({value}) AS a", "sum(x.a)"),
+        Measure.AVG: (f"sum({value}) AS a, count({value}) AS b", "sum(x.a) / nullIf(sum(x.b), 0)"),
+        Measure.MIN: (f"min({value}) AS a", "min(x.a)"),
+        Measure.MAX: (f"max({value}) AS a", "max(x.a)"),
+        Measure.FIRST: (
+            f"argMin({value}, timestamp) AS a, min(timestamp) AS t",
+            "argMin(x.a, x.t)",
+        ),
+        Measure.LAST: (f"argMax({value}, timestamp) AS a, max(timestamp) AS t", "argMax(x.a, x.t)"),
+    }[c.measure]
+    name = f"e{n}"
+    b.ctes.append(
+        f"""{name} AS (
+    SELECT coalesce(s.survivor, x.profile_id) AS pid, {outer} AS m
+    FROM (
+        SELECT profile_id, {inner}
+        FROM {b.db}.events
+        WHERE {" AND ".join(filters)}
+        GROUP BY profile_id
+    ) AS x
+    LEFT JOIN survivors AS s ON s.profile_id = x.profile_id
+    GROUP BY pid
+)"""  # noqa: S608 - identifiers are allow-listed, values bound
+    )
+    b.joins.append(f"LEFT JOIN {name} ON {name}.pid = p.profile_id")
+    measured = f"{name}.m"
+    if c.measure in (Measure.COUNT, Measure.SUM):
+        measured = f"coalesce({measured}, 0)"
+    return _compare(b, measured, c, "number" if numeric else "string", path)
+
+
+def _node(b: _Build, node: Any, path: str) -> str:
+    if isinstance(node, All):
+        parts = [_node(b, child, f"{path}.all.{i}") for i, child in enumerate(node.all)]
+        return "(" + " AND ".join(parts) + ")"
+    if isinstance(node, AnyOf):
+        parts = [_node(b, child, f"{path}.any.{i}") for i, child in enumerate(node.any)]
+        return "(" + " OR ".join(parts) + ")"
+    if isinstance(node, Not):
+        return f"NOT {_node(b, node.not_, f'{path}.not')}"
+    if isinstance(node, TagCondition):
+        if b.tags is not None and node.tag not in b.tags:
+            raise SegmentError(f"{path}.tag", f"unknown tag {node.tag!r} (see GET /v1/tags)")
+        return f"has(p.tags, {b.bind(node.tag, 'String')})"
+    if isinstance(node, ConsentCondition):
+        _purpose(b, node.consent, f"{path}.consent")
+        return f"p.consent[{b.bind(node.consent, 'String')}] = 1"
+    if isinstance(node, AttributeCondition):
+        return f"coalesce({_attribute(b, node, path)}, 0)"
+    if isinstance(node, TraitCondition):
+        return f"coalesce({_trait(b, node, path)}, 0)"
+    if isinstance(node, EventCondition):
+        return f"coalesce({_event(b, node, path)}, 0)"
+    raise SegmentError(path, f"unknown node {type(node).__name__}")
+
+
+def _purpose(b: _Build, purpose: str, path: str) -> None:
+    if b.purposes is not None and purpose not in b.purposes:
+        raise SegmentError(
+            path, f"unknown consent purpose {purpose!r}; one of {', '.join(sorted(b.purposes))}"
+        )
+
+
+_SURVIVORS = """chain AS (
+    SELECT profile_id, survivor, 1 AS depth FROM {db}.profile_aliases
+    UNION ALL
+    SELECT c.profile_id, a.survivor, c.depth + 1
+    FROM chain AS c INNER JOIN {db}.profile_aliases AS a ON a.profile_id = c.survivor
+    WHERE c.depth < 64
+),
+survivors AS (
+    SELECT profile_id, argMax(survivor, depth) AS survivor FROM chain GROUP BY profile_id
+)"""
+
+
+@dataclass(frozen=True)
+class Compiler:
+    """Compiles definitions against a database, the tag catalog and the consent purposes."""
+
+    db: str
+    #: Known tag ids (None: not checked).
+    tags: Collection[str] | None = None
+    #: Known consent purposes (None: not checked).
+    purposes: Collection[str] | None = None
+
+    def members(
+        self,
+        segment: SegmentDefinition,
+        now: datetime,
+        fields: list[str] | None = None,
+        enforce_consent: bool = True,
+        limit: int | None = None,
+    ) -> Query:
+        """SELECT the members' ``fields`` (default: profile_id), ordered by profile id."""
+        b = _Build(self.db, now.astimezone(UTC), self.tags, self.purposes)
+        where = _node(b, segment.definition, "definition")
+        conditions = [
+            f"p.profile_id NOT IN (SELECT profile_id FROM {self.db}.profile_aliases)",  # noqa: S608
+            where,
+        ]
+        if segment.purpose is not None and enforce_consent:
+            _purpose(b, segment.purpose, "purpose")
+            conditions.append(f"p.consent[{b.bind(segment.purpose, 'String')}] = 1")
+        columns = [self._column(b, f) for f in (fields or ["profile_id"])]
+        ctes = ([_SURVIVORS.format(db=self.db)] if b.ctes else []) + b.ctes
+        sql = (
+            ("WITH RECURSIVE " + ",\n".join(ctes) + "\n" if ctes else "")
+            + f"SELECT {', '.join(columns)}\nFROM {self.db}.profile_snapshots AS p FINAL\n"
+            + "".join(j + "\n" for j in b.joins)
+            + "WHERE "
+            + "\n  AND ".join(conditions)
+            + "\nORDER BY p.profile_id"
+            + (f"\nLIMIT {b.bind(limit, 'UInt64')}" if limit is not None else "")
+            + "\nSETTINGS join_use_nulls = 1"
+        )
+        return Query(sql, b.params)
+
+    def count(
+        self, segment: SegmentDefinition, now: datetime, enforce_consent: bool = True
+    ) -> Query:
+        """SELECT count() of the members."""
+        inner = self.members(segment, now, enforce_consent=enforce_consent)
+        body, _, settings = inner.sql.rpartition("\nSETTINGS ")
+        body = body.replace("\nORDER BY p.profile_id", "")
+        sql = f"SELECT count() FROM (\n{body}\n)\nSETTINGS {settings}"  # noqa: S608 - compiled
+        return Query(sql, inner.params)
+
+    @staticmethod
+    def _column(b: _Build, name: str) -> str:
+        if name in FIELDS:
+            return f"p.{name} AS `{name}`"  # allow-listed
+        if _TRAIT_FIELD.match(name):  # the pattern keeps the quoted alias inert
+            return f"p.traits[{b.bind(name.removeprefix('traits.'), 'String')}] AS `{name}`"
+        raise SegmentError(
+            "fields", f"unknown field {name!r}; one of {', '.join(FIELDS)} or traits.<name>"
+        )
