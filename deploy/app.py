@@ -22,6 +22,10 @@ from ingest.publisher import Publisher
 from ingest.sources import SourceRegistry
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
+from segments.api import build_router as segments_router
+from segments.live import LiveIndex
+from segments.service import Segments
+from segments.store import SegmentStore
 from sinks.clickhouse import connect as connect_clickhouse
 from tagging.api import build_router as tags_router
 from tagging.catalog import load as load_catalog
@@ -55,8 +59,12 @@ async def _run_checks(checks: dict[str, Check]) -> dict[str, dict[str, Any]]:
     return dict(zip(checks, results, strict=True))
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the API; connections open in the lifespan, not at import."""
+def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
+    """Build the API; connections open in the lifespan, not at import.
+
+    ``owns_history``: this process writes the embedded ClickHouse (``cdp run``), so segment
+    queries may open it; otherwise they need a ClickHouse server (``CDP_CLICKHOUSE__URL``).
+    """
     publisher = _publisher(settings)
     redis_client = aioredis.from_url(settings.redis.url.get_secret_value())
     clickhouse: dict[str, Any] = {}
@@ -89,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await publisher.stop()
         await redis_client.aclose()
-        if "client" in clickhouse:
+        if "client" in clickhouse and url:  # an embedded client is shared: never closed
             clickhouse["client"].close()
 
     app = FastAPI(
@@ -124,6 +132,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(
         tags_router(tag_store, redis_url, require(settings.api.tokens, "profiles:read"))
+    )
+
+    def history_client() -> Any:
+        if not url and not owns_history:
+            raise RuntimeError("embedded ClickHouse is owned by the worker process")
+        return connect_clickhouse(url, settings.chdb_path())
+
+    segments = Segments(
+        history_client,
+        settings.clickhouse.database,
+        tag_store,
+        LiveIndex(redis_client, ns),
+        profile_store,
+        bind=lambda: tag_store.ensure_bound(redis_url),
+    )
+    tokens = settings.api.tokens
+    app.include_router(
+        segments_router(
+            segments,
+            SegmentStore(redis_client, ns),
+            read=require(tokens, "segments:read"),
+            write=require(tokens, "segments:write"),
+        )
     )
 
     @app.exception_handler(StarletteHTTPException)

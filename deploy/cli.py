@@ -185,7 +185,7 @@ def run(settings: Settings, demo: bool, exit_after_demo: bool) -> None:
     topics_mod.create_all(settings.kafka)
     if not settings.ingest.all_sources():
         click.echo("warning: no write keys configured; see `cdp keys new`", err=True)
-    app = build_app(settings, sorted(ROLES), api=create_app(settings))
+    app = build_app(settings, sorted(ROLES), api=create_app(settings, owns_history=True))
     base = f"http://{settings.api.host}:{settings.api.port}"
     click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
     if demo:

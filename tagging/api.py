@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -14,18 +13,14 @@ from tagging.store import TagStore
 def build_router(tags: TagStore, redis_url: str, read_tags: Any) -> APIRouter:
     """Return the tag routes; ``read_tags`` enforces the token scope."""
     router = APIRouter(tags=["tags"])
-    lock = asyncio.Lock()
 
     async def bound() -> TagStore:
-        async with lock:
-            if not tags.bound:
-                try:
-                    await asyncio.to_thread(tags.bind, redis_url)
-                except Exception as exc:
-                    raise HTTPException(
-                        503,
-                        {"code": "unavailable", "message": f"tag store: {exc}", "field": None},
-                    ) from exc
+        try:
+            await tags.ensure_bound(redis_url)
+        except Exception as exc:
+            raise HTTPException(
+                503, {"code": "unavailable", "message": f"tag store: {exc}", "field": None}
+            ) from exc
         return tags
 
     def find(tag_id: str) -> Tag:

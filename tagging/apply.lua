@@ -7,6 +7,7 @@
 --   pf:<pid>      HASH  _v version (bumped by every fold that changes it), _tg tags (hex),
 --                       _ord the profile's ordinal: its bit in every tag index
 --   tag:<ordinal> STRING bitmap of the profiles that have the tag (BITCOUNT = count)
+--   tags:all      STRING bitmap of every tagged profile (the universe of live segments' "not")
 --   pord:<n>      HASH  profile ordinal -> profile id, 128 per hash (small, compact)
 --   pord:next     counter of profile ordinals
 --   tags:due      ZSET  profile -> when a timed tag of it may change next
@@ -32,6 +33,7 @@ for n, item in ipairs(batch) do
       ord = redis.call('INCR', ns .. ':pord:next')
       redis.call('HSET', ns .. ':pord:' .. math.floor(ord / 128), ord, pid)
       redis.call('HSET', key, '_ord', ord)
+      redis.call('SETBIT', ns .. ':tags:all', ord, 1)
     end
     for _, b in ipairs(item[5]) do redis.call('SETBIT', ns .. ':tag:' .. b, ord, 1) end
     for _, b in ipairs(item[6]) do redis.call('SETBIT', ns .. ':tag:' .. b, ord, 0) end

@@ -26,6 +26,7 @@ local function untag(ns, pid)
       redis.call('SETBIT', ns .. ':tag:' .. b, cur[2], 0)
     end
     redis.call('HDEL', ns .. ':pord:' .. math.floor(tonumber(cur[2]) / 128), cur[2])
+    redis.call('SETBIT', ns .. ':tags:all', cur[2], 0)
   end
   redis.call('ZREM', ns .. ':tags:due', pid)
 end

@@ -9,9 +9,10 @@ means the same thing across catalog versions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -74,19 +75,41 @@ def sync_catalog(
             client.hdel(f"{namespace}:tags:print", *retired)
             log.info("tags retired: %s", ", ".join(retired))
         stored = client.hgetall(f"{namespace}:tags:print")
+        _ensure_universe(client, namespace)
     finally:
         client.close()
     known = {text(k): text(v) for k, v in stored.items()}
     return [t for t in catalog.tags if known.get(t.id) != t.fingerprint]
 
 
+def _ensure_universe(client: redis.Redis, namespace: str) -> None:
+    """Build ``tags:all`` (every tagged profile's ordinal) if an older version left none.
+
+    ``pord:<n>`` hashes hold exactly the ordinals of live tagged profiles (a merge removes
+    the merged one), so they give the universe; afterwards apply.lua and untag keep it.
+    """
+    universe = f"{namespace}:tags:all"
+    if client.exists(universe) or not client.exists(f"{namespace}:pord:next"):
+        return
+    last = int(client.get(f"{namespace}:pord:next") or 0)
+    pipe = client.pipeline(transaction=False)
+    for n in range(last // 128 + 1):
+        for ordinal in client.hkeys(f"{namespace}:pord:{n}"):
+            pipe.setbit(universe, int(ordinal), 1)
+    pipe.execute()
+
+
 @dataclass(frozen=True)
 class TagChange:
-    """Tags a profile gained and lost in one evaluation."""
+    """Tags a profile gained and lost in one evaluation, and its tag bits before and after."""
 
     profile_id: str
     added: list[str]
     removed: list[str]
+    #: The profile's tag bitmaps (bit = ``Tag.bit``) before and after: live segments compare
+    #: membership on them.
+    before: int = field(default=0, compare=False, repr=False)
+    after: int = field(default=0, compare=False, repr=False)
 
 
 def text(value: bytes | str) -> str:
@@ -131,6 +154,7 @@ class TagStore:
         #: True once the catalog is bound to the stored ordinals (``bind``).
         self.bound = False
         self._by_change: dict[frozenset[str], Selection] = {}
+        self._bind_lock = asyncio.Lock()
 
     def bind(self, redis_url: str, retire: bool = False) -> list[Tag]:
         """Bind the catalog to its stored ordinals (blocking); remember the pending tags.
@@ -141,6 +165,12 @@ class TagStore:
         self._by_change = {}  # bits may have moved
         self.bound = True
         return self.pending
+
+    async def ensure_bound(self, redis_url: str) -> None:
+        """Bind once, from the event loop (readers bind lazily: Redis may start after them)."""
+        async with self._bind_lock:
+            if not self.bound:
+                await asyncio.to_thread(self.bind, redis_url)
 
     def names(self, hex_bitmap: str) -> list[str]:
         """The tag ids set in a stored bitmap (bits of retired tags are ignored)."""
@@ -260,7 +290,7 @@ class TagStore:
         by_bit = self.catalog.by_bit
         added = sorted(by_bit[b].id for b in _bits(new & ~old))
         removed = sorted(by_bit[b].id for b in _bits(old & ~new))
-        return TagChange(row[0], added, removed)
+        return TagChange(row[0], added, removed, old, new)
 
     async def count(self, tag: Tag) -> int:
         """How many profiles have ``tag`` now (one BITCOUNT)."""

@@ -9,6 +9,9 @@ from ingest.sources import Source, hash_key
 TOKENS = {
     "tk_reader": frozenset({"profiles:read", "identity:read"}),
     "tk_profiles_only": frozenset({"profiles:read"}),
+    "tk_segments": frozenset({"segments:read"}),
+    "tk_segments_rw": frozenset({"segments:read", "segments:write"}),
+    "tk_segments_admin": frozenset({"segments:read", "segments:admin"}),
 }
 
 SOURCES = {

@@ -15,12 +15,15 @@ from deploy.settings import Settings
 
 
 @contextmanager
-def running_api(settings: Settings) -> Iterator[str]:
-    """Serve ``settings``' app until the block ends; yield its base URL."""
+def running_api(settings: Settings, owns_history: bool = False) -> Iterator[str]:
+    """Serve ``settings``' app until the block ends; yield its base URL.
+
+    ``owns_history``: the API may open the embedded ClickHouse (as in ``cdp run``).
+    """
     port = free_port()
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, owns_history=owns_history),
         host="127.0.0.1",
         port=port,
         log_config=None,

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from contracts.events import Event, Identifier, ResolvedEvent
+from contracts.events import Event, ResolvedEvent
 from contracts.profiles import Profile
 from identity.rules import IdentityRules
 from identity.store import IdentityStore, Located
 from profiles.fold import FoldRules
 from profiles.store import ProfileStore
+from tests.support.events import ev as build_event
 from tests.support.services import Services
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -32,19 +33,8 @@ def ev(
     traits: dict[str, Any] | None = None,
     **props: Any,
 ) -> Event:
-    at = T0 + timedelta(minutes=minutes)
-    return Event(
-        event_id=f"e{n}",
-        type=kind,
-        name=kind,
-        channel=channel,
-        source=channel,
-        identifiers=[Identifier(type=t, value=v) for t, v in ids],
-        traits=traits or {},
-        properties=props,
-        original_timestamp=at,
-        received_at=at,
-        timestamp=at,
+    return build_event(
+        n, kind, channel, ids, T0 + timedelta(minutes=minutes), traits=traits or {}, **props
     )
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -15,18 +15,19 @@ from segments.sql import Compiler
 from sinks.clickhouse import connect
 from sinks.history import HistoryWriter, migrate
 from tests.support.history_data import NOW, TAGS, History, generate, write
+from tests.support.services import Services
 
-DB = "seg"
+#: One embedded ClickHouse per process (the session's), so a database of this module's own.
+DB = f"segsql{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, History]]:
-    client = connect(None, Path(tmp_path_factory.mktemp("chdb")))
+def history(services: Services) -> Iterator[tuple[Any, History]]:
+    client = connect(None, services.chdb_path)
     migrate(client, DB)
     data = generate(seed=11, profiles=3000, events=40_000)
     write(data, HistoryWriter(client, DB))
     yield client, data
-    client.close()
 
 
 def members(client: Any, definition: dict[str, Any], **kw: Any) -> set[str]:

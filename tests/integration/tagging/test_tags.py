@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from contracts.events import Event, Identifier, ResolvedEvent
+from contracts.events import Event, ResolvedEvent
 from identity.rules import IdentityRules
 from identity.store import IdentityStore, Located
 from profiles.agents import changed_names
@@ -23,29 +23,11 @@ from profiles.store import ProfileStore
 from tagging.catalog import DEFAULT_DIR, Catalog, build, load
 from tagging.facts import profile_facts
 from tagging.store import TagChange, TagStore, sync_catalog
+from tests.support.events import ev
 from tests.support.services import Services
 
 T0 = datetime(2026, 3, 2, 4, tzinfo=UTC)  # a Monday, 12:00 in Shanghai
 DAY = timedelta(days=1)
-
-
-def ev(
-    n: int, kind: str, channel: str, ids: list[tuple[str, str]], at: datetime, **kw: Any
-) -> Event:
-    return Event(
-        event_id=f"e{n}",
-        type=kind,
-        name=kind,
-        channel=channel,
-        source=channel,
-        identifiers=[Identifier(type=t, value=v) for t, v in ids],
-        traits=kw.pop("traits", {}),
-        consent=kw.pop("consent", {}),
-        properties=kw,
-        original_timestamp=at,
-        received_at=at,
-        timestamp=at,
-    )
 
 
 class Tagged:

@@ -1,0 +1,217 @@
+"""Segment API: ad-hoc and saved segments; count, preview, export, explain.
+
+Scopes: ``segments:read`` (query and read saved), ``segments:write`` (save, update, delete),
+``segments:admin`` (``include_unconsented``: skip the purpose's consent filter).
+Bodies are a segment definition as JSON, or YAML with ``Content-Type: application/yaml``.
+"""
+
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+import orjson
+import yaml
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from contracts.segments import SegmentDefinition, error_path
+from deploy.auth import Token
+from segments.service import MEDIA_TYPES, Format, HistoryUnavailable, Segments
+from segments.sql import SegmentError
+from segments.store import SegmentConflict, SegmentNotFound, SegmentStore
+
+ADMIN = "segments:admin"
+
+
+def _error(status: int, code: str, message: str, field: str | None) -> HTTPException:
+    return HTTPException(status, {"code": code, "message": message, "field": field})
+
+
+async def parse(request: Request) -> SegmentDefinition:
+    """The request body as a segment definition; 400 naming the bad node's path."""
+    body = await request.body()
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    try:
+        if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
+            data = yaml.safe_load(body)
+        else:
+            data = orjson.loads(body)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise _error(400, "invalid_json", f"the body is not valid: {exc}", None) from exc
+    try:
+        return SegmentDefinition.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = error_path(first["loc"]) or None
+        raise _error(400, "invalid_segment", f"{path}: {first['msg']}", path) from exc
+
+
+def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any) -> APIRouter:
+    """Return the segment routes; ``read``/``write`` enforce the token scopes."""
+    router = APIRouter(tags=["segments"])
+
+    async def run(fn: Any, *args: Any) -> Any:
+        """Call ``fn`` (sync or async) mapping segment errors to JSON responses."""
+        try:
+            result = fn(*args)
+            return await result if inspect.isawaitable(result) else result
+        except SegmentError as exc:
+            raise _error(400, "invalid_segment", str(exc), exc.path) from exc
+        except HistoryUnavailable as exc:
+            raise _error(503, "history_unavailable", str(exc), None) from exc
+
+    def consent(token: Token, include_unconsented: bool) -> bool:
+        """Whether to enforce the purpose's consent (admins may ask not to)."""
+        if include_unconsented and ADMIN not in token.scopes:
+            raise HTTPException(
+                403,
+                {
+                    "code": "forbidden",
+                    "message": f"include_unconsented needs scope {ADMIN}",
+                    "field": "include_unconsented",
+                },
+            )
+        return not include_unconsented
+
+    async def saved(segment_id: str, version: int | None = None) -> SegmentDefinition:
+        try:
+            return await store.get(segment_id, version)
+        except SegmentNotFound as exc:
+            raise _error(404, "not_found", f"no segment {segment_id}", "segment_id") from exc
+
+    Unconsented = Annotated[
+        bool, Query(description=f"include members without consent for the purpose ({ADMIN})")
+    ]
+    Fields = Annotated[
+        list[str] | None, Query(description="fields to return: attributes or traits.<name>")
+    ]
+
+    # -- operations, on a definition in the body or on a saved segment ----------------------
+
+    async def adhoc(request: Request) -> SegmentDefinition:
+        return await parse(request)
+
+    async def stored(segment_id: str) -> SegmentDefinition:
+        return await saved(segment_id)
+
+    def operations(method: str, prefix: str, source: Any, what: str) -> None:
+        add = router.post if method == "post" else router.get
+        Seg = Annotated[SegmentDefinition, Depends(source)]
+        Reader = Annotated[Token, Depends(read)]
+
+        @add(f"{prefix}/count", summary=f"Count the members of {what}")
+        async def count(seg: Seg, token: Reader, include_unconsented: Unconsented = False) -> Any:
+            return await run(segments.count, seg, consent(token, include_unconsented))
+
+        @add(f"{prefix}/preview", summary=f"Some members of {what}, with fields")
+        async def preview(
+            seg: Seg,
+            token: Reader,
+            fields: Fields = None,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+            include_unconsented: Unconsented = False,
+        ) -> Any:
+            enforce = consent(token, include_unconsented)
+            rows = await run(segments.preview, seg, fields or [], limit, enforce)
+            return {"count": len(rows), "profiles": rows}
+
+        @add(f"{prefix}/export", summary=f"All members of {what}: CSV, JSONL or Parquet")
+        async def export(
+            seg: Seg,
+            token: Reader,
+            format: Format = Format.CSV,
+            fields: Fields = None,
+            include_unconsented: Unconsented = False,
+        ) -> Any:
+            return await _export(seg, format, fields, consent(token, include_unconsented))
+
+        @add(f"{prefix}/explain", summary=f"The SQL or tag-index program of {what}")
+        async def explain(seg: Seg, token: Reader, include_unconsented: Unconsented = False) -> Any:
+            return await run(segments.explain, seg, consent(token, include_unconsented))
+
+    async def _export(
+        seg: SegmentDefinition, fmt: Format, fields: list[str] | None, enforce: bool
+    ) -> Response:
+        found = await run(segments.export, seg, fields or [], fmt, enforce)
+        chunks: Iterator[bytes] | AsyncIterator[bytes] = found.chunks
+        suffix = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[fmt.value]
+        name = f"{seg.id or 'segment'}.{suffix}"
+        return StreamingResponse(
+            chunks,
+            media_type=MEDIA_TYPES[fmt],
+            headers={
+                "X-Segment-Count": str(found.count),
+                "Content-Disposition": f'attachment; filename="{name}"',
+            },
+        )
+
+    # -- saved ------------------------------------------------------------------------------
+
+    @router.get("/v1/segments", dependencies=[Depends(read)], summary="Saved segments")
+    async def list_saved() -> Any:
+        found = await store.list()
+        return {"count": len(found), "segments": [s.model_dump(by_alias=True) for s in found]}
+
+    @router.post(
+        "/v1/segments", dependencies=[Depends(write)], status_code=201, summary="Save a segment"
+    )
+    async def create(request: Request) -> Any:
+        seg = await parse(request)
+        if seg.id is None:
+            raise _error(400, "invalid_segment", "id: required to save a segment", "id")
+        await run(segments.validate, seg)
+        try:
+            saved_ = await store.put(seg, seg.id, create=True)
+        except SegmentConflict as exc:
+            raise _error(409, "conflict", str(exc), "id") from exc
+        return saved_.model_dump(by_alias=True)
+
+    @router.get("/v1/segments/{segment_id}", dependencies=[Depends(read)], summary="A segment")
+    async def get(segment_id: str, version: Annotated[int | None, Query(ge=1)] = None) -> Any:
+        return (await saved(segment_id, version)).model_dump(by_alias=True)
+
+    @router.put(
+        "/v1/segments/{segment_id}",
+        dependencies=[Depends(write)],
+        summary="Update a segment (a new version); If-Match: <version> guards lost updates",
+    )
+    async def update(
+        segment_id: str,
+        request: Request,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        seg = await parse(request)
+        if seg.id is not None and seg.id != segment_id:
+            raise _error(400, "invalid_segment", "id: differs from the URL", "id")
+        await run(segments.validate, seg)
+        expected = None
+        if if_match is not None:
+            try:
+                expected = int(if_match.strip('"'))
+            except ValueError as exc:
+                raise _error(400, "invalid_request", "If-Match: a version", "If-Match") from exc
+        try:
+            saved_ = await store.put(seg, segment_id, create=False, expected_version=expected)
+        except SegmentNotFound as exc:
+            raise _error(404, "not_found", f"no segment {segment_id}", "segment_id") from exc
+        except SegmentConflict as exc:
+            raise _error(409, "conflict", str(exc), "If-Match") from exc
+        return saved_.model_dump(by_alias=True)
+
+    @router.delete(
+        "/v1/segments/{segment_id}",
+        dependencies=[Depends(write)],
+        status_code=204,
+        summary="Delete a segment",
+    )
+    async def delete(segment_id: str) -> Response:
+        try:
+            await store.delete(segment_id)
+        except SegmentNotFound as exc:
+            raise _error(404, "not_found", f"no segment {segment_id}", "segment_id") from exc
+        return Response(status_code=204)
+
+    operations("post", "/v1/segments", adhoc, "a definition (the body)")
+    operations("get", "/v1/segments/{segment_id}", stored, "a saved segment")
+    return router

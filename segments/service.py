@@ -1,0 +1,351 @@
+"""Segment operations: count, preview, export, explain; live or on the history.
+
+A tag-only definition is *live*: answered from the Redis tag index (segments/live.py). Any
+other is compiled to SQL and answered by ClickHouse (segments/sql.py). Consent for the
+segment's purpose is enforced in both, unless an admin asks otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contracts.profiles import Profile
+from contracts.segments import SegmentDefinition, is_live
+from profiles.store import ProfileStore
+from segments.live import LiveIndex, program
+from segments.sql import FIELDS, Compiler, Query, SegmentError
+from tagging.catalog import Catalog
+from tagging.store import TagStore
+
+PAGE = 50_000
+
+
+class Format(StrEnum):
+    """Export formats."""
+
+    CSV = "csv"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+
+
+MEDIA_TYPES = {
+    Format.CSV: "text/csv; charset=utf-8",
+    Format.JSONL: "application/x-ndjson",
+    Format.PARQUET: "application/vnd.apache.parquet",
+}
+
+
+class HistoryUnavailable(RuntimeError):
+    """ClickHouse cannot be queried from this process (embedded and owned by another)."""
+
+
+def purposes(catalog: Catalog) -> list[str]:
+    """Consent purposes: the catalog's declared ``consent.<purpose>`` facts."""
+    return sorted(f.removeprefix("consent.") for f in catalog.declared if f.startswith("consent."))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def profile_field(profile: Profile, name: str) -> Any:
+    """A preview/export field of a profile read from Redis (live segments)."""
+    if name.startswith("traits."):
+        return profile.traits.get(name.removeprefix("traits."))
+    if name == "channels":
+        return sorted(profile.channels)
+    if name == "identifier_types":
+        return sorted({i.split(":", 1)[0] for i in profile.identifiers})
+    return _plain(getattr(profile, name))
+
+
+@dataclass
+class Export:
+    """A consistent export: its row count, and its bytes (iterate once)."""
+
+    count: int
+    chunks: Iterator[bytes] | AsyncIterator[bytes]
+
+
+class Segments:
+    """Counts, previews and exports of segment definitions."""
+
+    def __init__(
+        self,
+        clickhouse: Callable[[], Any],
+        database: str,
+        tags: TagStore,
+        live: LiveIndex,
+        profiles: ProfileStore,
+        bind: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._clickhouse = clickhouse
+        self._db = database
+        self.catalog = tags.catalog
+        self.purposes = purposes(self.catalog)
+        self._live = live
+        self._profiles = profiles
+        #: Binds the catalog to the stored tag ordinals (the index bits) before a live query.
+        self._bind = bind
+        self.compiler = Compiler(database, tags=list(self.catalog.by_id), purposes=self.purposes)
+
+    # -- planning -------------------------------------------------------------------------
+
+    def live_program(self, seg: SegmentDefinition, enforce_consent: bool) -> list[list[Any]]:
+        """The tag-index program of a live segment, ANDed with its purpose's consent tag."""
+        prog = program(seg.definition, self.catalog)
+        if seg.purpose is not None and enforce_consent:
+            if seg.purpose not in self.purposes:
+                raise SegmentError("purpose", f"unknown consent purpose {seg.purpose!r}")
+            tag = self.catalog.by_id.get(f"consent_{seg.purpose}_allowed")
+            if tag is None:
+                raise SegmentError(
+                    "purpose", f"no tag consent_{seg.purpose}_allowed to enforce it live"
+                )
+            prog += [["tag", tag.bit], ["and", 2]]
+        return prog
+
+    def explain(self, seg: SegmentDefinition, enforce_consent: bool = True) -> dict[str, Any]:
+        """What would run: the live program, or the SQL with its parameters."""
+        if is_live(seg.definition):
+            return {"source": "tags", "program": self.live_program(seg, enforce_consent)}
+        q = self.compiler.count(seg, datetime.now(UTC), enforce_consent)
+        return {"source": "history", "sql": q.sql, "params": _params(q)}
+
+    def validate(self, seg: SegmentDefinition) -> None:
+        """Compile without running: raises SegmentError with the bad node's path."""
+        self.explain(seg)
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def count(self, seg: SegmentDefinition, enforce_consent: bool = True) -> dict[str, Any]:
+        """Exact member count and where it came from."""
+        if is_live(seg.definition):
+            await self._bind()
+            n = await self._live.count(self.live_program(seg, enforce_consent))
+            return {"count": n, "source": "tags"}
+        q = self.compiler.count(seg, datetime.now(UTC), enforce_consent)
+        rows = await self._query(q)
+        return {"count": int(rows[0][0]), "source": "history"}
+
+    async def preview(
+        self,
+        seg: SegmentDefinition,
+        fields: list[str],
+        limit: int = 20,
+        enforce_consent: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` members with ``fields``."""
+        fields = self._fields(fields)
+        if is_live(seg.definition):
+            await self._bind()
+            prog = self.live_program(seg, enforce_consent)
+            ids = [pid async for chunk in self._live.members(prog, limit) for pid in chunk]
+            return await self._profile_rows(ids, fields)
+        q = self.compiler.members(seg, datetime.now(UTC), fields, enforce_consent, limit)
+        return [self._row(fields, r) for r in await self._query(q)]
+
+    async def export(
+        self, seg: SegmentDefinition, fields: list[str], fmt: Format, enforce_consent: bool = True
+    ) -> Export:
+        """All members, consistently: the set is fixed first, so the count is the row count."""
+        fields = self._fields(fields)
+        if is_live(seg.definition):
+            await self._bind()
+            prog = self.live_program(seg, enforce_consent)
+            ids = [pid async for chunk in self._live.members(prog) for pid in chunk]
+            return Export(len(ids), self._live_chunks(ids, fields, fmt))
+        q = self.compiler.members(seg, datetime.now(UTC), fields, enforce_consent)
+        table = f"{self._db}.export_{uuid.uuid4().hex}"  # hex only: safe as an identifier
+        client = await self._client()
+        create = f"CREATE TABLE {table} ENGINE = MergeTree ORDER BY profile_id AS {q.sql}"
+        await asyncio.to_thread(client.command, create, parameters=q.params)
+        try:
+            n = int(await asyncio.to_thread(client.command, f"SELECT count() FROM {table}"))  # noqa: S608 - generated name
+        except BaseException:
+            await asyncio.to_thread(client.command, f"DROP TABLE IF EXISTS {table}")
+            raise
+        return Export(n, self._table_chunks(client, table, fields, fmt))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _fields(fields: list[str]) -> list[str]:
+        fields = fields or ["profile_id"]
+        if "profile_id" not in fields:
+            fields = ["profile_id", *fields]
+        for f in fields:
+            if f not in FIELDS and not (f.startswith("traits.") and len(f) > 7):
+                raise SegmentError(
+                    "fields", f"unknown field {f!r}; one of {', '.join(FIELDS)} or traits.<name>"
+                )
+        return fields
+
+    async def _client(self) -> Any:
+        try:
+            return await asyncio.to_thread(self._clickhouse)
+        except Exception as exc:
+            raise HistoryUnavailable(
+                "the history cannot be queried from this process: embedded ClickHouse belongs "
+                "to the process that writes it (`cdp run`), or set CDP_CLICKHOUSE__URL "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    async def _query(self, q: Query) -> list[tuple[Any, ...]]:
+        client = await self._client()
+        result = await asyncio.to_thread(client.query, q.sql, parameters=q.params)
+        return list(result.result_rows)
+
+    @staticmethod
+    def _row(fields: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
+        out = {}
+        for name, value in zip(fields, values, strict=True):
+            if name.startswith("traits."):
+                value = orjson.loads(value) if value else None
+            out[name] = _plain(value)
+        return out
+
+    async def _profile_rows(self, ids: list[str], fields: list[str]) -> list[dict[str, Any]]:
+        rows = []
+        for profile in await self._profiles.get_many(ids):
+            if profile is not None:
+                rows.append({f: profile_field(profile, f) for f in fields})
+        return rows
+
+    async def _live_chunks(
+        self, ids: list[str], fields: list[str], fmt: Format
+    ) -> AsyncIterator[bytes]:
+        writer = _Writer(fields, fmt)
+        for start in range(0, len(ids), PAGE):
+            part = ids[start : start + PAGE]
+            if fields == ["profile_id"]:
+                rows = [{"profile_id": pid} for pid in part]
+            else:
+                rows = await self._profile_rows(part, fields)
+            yield writer.rows(rows)
+        yield writer.close()
+
+    def _table_chunks(
+        self, client: Any, table: str, fields: list[str], fmt: Format
+    ) -> Iterator[bytes]:
+        """Keyset pages of the export table (blocking: iterate in a thread)."""
+        writer = _Writer(fields, fmt)
+        last = ""
+        try:
+            while True:
+                result = client.query(
+                    f"SELECT * FROM {table} WHERE profile_id > {{last:String}} "  # noqa: S608 - generated name
+                    f"ORDER BY profile_id LIMIT {PAGE}",
+                    parameters={"last": last},
+                )
+                rows = [self._row(fields, r) for r in result.result_rows]
+                if not rows:
+                    break
+                last = rows[-1]["profile_id"]
+                yield writer.rows(rows)
+            yield writer.close()
+        finally:
+            client.command(f"DROP TABLE IF EXISTS {table}")
+
+
+def _params(q: Query) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in q.params.items()}
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream that hands out what was written so far (Parquet's row groups)
+    while keeping the position the writer's footer offsets count on."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data
+
+
+class _Writer:
+    """Rows -> bytes of one export format, page by page."""
+
+    def __init__(self, fields: list[str], fmt: Format) -> None:
+        self.fields = fields
+        self.fmt = fmt
+        self._started = False
+        self._buffer = _Sink()
+        self._parquet: pq.ParquetWriter | None = None
+
+    def rows(self, rows: list[dict[str, Any]]) -> bytes:
+        if self.fmt == Format.JSONL:
+            return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        if self.fmt == Format.CSV:
+            text = io.StringIO()
+            out = csv.writer(text, lineterminator="\n")
+            if not self._started:
+                out.writerow(self.fields)
+                self._started = True
+            for r in rows:
+                out.writerow([_cell(r[f]) for f in self.fields])
+            return text.getvalue().encode()
+        columns = {
+            f: [_cell(r[f]) if r[f] is not None else None for r in rows] for f in self.fields
+        }
+        table = pa.table({f: pa.array(v, type=pa.string()) for f, v in columns.items()})
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._buffer, table.schema)
+        self._parquet.write_table(table)
+        return self._drain()
+
+    def close(self) -> bytes:
+        if self.fmt == Format.CSV and not self._started:
+            self._started = True
+            return (",".join(self.fields) + "\n").encode()
+        if self.fmt != Format.PARQUET:
+            return b""
+        if self._parquet is None:
+            schema = pa.schema([(f, pa.string()) for f in self.fields])
+            self._parquet = pq.ParquetWriter(self._buffer, schema)
+        self._parquet.close()
+        return self._drain()
+
+    def _drain(self) -> bytes:
+        return self._buffer.take()
+
+
+def _cell(value: Any) -> Any:
+    """A CSV or Parquet cell: text; lists and objects as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
