@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, EventIn, ResolvedEvent
 from contracts.identity import LedgerEntry
+from contracts.segments import MembershipChange, SegmentDefinition
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -19,6 +20,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "deadletter.v1.json": DeadLetter,
     "resolved-event.v1.json": ResolvedEvent,
     "identity-ledger.v1.json": LedgerEntry,
+    "segment.v1.json": SegmentDefinition,
+    "segment-membership.v1.json": MembershipChange,
 }
 
 

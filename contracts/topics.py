@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
+from contracts.segments import MembershipChange
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,22 @@ PROFILES_CHANGES = Topic(
     description="Traits changed, tags added/removed, merges, per profile.",
 )
 
+SEGMENTS_MEMBERSHIP = Topic(
+    "cdp.segments.membership",
+    key="profile id",
+    value_model=MembershipChange,
+    description="A profile entered or left a saved segment: live as tags change, or when a "
+    "scheduled refresh recomputes the segment. For activation tools.",
+)
+
 REGISTRY: dict[str, Topic] = {
     t.name: t
-    for t in (EVENTS_RAW, EVENTS_DEADLETTER, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES)
+    for t in (
+        EVENTS_RAW,
+        EVENTS_DEADLETTER,
+        EVENTS_RESOLVED,
+        IDENTITY_MERGES,
+        PROFILES_CHANGES,
+        SEGMENTS_MEMBERSHIP,
+    )
 }

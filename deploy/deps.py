@@ -28,6 +28,10 @@ class Deps:
     history: Any = None
     #: Tags (evaluated by the profiles processor); None in processes without that role.
     tags: TagStore | None = None
+    #: Live segment membership (segments/agents.py); None without the profiles role or tags.
+    membership: Any = None
+    #: The scheduled segment refresh; None in processes without the history role.
+    refresher: Any = None
     #: Run when the worker stops, before its Redis client and publisher close (in order).
     on_stop: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 

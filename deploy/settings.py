@@ -131,6 +131,18 @@ class TagSettings(BaseModel):
     backfill_on_start: bool = True
 
 
+class SegmentSettings(BaseModel):
+    """Saved segments: scheduled refresh and live membership events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: How often the history worker recomputes saved (non-live) segments and publishes who
+    #: entered and left; 0 turns the refresh off.
+    refresh_interval_s: float = 300.0
+    #: How often the profiles worker re-reads the saved live segments it emits changes for.
+    live_reload_s: float = 10.0
+
+
 class LocalSettings(BaseModel):
     """The local real stack started by ``cdp up`` (and by the test fixtures)."""
 
@@ -161,6 +173,7 @@ class Settings(BaseSettings):
     identity: IdentityRules = IdentityRules()
     profiles: FoldRules = FoldRules()
     tags: TagSettings = TagSettings()
+    segments: SegmentSettings = SegmentSettings()
     log_level: str = "info"
     log_json: bool = False
 

@@ -12,6 +12,7 @@ import mode
 import redis.asyncio as aioredis
 import uvicorn
 
+from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
 from deploy.settings import Settings
@@ -20,6 +21,8 @@ from identity.store import IdentityStore
 from ingest.publisher import Publisher
 from profiles import agents as profile_agents
 from profiles.store import ProfileStore
+from segments.agents import LiveMembership, register_refresh
+from segments.store import SegmentStore
 from sinks import agents as sink_agents
 from sinks.clickhouse import connect as connect_clickhouse
 from sinks.history import HistoryWriter, migrate
@@ -113,8 +116,18 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
         datadir=str(settings.local.state_dir / "faust"),
     )
     deps = build_deps(settings, roles)
+    catalog = deps.tags.catalog if deps.tags else load_catalog(settings.tags.catalog)
+    if "profiles" in roles and deps.tags is not None:
+        deps.membership = LiveMembership(
+            SegmentStore(deps.redis, settings.worker.namespace),
+            catalog,
+            deps.topic(SEGMENTS_MEMBERSHIP.name),
+            settings.segments.live_reload_s,
+        )
     for role in sorted(roles):
         ROLES[role](app, deps)
+    if "history" in roles:
+        deps.refresher = register_refresh(app, deps, catalog)
 
     @app.service
     class Outputs(mode.Service):

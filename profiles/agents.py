@@ -87,6 +87,15 @@ def register(app: Any, deps: Any) -> None:
     def records(changes: list[ProfileChange]) -> list[Record]:
         return change_records(changes_topic, changes)
 
+    async def membership(tagged: list[TagChange], at: datetime) -> list[Record]:
+        """Enters and exits of saved live segments that these tag changes caused."""
+        if deps.membership is None or not tagged:
+            return []
+        found: list[Record] = await until_done(
+            "segments.live", partial(deps.membership.records, tagged, at)
+        )
+        return found
+
     @app.agent(source, name="profiles")
     async def profiles(stream: Any) -> None:
         async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
@@ -94,12 +103,14 @@ def register(app: Any, deps: Any) -> None:
             now = datetime.now(UTC)
             applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now))
             changes = [a.change for a in applied if a.change is not None]
+            members: list[Record] = []
             if deps.tags is not None and changes:
                 tagged = await until_done(
                     "tags.evaluate", partial(deps.tags.after_fold, changed_names(applied), now)
                 )
                 changes = with_tags(changes, tagged, now)
-            out = dead_letters(bad, "profiles", dead_topic) + records(changes)
+                members = await membership(tagged, now)
+            out = dead_letters(bad, "profiles", dead_topic) + records(changes) + members
             await until_done("profiles.publish", partial(deps.publisher.publish, out))
 
     if deps.tags is None:
@@ -109,7 +120,7 @@ def register(app: Any, deps: Any) -> None:
 
     async def publish_tag_changes(found: list[TagChange], cause: str) -> None:
         at = datetime.now(UTC)
-        out = records([tag_only(t, cause, at) for t in found])
+        out = records([tag_only(t, cause, at) for t in found]) + await membership(found, at)
         await until_done("tags.publish", partial(deps.publisher.publish, out))
 
     @app.timer(settings.due_interval_s)

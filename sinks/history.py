@@ -241,6 +241,10 @@ class HistoryWriter:
         result = self._client.query(sql)
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
+    def rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a compiled read query with bound parameters (segments); plain rows."""
+        return list(self._client.query(sql, parameters=params).result_rows)
+
     def count(self, table: str, final: bool = True) -> int:
         """Count rows of a table (FINAL: after deduplication)."""
         suffix = " FINAL" if final else ""
