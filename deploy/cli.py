@@ -31,6 +31,7 @@ from identity.normalize import normalize
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from profiles.store import ProfileStore
+from segments.cli import segments as segments_group
 from tagging.catalog import load as load_catalog
 from tagging.cli import run_guarded
 from tagging.cli import tags as tags_group
@@ -259,7 +260,8 @@ def tokens() -> None:
     "scopes",
     multiple=True,
     required=True,
-    help="profiles:read, identity:read (repeat for several).",
+    help="profiles:read, identity:read, segments:read, segments:write, segments:admin "
+    "(repeat for several).",
 )
 def tokens_new(name: str, scopes: tuple[str, ...]) -> None:
     """Mint a token; print it once and the entry (hash only) for CDP_API__TOKENS."""
@@ -395,6 +397,7 @@ def contracts_export(check: bool) -> None:
 
 
 cli.add_command(tags_group)
+cli.add_command(segments_group)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -474,3 +475,50 @@ def test_explain_shows_bound_sql(world: World) -> None:
     assert r["source"] == "history"
     assert "Shanghai" not in r["sql"]
     assert "Shanghai' --" in r["params"].values()
+
+
+def test_cli_through_the_api(world: World, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deploy.cli import cli
+
+    sid = f"cli-{uuid.uuid4().hex[:6]}"
+    definition = tmp_path / "seg.yaml"
+    definition.write_text(
+        f"id: {sid}\n"
+        "name: Two orders this year\n"
+        "definition:\n"
+        "  event: order_completed\n"
+        "  op: gte\n"
+        "  value: 2\n"
+        "  within: {last: 365d}\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    env = {"CDP_TOKEN": "tk_segments_rw"}
+
+    def cdp(*args: str) -> str:
+        result = runner.invoke(cli, [*args, "--api", world.base], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    expected = post(world, "/v1/segments/count", yaml_body(definition)).json()["count"]
+    assert cdp("segments", "count", str(definition)).split()[0] == str(expected)
+    rows = cdp("segments", "preview", str(definition), "--limit", "3", "--field", "order_count")
+    assert [json.loads(line)["order_count"] >= 2 for line in rows.splitlines()] == [True] * 3
+    out = tmp_path / "members.csv"
+    cdp("segments", "export", str(definition), "--out", str(out), "--field", "traits.city")
+    assert len(out.read_text().splitlines()) == expected + 1
+    assert "saved" in cdp("segments", "save", str(definition))
+    assert sid in cdp("segments", "list")
+    assert cdp("segments", "count", sid).split()[0] == str(expected)
+    assert json.loads(cdp("segments", "get", sid))["version"] == 1
+    assert "deleted" in cdp("segments", "delete", sid)
+    failed = runner.invoke(cli, ["segments", "count", sid, "--api", world.base], env=env)
+    assert failed.exit_code == 1 and "HTTP 404" in failed.output
+
+
+def yaml_body(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")))
