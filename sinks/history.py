@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from contracts.events import ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
 from contracts.profiles import Profile, ProfileChange
@@ -86,7 +88,12 @@ PROFILE_COLUMNS: dict[str, tuple[str, str, str]] = {
     "last_seen": ("Nullable(DateTime64(3, 'UTC'))", _time_of("last_seen"), "time"),
     "first_purchase_at": ("Nullable(DateTime64(3, 'UTC'))", _time_of("first_purchase_at"), "time"),
     "last_purchase_at": ("Nullable(DateTime64(3, 'UTC'))", _time_of("last_purchase_at"), "time"),
+    #: Set on a merged-away profile's tombstone (see ``ledger_batch``): not a member of anything.
+    "merged_into": ("String", "JSONExtractString(snapshot, 'merged_into')", "internal"),
 }
+
+#: A tombstone outranks every snapshot of its profile: a merged-away id never comes back.
+TOMBSTONE_VERSION = 2**64 - 1
 
 
 def schema(db: str) -> list[str]:
@@ -128,6 +135,14 @@ def schema(db: str) -> list[str]:
             f"MATERIALIZED {expression}"
             for name, (ch_type, expression, _) in PROFILE_COLUMNS.items()
         ),
+        # Tombstones for merges stored before tombstones existed (idempotent).
+        f"""INSERT INTO {db}.profile_snapshots (profile_id, snapshot, version, at)
+        SELECT profile_id, concat('{{"profile_id":', toJSONString(profile_id),
+                                  ',"merged_into":', toJSONString(survivor), '}}'),
+               {TOMBSTONE_VERSION}, merged_at
+        FROM {db}.profile_aliases FINAL
+        WHERE profile_id NOT IN (
+            SELECT profile_id FROM {db}.profile_snapshots WHERE version = {TOMBSTONE_VERSION})""",  # noqa: S608 - db validated in settings
     ]
 
 
@@ -272,7 +287,7 @@ def event_batches(
 
 
 def ledger_batch(entries: list[LedgerEntry], token: str) -> list[Batch]:
-    """Rows for the ledger and, for merges, the alias table."""
+    """Rows for the ledger and, for merges, the alias table and the merged profile's tombstone."""
     ledger = [
         [
             e.decision.value,
@@ -290,6 +305,16 @@ def ledger_batch(entries: list[LedgerEntry], token: str) -> list[Batch]:
         for e in entries
         if e.decision == Decision.MERGED and e.other_profile_id
     ]
+    tombstones = [
+        [
+            e.other_profile_id,
+            orjson.dumps({"profile_id": e.other_profile_id, "merged_into": e.profile_id}).decode(),
+            TOMBSTONE_VERSION,
+            e.at,
+        ]
+        for e in entries
+        if e.decision == Decision.MERGED and e.other_profile_id
+    ]
     return [
         Batch(
             "identity_ledger",
@@ -300,6 +325,9 @@ def ledger_batch(entries: list[LedgerEntry], token: str) -> list[Batch]:
         Batch(
             "profile_aliases", ["profile_id", "survivor", "event_id", "merged_at"], aliases, token
         ),
+        # The merged-away profile's last snapshot must stop counting as a person: a tombstone
+        # replaces it, so segment queries exclude it with a column filter.
+        Batch("profile_snapshots", ["profile_id", "snapshot", "version", "at"], tombstones, token),
     ]
 
 

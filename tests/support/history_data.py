@@ -16,7 +16,7 @@ from contracts.profiles import ChannelActivity, Profile
 from sinks.history import HistoryWriter, event_batches, ledger_batch, snapshot_batch
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-CITIES = ["Shanghai", "Beijing", "Shenzhen", "Hangzhou"]
+CITIES = ["上海", "Beijing", "Shenzhen", "Hangzhou", 'Xi\'an "West"']
 TAGS = ["vip_customer", "core_customer", "churn_risk", "new_customer"]
 CATEGORIES = ["shoes", "bags", "beauty", "kids"]
 

@@ -474,7 +474,7 @@ def test_explain_shows_bound_sql(world: World) -> None:
     r = post(world, "/v1/segments/explain", seg).json()
     assert r["source"] == "history"
     assert "Shanghai" not in r["sql"]
-    assert "Shanghai' --" in r["params"].values()
+    assert any("Shanghai' --" in str(v) for v in r["params"].values())
 
 
 def test_cli_through_the_api(world: World, tmp_path: Path) -> None:

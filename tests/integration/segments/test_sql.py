@@ -65,7 +65,7 @@ def vip_recent_complaint(p: pd.DataFrame, e: pd.DataFrame) -> set[str]:
 
 
 def shanghai_detractors_sms(p: pd.DataFrame, e: pd.DataFrame) -> set[str]:
-    hit = p[(p.nps_class == "detractor") & (p.city == "Shanghai") & (p.sms == True)]  # noqa: E712
+    hit = p[(p.nps_class == "detractor") & (p.city == "上海") & (p.sms == True)]  # noqa: E712
     return set(hit.profile_id)
 
 
@@ -97,6 +97,12 @@ def no_visit_but_visitor_big_basket(p: pd.DataFrame, e: pd.DataFrame) -> set[str
     big = {pid for pid, a in avg.items() if a >= 1200}
     visitors = set(p[p.store_visits >= 1].profile_id)
     return (visitors - visited) & big
+
+
+def quoted_city_regulars(p: pd.DataFrame, e: pd.DataFrame) -> set[str]:
+    cities = set(p[p.city.isin(['Xi\'an "West"', "Beijing"])].profile_id)
+    visits = window(e[e.type == "store_visited"], 180).groupby("survivor").size()
+    return cities & {pid for pid, n in visits.items() if n >= 2}
 
 
 CASES: list[tuple[dict[str, Any], Callable[[pd.DataFrame, pd.DataFrame], set[str]]]] = [
@@ -139,7 +145,7 @@ CASES: list[tuple[dict[str, Any], Callable[[pd.DataFrame, pd.DataFrame], set[str
             "definition": {
                 "all": [
                     {"attribute": "nps_class", "op": "eq", "value": "detractor"},
-                    {"trait": "city", "op": "eq", "value": "Shanghai"},
+                    {"trait": "city", "op": "eq", "value": "上海"},
                 ]
             },
         },
@@ -213,6 +219,17 @@ CASES: list[tuple[dict[str, Any], Callable[[pd.DataFrame, pd.DataFrame], set[str
         },
         no_visit_but_visitor_big_basket,
     ),
+    (
+        {
+            "definition": {
+                "all": [
+                    {"trait": "city", "op": "in", "value": ['Xi\'an "West"', "Beijing"]},
+                    {"event": "store_visited", "op": "gte", "value": 2, "within": {"last": "180d"}},
+                ]
+            }
+        },
+        quoted_city_regulars,
+    ),
 ]
 
 
@@ -229,3 +246,15 @@ def test_segment_agrees_with_pandas(
     assert len(want) > 5, "the generated history should give this segment members"
     assert got == want
     assert count(client, definition) == len(want)
+
+
+def test_merged_ids_have_tombstones_and_migrating_again_adds_none(
+    history: tuple[Any, History],
+) -> None:
+    client, data = history
+    tombstones = f"SELECT count() FROM {DB}.profile_snapshots FINAL WHERE merged_into != ''"
+    assert client.query(tombstones).result_rows[0][0] == len(data.aliases) > 100
+    migrate(client, DB)
+    assert client.query(tombstones).result_rows[0][0] == len(data.aliases)
+    raw = f"SELECT count() FROM {DB}.profile_snapshots WHERE merged_into != ''"
+    assert client.query(raw).result_rows[0][0] == len(data.aliases)  # no second copy
