@@ -5,8 +5,9 @@
    ``--events`` events over the last 400 days, and ~10% of profiles merged into another
    (so every event condition follows aliases; chains included). Generation is SQL over
    ``numbers()``. The snapshots are then merged into one part, and five small parts of newer
-   versions (0.2% of profiles each) are added: the state a live system is in between
-   background merges, which FINAL has to reconcile.
+   versions (0.2% of profiles each) are added, the older versions deleted as the history
+   writer does: the state a live system is in between background merges. Timing starts
+   once the load's background merges and mutations are done (a steady state).
 2. Times counts of segments compiled by the real compiler (segments/sql.py), each run
    ``--runs`` times after one warm-up: median and p95. The headline is a 3-condition segment
    (tag + trait + event window).
@@ -39,7 +40,7 @@ from deploy.settings import Settings
 from segments.live import LiveIndex, program
 from segments.sql import Compiler
 from sinks.clickhouse import connect
-from sinks.history import migrate
+from sinks.history import dedupe_snapshots, migrate
 from tagging.catalog import load
 
 DB = "bench"
@@ -145,15 +146,32 @@ def generate(client: Any, profiles: int, events: int) -> None:
 
 
 def recent_snapshots(client: Any, profiles: int, parts: int = 5) -> None:
-    """Newer versions of 0.2% of profiles in each of ``parts`` small parts: the state between
-    background merges while the history worker writes a snapshot batch every 2 s."""
+    """Newer versions of 0.2% of profiles in each of ``parts`` small parts, the older versions
+    deleted as the history writer does: the state between background merges while the
+    history worker writes a snapshot batch every 2 s."""
     for n in range(parts):
         client.command(
             f"""INSERT INTO {DB}.profile_snapshots (profile_id, snapshot, version, at)
             SELECT profile_id, snapshot, version + 1 + {n}, now64(3)
-            FROM {DB}.profile_snapshots FINAL
+            FROM {DB}.profile_snapshots
             WHERE merged_into = '' AND cityHash64(profile_id, {n}) % 500 = 0"""
         )
+        dedupe_snapshots(client, DB)
+
+
+def settle(client: Any, timeout_s: float = 300) -> float:
+    """Wait until the bulk load's background merges and mutations are done: the queries are
+    timed in a steady state, not against the load's aftermath. Returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        busy = client.query(
+            "SELECT (SELECT count() FROM system.merges), "
+            "(SELECT count() FROM system.mutations WHERE NOT is_done)"
+        ).result_rows[0]
+        if busy == (0, 0):
+            break
+        time.sleep(1)
+    return time.monotonic() - start
 
 
 def timed(fn: Any, runs: int) -> tuple[Any, list[float]]:
@@ -255,14 +273,15 @@ def main() -> None:
         client.command(f"OPTIMIZE TABLE {DB}.profile_snapshots FINAL")  # background merges
         recent_snapshots(client, args.profiles)
         took = time.perf_counter() - start
+        waited = settle(client)
         rows = client.query(
             f"SELECT (SELECT count() FROM {DB}.events),"
-            f" (SELECT count() FROM {DB}.profile_snapshots FINAL WHERE merged_into = ''),"
+            f" (SELECT count() FROM {DB}.profile_snapshots WHERE merged_into = ''),"
             f" (SELECT count() FROM {DB}.profile_aliases)"
         ).result_rows[0]
         print(
             f"history: {rows[0]:,} events, {rows[1]:,} profiles, {rows[2]:,} merged ids "
-            f"({took:.0f}s to generate)"
+            f"({took:.0f}s to generate, {waited:.0f}s for background merges to finish)"
         )
         catalog = load()
         compiler = Compiler(DB, tags=list(catalog.by_id), purposes=["sms"])

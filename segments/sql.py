@@ -182,8 +182,9 @@ def _attribute(b: _Build, c: AttributeCondition, path: str) -> str:
 
 
 def _trait(b: _Build, c: TraitCondition, path: str) -> str:
-    raw = f"p.traits[{b.bind(c.trait, 'String')}]"
-    present = f"(mapContains(p.traits, {b.bind(c.trait, 'String')}) AND {raw} != 'null')"
+    key = b.bind(c.trait, "String")
+    raw = f"p.traits[{key}]"
+    present = f"(mapContains(p.traits, {key}) AND {raw} != 'null')"
     if c.op == Op.EXISTS:
         return present
     if c.op == Op.NOT_EXISTS:
@@ -218,8 +219,8 @@ def _trait(b: _Build, c: TraitCondition, path: str) -> str:
 def _window(b: _Build, w: Window | None) -> list[str]:
     if w is None:
         return []
-    now = b.bind(b.now, _DT)
     if w.last is not None:
+        now = b.bind(b.now, _DT)
         amount, unit = parse_duration(w.last)
         interval = f"toInterval{unit.title()}({b.bind(amount, 'UInt32')})"
         return [f"timestamp >= {now} - {interval}", f"timestamp <= {now}"]
@@ -256,11 +257,13 @@ def _where(b: _Build, w: Where, path: str) -> str:
 def _event(b: _Build, c: EventCondition, path: str) -> str:
     n = len(b.ctes) + 1
     column = "type" if c.event in _EVENT_TYPES else "name"
-    filters = [f"{column} = {b.bind(c.event, 'String')}", "profile_id != ''"]
+    # Events of no profile (junk identifiers only) have the empty id, whose numeric twin is
+    # its hash: comparing it spares reading the string ids.
+    filters = [f"{column} = {b.bind(c.event, 'String')}", "pid != cityHash64('')"]
     filters += _window(b, c.within)
     filters += [_where(b, w, f"{path}.where.{i}") for i, w in enumerate(c.where)]
     if b.candidates:
-        filters.append("profile_id IN (SELECT profile_id FROM ids)")
+        filters.append("pid IN (SELECT pid FROM ids)")
     numeric = c.measure in (Measure.SUM, Measure.AVG, Measure.MIN, Measure.MAX) or all(
         _is_number(v) for v in _values(c)
     )
@@ -291,18 +294,18 @@ def _event(b: _Build, c: EventCondition, path: str) -> str:
     name = f"e{n}"
     b.ctes.append(
         f"""{name} AS (
-    SELECT coalesce(s.survivor, x.profile_id) AS pid, {outer} AS m
+    SELECT coalesce(s.sid, x.pid) AS root, {outer} AS m
     FROM (
-        SELECT profile_id, {inner}
+        SELECT pid, {inner}
         FROM {b.db}.events
         WHERE {" AND ".join(filters)}
-        GROUP BY profile_id
+        GROUP BY pid
     ) AS x
-    LEFT JOIN survivors AS s ON s.profile_id = x.profile_id
-    GROUP BY pid
+    LEFT JOIN survivors AS s ON s.pid = x.pid
+    GROUP BY root
 )"""  # noqa: S608 - identifiers are allow-listed, values bound
     )
-    b.joins.append(f"LEFT JOIN {name} ON {name}.pid = p.profile_id")
+    b.joins.append(f"LEFT JOIN {name} ON {name}.root = p.pid")
     measured = f"{name}.m"
     if c.measure in (Measure.COUNT, Measure.SUM):
         measured = f"coalesce({measured}, 0)"
@@ -341,16 +344,17 @@ def _purpose(b: _Build, purpose: str, path: str) -> None:
         )
 
 
-#: Every merged id -> the profile it ended in (merges chain: a survivor may merge later).
+#: Every merged id -> the profile it ended in (merges chain: a survivor may merge later), by
+#: the numeric ids (``pid`` merged, ``sid`` survivor; sinks/history.py NUMERIC_IDS).
 _SURVIVORS = """survivors AS {materialized}(
     WITH RECURSIVE chain AS (
-        SELECT profile_id, survivor, 1 AS depth FROM {db}.profile_aliases
+        SELECT pid, sid, 1 AS depth FROM {db}.profile_aliases
         UNION ALL
-        SELECT c.profile_id, a.survivor, c.depth + 1
-        FROM chain AS c INNER JOIN {db}.profile_aliases AS a ON a.profile_id = c.survivor
+        SELECT c.pid, a.sid, c.depth + 1
+        FROM chain AS c INNER JOIN {db}.profile_aliases AS a ON a.pid = c.sid
         WHERE c.depth < 64
     )
-    SELECT profile_id, argMax(survivor, depth) AS survivor FROM chain GROUP BY profile_id
+    SELECT pid, argMax(sid, depth) AS sid FROM chain GROUP BY pid
 )"""
 
 
@@ -382,6 +386,7 @@ class Compiler:
         fields: list[str] | None = None,
         enforce_consent: bool = True,
         limit: int | None = None,
+        _counting: bool = False,
     ) -> Query:
         """SELECT the members' ``fields`` (default: profile_id), ordered by profile id.
 
@@ -400,7 +405,9 @@ class Compiler:
             base.append(f"p.consent[{b.bind(segment.purpose, 'String')}] = 1")
         b.candidates = bool(historic) and len(base) > 1
         rest = [_node(b, c, self._path(segment.definition, c)) for c in historic]
-        columns = [self._column(b, f) for f in (fields or ["profile_id"])]
+        columns = (
+            ["p.pid"] if _counting else [self._column(b, f) for f in (fields or ["profile_id"])]
+        )
         ctes: list[str] = []
         if historic:
             shared = b.candidates or len(b.ctes) > 1
@@ -410,23 +417,23 @@ class Compiler:
         if b.candidates:
             # The candidates carry the columns the result needs: the history is joined to
             # them alone, and the snapshots are scanned once.
-            needed = ["profile_id"] + [f for f in fields or [] if f in FIELDS and f != "profile_id"]
+            needed = ["pid"] if _counting else ["pid", "profile_id"]
+            needed += [f for f in fields or [] if f in FIELDS and f != "profile_id"]
             if any(f.startswith("traits.") for f in fields or []):
                 needed.append("traits")
             ctes.append(
                 f"cand AS MATERIALIZED (\n    SELECT {', '.join(f'p.{n} AS {n}' for n in needed)} "  # noqa: S608
-                f"FROM {self.db}.profile_snapshots AS p FINAL\n    WHERE "
+                f"FROM {self.db}.profile_snapshots AS p\n    WHERE "
                 + "\n      AND ".join(base)
                 + "\n)"
             )
             ctes.append(
-                "ids AS MATERIALIZED (\n    SELECT profile_id FROM cand\n    UNION ALL\n"
-                "    SELECT profile_id FROM survivors "
-                "WHERE survivor IN (SELECT profile_id FROM cand)\n)"
+                "ids AS MATERIALIZED (\n    SELECT pid FROM cand\n    UNION ALL\n"
+                "    SELECT pid FROM survivors WHERE sid IN (SELECT pid FROM cand)\n)"
             )
             source, where = "cand AS p", rest
         else:
-            source = f"{self.db}.profile_snapshots AS p FINAL"
+            source = f"{self.db}.profile_snapshots AS p"
             where = [*base, *rest]
         ctes += b.ctes
         sql = (
@@ -452,7 +459,7 @@ class Compiler:
         self, segment: SegmentDefinition, now: datetime, enforce_consent: bool = True
     ) -> Query:
         """SELECT count() of the members."""
-        inner = self.members(segment, now, enforce_consent=enforce_consent)
+        inner = self.members(segment, now, enforce_consent=enforce_consent, _counting=True)
         body, _, settings = inner.sql.rpartition("\nSETTINGS ")
         body = body.replace("\nORDER BY p.profile_id", "")
         sql = f"SELECT count() FROM (\n{body}\n)\nSETTINGS {settings}"  # noqa: S608 - compiled

@@ -258,3 +258,104 @@ def test_merged_ids_have_tombstones_and_migrating_again_adds_none(
     assert client.query(tombstones).result_rows[0][0] == len(data.aliases)
     raw = f"SELECT count() FROM {DB}.profile_snapshots WHERE merged_into != ''"
     assert client.query(raw).result_rows[0][0] == len(data.aliases)  # no second copy
+
+
+def test_window_edges_and_missing_values(services: Services) -> None:
+    """``last`` includes both ends; ``from`` is inclusive and ``to`` exclusive; aggregates of
+    no events are 0 (count, sum) or missing (last), and missing values satisfy no comparison."""
+    from datetime import timedelta
+
+    from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
+    from sinks.history import event_batches, snapshot_batch
+    from tests.support.history_data import _profile
+
+    db = f"segedge{uuid.uuid4().hex[:8]}"
+    client = connect(None, services.chdb_path)
+    migrate(client, db)
+    writer = HistoryWriter(client, db)
+    import random
+
+    rng = random.Random(1)
+    profiles = [_profile(f"q{n}", rng) for n in range(4)]
+    writer.write(snapshot_batch(profiles, 1, NOW, "s"))
+    ms = timedelta(milliseconds=1)
+    at = {
+        "q0": NOW - timedelta(days=30),  # exactly on the edge of last: 30d
+        "q1": NOW - timedelta(days=30) - ms,  # just outside
+        "q2": NOW,  # now itself
+        # q3 has no events at all
+    }
+    events = [
+        ResolvedEvent(
+            event=Event(
+                event_id=f"edge-{pid}",
+                type=EventType.SURVEY_ANSWERED,
+                channel=Channel.SURVEY,
+                source="survey",
+                identifiers=[Identifier(type="member_id", value=pid)],
+                properties={"csat": 2},
+                original_timestamp=ts,
+                received_at=ts,
+                timestamp=ts,
+            ),
+            profile_id=pid,
+            raw_partition=0,
+            raw_offset=n,
+        )
+        for n, (pid, ts) in enumerate(at.items())
+    ]
+    for batch in event_batches("r", [(e, 0, n) for n, e in enumerate(events)], NOW):
+        writer.write(batch)
+    compiler = Compiler(db)
+
+    def ids(definition: dict[str, Any]) -> set[str]:
+        seg = SegmentDefinition.model_validate({"definition": definition})
+        q = compiler.members(seg, NOW)
+        return {r[0] for r in client.query(q.sql, parameters=q.params).result_rows}
+
+    answered = {"event": "survey_answered", "op": "gte", "value": 1}
+    assert ids({**answered, "within": {"last": "30d"}}) == {"q0", "q2"}
+    assert ids(
+        {**answered, "within": {"from": at["q0"].isoformat(), "to": at["q2"].isoformat()}}
+    ) == {"q0"}
+    assert ids({**answered, "within": {"from": at["q1"].isoformat()}}) == {"q0", "q1", "q2"}
+    assert ids({"event": "survey_answered", "op": "eq", "value": 0}) == {"q3"}
+    assert ids(
+        {"event": "survey_answered", "measure": "sum", "property": "csat", "op": "lt", "value": 1}
+    ) == {"q3"}
+    last_low = {
+        "event": "survey_answered",
+        "measure": "last",
+        "property": "csat",
+        "op": "lte",
+        "value": 2,
+    }
+    assert ids(last_low) == {"q0", "q1", "q2"}  # q3 has no last CSAT: no comparison holds
+    assert ids({"not": last_low}) == {"q3"}  # ...so its negation does
+
+
+def test_snapshots_keep_one_row_per_profile_whatever_the_order(services: Services) -> None:
+    """Segment queries read snapshots without FINAL: the writer keeps only the newest."""
+    import random
+
+    from sinks.history import snapshot_batch
+    from tests.support.history_data import _profile
+
+    db = f"segsnap{uuid.uuid4().hex[:8]}"
+    client = connect(None, services.chdb_path)
+    migrate(client, db)
+    writer = HistoryWriter(client, db)
+    rng = random.Random(2)
+    first = [_profile(f"r{n}", rng) for n in range(50)]
+    writer.write(snapshot_batch(first, 5, NOW, "v5"))
+    newer = [p.model_copy(update={"order_count": 99}) for p in first[:20]]
+    writer.write(snapshot_batch(newer, 6, NOW, "v6"))
+    older = [p.model_copy(update={"order_count": -1}) for p in first[20:30]]
+    writer.write(snapshot_batch(older, 4, NOW, "v4"))  # a replay of an older state
+    rows = client.query(
+        f"SELECT profile_id, version, order_count FROM {db}.profile_snapshots"
+    ).result_rows
+    assert len(rows) == 50 == len({r[0] for r in rows})
+    by_id = {r[0]: (r[1], r[2]) for r in rows}
+    assert all(by_id[p.profile_id] == (6, 99) for p in newer)
+    assert all(by_id[p.profile_id][0] == 5 and by_id[p.profile_id][1] >= 0 for p in first[20:])
