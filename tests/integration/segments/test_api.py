@@ -522,3 +522,21 @@ def yaml_body(path: Path) -> dict[str, Any]:
     import yaml
 
     return dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def test_an_api_without_the_history_answers_503_for_history_but_serves_live(
+    world: World, settings: Any
+) -> None:
+    """`cdp api` beside a worker that owns embedded ClickHouse: live segments only."""
+    live = {"definition": {"tag": "repeat_buyer"}}
+    history = {"definition": {"event": "page", "op": "gte", "value": 1}}
+    with running_api(
+        settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"namespace": world.ns})}
+        )
+    ) as base:
+        r = httpx.post(base + "/v1/segments/count", json=history, headers=auth(), timeout=30)
+        assert r.status_code == 503 and r.json()["code"] == "history_unavailable"
+        r = httpx.post(base + "/v1/segments/count", json=live, headers=auth(), timeout=30)
+        assert r.status_code == 200
+        assert r.json() == post(world, "/v1/segments/count", live).json()
