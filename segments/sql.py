@@ -312,6 +312,15 @@ def _event(b: _Build, c: EventCondition, path: str) -> str:
     return _compare(b, measured, c, "number" if numeric else "string", path)
 
 
+def _two_valued(condition: str, nullable: bool) -> str:
+    """A condition on a missing value is false (so its ``not`` is true): NULL becomes 0.
+
+    Only nullable conditions are wrapped: ``coalesce`` around a plain column test keeps
+    ClickHouse from moving it to PREWHERE (~25 ms of a 200 ms count at 1M profiles).
+    """
+    return f"coalesce({condition}, 0)" if nullable else condition
+
+
 def _node(b: _Build, node: Any, path: str) -> str:
     if isinstance(node, All):
         parts = [_node(b, child, f"{path}.all.{i}") for i, child in enumerate(node.all)]
@@ -329,11 +338,17 @@ def _node(b: _Build, node: Any, path: str) -> str:
         _purpose(b, node.consent, f"{path}.consent")
         return f"p.consent[{b.bind(node.consent, 'String')}] = 1"
     if isinstance(node, AttributeCondition):
-        return f"coalesce({_attribute(b, node, path)}, 0)"
+        nullable = (
+            PROFILE_COLUMNS[node.attribute][0].startswith("Nullable")
+            if (node.attribute in ATTRIBUTES)
+            else False
+        )
+        return _two_valued(_attribute(b, node, path), nullable)
     if isinstance(node, TraitCondition):
-        return f"coalesce({_trait(b, node, path)}, 0)"
+        numeric = all(_is_number(v) for v in _values(node)) and node.value is not None
+        return _two_valued(_trait(b, node, path), numeric or node.op in (Op.WITHIN, Op.BEFORE))
     if isinstance(node, EventCondition):
-        return f"coalesce({_event(b, node, path)}, 0)"
+        return _two_valued(_event(b, node, path), node.measure not in (Measure.COUNT, Measure.SUM))
     raise SegmentError(path, f"unknown node {type(node).__name__}")
 
 
