@@ -16,16 +16,16 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 import structlog
 
-from contracts.segments import MembershipChange, SavedSegment, TagCondition
+from contracts.segments import MembershipChange, SavedSegment
 from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.retry import until_done
 from ingest.publisher import Record
-from segments.live import Predicate, predicate
+from segments.live import Predicate, segment_predicate
 from segments.service import purposes
 from segments.sql import Compiler
 from segments.store import SegmentStore
@@ -38,9 +38,24 @@ log = structlog.get_logger()
 _CHUNK = 10_000
 
 
-def record(topic: str, change: MembershipChange) -> Record:
-    """``change`` as a membership record."""
-    return Record(topic, change.profile_id.encode(), change.model_dump_json().encode())
+def record(
+    topic: str,
+    seg: SavedSegment,
+    profile_id: str,
+    change: Literal["enter", "exit"],
+    cause: Literal["live", "refresh"],
+    at: datetime,
+) -> Record:
+    """A membership change of ``seg`` as a record (key = profile id)."""
+    body = MembershipChange(
+        segment_id=seg.id,
+        segment_version=seg.version,
+        profile_id=profile_id,
+        change=change,
+        cause=cause,
+        at=at,
+    )
+    return Record(topic, profile_id.encode(), body.model_dump_json().encode())
 
 
 class LiveMembership:
@@ -61,14 +76,7 @@ class LiveMembership:
                 if not seg.live:
                     continue
                 try:
-                    test = predicate(seg.definition, self._catalog)
-                    if seg.purpose is not None:  # members must allow the purpose
-                        test = _and(
-                            test,
-                            predicate(
-                                TagCondition(tag=f"consent_{seg.purpose}_allowed"), self._catalog
-                            ),
-                        )
+                    test = segment_predicate(seg, self._catalog)
                 except (KeyError, ValueError):
                     log.warning("segments.live.skipped", segment=seg.id, reason="unknown tag")
                     continue
@@ -86,24 +94,9 @@ class LiveMembership:
             for seg, test in segments:
                 was, now = test(change.before), test(change.after)
                 if was != now:
-                    out.append(
-                        record(
-                            self._topic,
-                            MembershipChange(
-                                segment_id=seg.id,
-                                segment_version=seg.version,
-                                profile_id=change.profile_id,
-                                change="enter" if now else "exit",
-                                cause="live",
-                                at=at,
-                            ),
-                        )
-                    )
+                    kind: Literal["enter", "exit"] = "enter" if now else "exit"
+                    out.append(record(self._topic, seg, change.profile_id, kind, "live", at))
         return out
-
-
-def _and(a: Predicate, b: Predicate) -> Predicate:
-    return lambda mask: a(mask) and b(mask)
 
 
 class Refresher:
@@ -152,21 +145,8 @@ class Refresher:
         entered = [_text(p) for p in await self._redis.sdiff([scratch, members])]
         exited = [_text(p) for p in await self._redis.sdiff([members, scratch])]
 
-        def change(pid: str, kind: str) -> Record:
-            return record(
-                self._topic,
-                MembershipChange(
-                    segment_id=seg.id,
-                    segment_version=seg.version,
-                    profile_id=pid,
-                    change=kind,  # type: ignore[arg-type]
-                    cause="refresh",
-                    at=now,
-                ),
-            )
-
-        out = [change(p, "enter") for p in sorted(entered)]
-        out += [change(p, "exit") for p in sorted(exited)]
+        out = [record(self._topic, seg, p, "enter", "refresh", now) for p in sorted(entered)]
+        out += [record(self._topic, seg, p, "exit", "refresh", now) for p in sorted(exited)]
         if out:
             await self._publish(out)
         pipe = self._redis.pipeline(transaction=True)

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from contracts.segments import All, AnyOf, Not, TagCondition
+from contracts.segments import All, AnyOf, Not, SegmentDefinition, TagCondition
 from segments.sql import SegmentError
-from tagging.catalog import Catalog
+from tagging.catalog import Catalog, Tag
 
 _SCRIPT = Path(__file__).parent / "live.lua"
 Predicate = Callable[[int], bool]
@@ -60,6 +60,41 @@ def predicate(node: Any, catalog: Catalog) -> Predicate:
         inner = predicate(node.not_, catalog)
         return lambda mask: not inner(mask)
     raise SegmentError("definition", "a live segment has only all/any/not and tag conditions")
+
+
+def purpose_tag(
+    seg: SegmentDefinition, catalog: Catalog, enforce_consent: bool = True
+) -> Tag | None:
+    """The catalog tag that enforces a live segment's purpose (``consent_<purpose>_allowed``)."""
+    if seg.purpose is None or not enforce_consent:
+        return None
+    tag = catalog.by_id.get(f"consent_{seg.purpose}_allowed")
+    if tag is None:
+        raise SegmentError(
+            "purpose",
+            f"unknown consent purpose {seg.purpose!r}: no tag consent_{seg.purpose}_allowed "
+            "to enforce it live",
+        )
+    return tag
+
+
+def segment_program(
+    seg: SegmentDefinition, catalog: Catalog, enforce_consent: bool = True
+) -> list[list[Any]]:
+    """The program of a live segment: its tree, ANDed with its purpose's consent tag."""
+    prog = program(seg.definition, catalog)
+    tag = purpose_tag(seg, catalog, enforce_consent)
+    return [*prog, ["tag", tag.bit], ["and", 2]] if tag else prog
+
+
+def segment_predicate(seg: SegmentDefinition, catalog: Catalog) -> Predicate:
+    """A live segment's membership (purpose enforced) as a function of a tag bitmap."""
+    test = predicate(seg.definition, catalog)
+    tag = purpose_tag(seg, catalog)
+    if tag is None:
+        return test
+    bit = tag.bit
+    return lambda mask: test(mask) and bool(mask >> bit & 1)
 
 
 def _ordinals(bitmap: bytes) -> list[int]:

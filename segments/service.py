@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from contracts.profiles import Profile
 from contracts.segments import SegmentDefinition, is_live
 from profiles.store import ProfileStore
-from segments.live import LiveIndex, program
-from segments.sql import FIELDS, Compiler, Query, SegmentError
+from segments.live import LiveIndex, segment_program
+from segments.sql import Compiler, Query, check_field
 from tagging.catalog import Catalog
 from tagging.store import TagStore
 
@@ -109,17 +109,7 @@ class Segments:
 
     def live_program(self, seg: SegmentDefinition, enforce_consent: bool) -> list[list[Any]]:
         """The tag-index program of a live segment, ANDed with its purpose's consent tag."""
-        prog = program(seg.definition, self.catalog)
-        if seg.purpose is not None and enforce_consent:
-            if seg.purpose not in self.purposes:
-                raise SegmentError("purpose", f"unknown consent purpose {seg.purpose!r}")
-            tag = self.catalog.by_id.get(f"consent_{seg.purpose}_allowed")
-            if tag is None:
-                raise SegmentError(
-                    "purpose", f"no tag consent_{seg.purpose}_allowed to enforce it live"
-                )
-            prog += [["tag", tag.bit], ["and", 2]]
-        return prog
+        return segment_program(seg, self.catalog, enforce_consent)
 
     def explain(self, seg: SegmentDefinition, enforce_consent: bool = True) -> dict[str, Any]:
         """What would run: the live program, or the SQL with its parameters."""
@@ -191,10 +181,7 @@ class Segments:
         if "profile_id" not in fields:
             fields = ["profile_id", *fields]
         for f in fields:
-            if f not in FIELDS and not (f.startswith("traits.") and len(f) > 7):
-                raise SegmentError(
-                    "fields", f"unknown field {f!r}; one of {', '.join(FIELDS)} or traits.<name>"
-                )
+            check_field(f)
         return fields
 
     async def _client(self) -> Any:

@@ -67,6 +67,17 @@ _TRAIT_FIELD = re.compile(r"^traits\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _CMP = {Op.EQ: "=", Op.NE: "!=", Op.GT: ">", Op.GTE: ">=", Op.LT: "<", Op.LTE: "<="}
 
 
+def check_field(name: str) -> str:
+    """``"attribute"`` or ``"trait"`` for a preview/export field; SegmentError otherwise."""
+    if name in FIELDS:
+        return "attribute"
+    if _TRAIT_FIELD.match(name):
+        return "trait"
+    raise SegmentError(
+        "fields", f"unknown field {name!r}; one of {', '.join(FIELDS)} or traits.<name>"
+    )
+
+
 class SegmentError(ValueError):
     """A definition that validates as a shape but cannot be compiled; names the node's path."""
 
@@ -482,10 +493,6 @@ class Compiler:
 
     @staticmethod
     def _column(b: _Build, name: str) -> str:
-        if name in FIELDS:
-            return f"p.{name} AS `{name}`"  # allow-listed
-        if _TRAIT_FIELD.match(name):  # the pattern keeps the quoted alias inert
+        if check_field(name) == "trait":  # the pattern keeps the quoted alias inert
             return f"p.traits[{b.bind(name.removeprefix('traits.'), 'String')}] AS `{name}`"
-        raise SegmentError(
-            "fields", f"unknown field {name!r}; one of {', '.join(FIELDS)} or traits.<name>"
-        )
+        return f"p.{name} AS `{name}`"  # allow-listed

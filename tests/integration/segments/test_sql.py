@@ -260,6 +260,14 @@ def test_merged_ids_have_tombstones_and_migrating_again_adds_none(
     assert client.query(raw).result_rows[0][0] == len(data.aliases)  # no second copy
 
 
+def fresh_history(services: Services, prefix: str) -> tuple[Any, str, HistoryWriter]:
+    """A new, migrated database in the session's embedded ClickHouse, and its writer."""
+    db = f"{prefix}{uuid.uuid4().hex[:8]}"
+    client = connect(None, services.chdb_path)
+    migrate(client, db)
+    return client, db, HistoryWriter(client, db)
+
+
 def test_window_edges_and_missing_values(services: Services) -> None:
     """``last`` includes both ends; ``from`` is inclusive and ``to`` exclusive; aggregates of
     no events are 0 (count, sum) or missing (last), and missing values satisfy no comparison."""
@@ -269,10 +277,7 @@ def test_window_edges_and_missing_values(services: Services) -> None:
     from sinks.history import event_batches, snapshot_batch
     from tests.support.history_data import _profile
 
-    db = f"segedge{uuid.uuid4().hex[:8]}"
-    client = connect(None, services.chdb_path)
-    migrate(client, db)
-    writer = HistoryWriter(client, db)
+    client, db, writer = fresh_history(services, "segedge")
     import random
 
     rng = random.Random(1)
@@ -341,10 +346,7 @@ def test_snapshots_keep_one_row_per_profile_whatever_the_order(services: Service
     from sinks.history import snapshot_batch
     from tests.support.history_data import _profile
 
-    db = f"segsnap{uuid.uuid4().hex[:8]}"
-    client = connect(None, services.chdb_path)
-    migrate(client, db)
-    writer = HistoryWriter(client, db)
+    client, db, writer = fresh_history(services, "segsnap")
     rng = random.Random(2)
     first = [_profile(f"r{n}", rng) for n in range(50)]
     writer.write(snapshot_batch(first, 5, NOW, "v5"))
