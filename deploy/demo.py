@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer
-
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
+from deploy.readback import read_to_end
 from deploy.settings import Settings
 from ingest.sources import Source
 
@@ -173,26 +172,10 @@ def run_feed(base_url: str) -> tuple[list[Posted], set[str]]:
     return results, sent
 
 
-def read_back(
-    settings: Settings, topic_name: str, wanted: Any, expected: int, timeout_s: float = 60.0
-) -> list[Any]:
-    """Read a topic from the beginning until ``expected`` messages pass ``wanted``."""
-    consumer = KafkaConsumer(
-        settings.kafka.topic(topic_name),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=2000,
-        value_deserializer=json.loads,
-    )
-    seen: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(seen) < expected and time.monotonic() < deadline:
-            seen.extend(m.value for m in consumer if wanted(m.value))
-    finally:
-        consumer.close()
-    return seen
+def read_back(settings: Settings, topic_name: str, wanted: Any) -> list[Any]:
+    """The messages of a topic, up to its current end, that pass ``wanted``."""
+    topic = settings.kafka.topic(topic_name)
+    return [v for v in read_to_end(settings.kafka.bootstrap_servers, topic) if wanted(v)]
 
 
 def report(settings: Settings, results: list[Posted], sent: set[str]) -> str:
@@ -206,10 +189,9 @@ def report(settings: Settings, results: list[Posted], sent: set[str]) -> str:
         f" rejected={r.answer.get('rejected')}"
         for r in results
     ]
-    raw = read_back(settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent, accepted)
-    dead = read_back(
-        settings, EVENTS_DEADLETTER.name, lambda d: d["request_id"] in requests, rejected
-    )
+    raw = read_back(settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent)
+    dead = read_back(settings, EVENTS_DEADLETTER.name, lambda d: d["request_id"] in requests)
+    lines.append(f"the API took {accepted} events and refused {rejected}")
     lines.append(f"arrived in {settings.kafka.topic(EVENTS_RAW.name)}: {len(raw)} events")
     for event in raw:
         ids = ", ".join(f"{i['type']}={i['value']}" for i in event["identifiers"])
@@ -292,7 +274,7 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
         client = aioredis.from_url(settings.redis.url.get_secret_value())
         store = ProfileStore(client, settings.profiles, settings.worker.namespace)
         raw = await asyncio.to_thread(
-            read_back, settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent, len(sent) - 1
+            read_back, settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent
         )
         keys = {Identifier.model_validate(i).key() for e in raw for i in e["identifiers"]}
         pids = set()
@@ -303,7 +285,7 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
             }
         profiles = [p for p in [await store.get(pid) for pid in sorted(pids)] if p]
         ledger = await asyncio.to_thread(
-            read_back, settings, "cdp.identity.merges", lambda e: e["event_id"] in sent, 10**9, 3
+            read_back, settings, "cdp.identity.merges", lambda e: e["event_id"] in sent
         )
         decisions: dict[str, int] = {}
         for entry in ledger:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer
 
 from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES
 from deploy.demo import demo_key, post
 from deploy.generator import Feed, linkable, pairwise
 from deploy.lag import consumer_lag, render_table, total_lag
+from deploy.readback import read_to_end
 from deploy.settings import Settings
 from tagging.catalog import load as load_catalog
 from tagging.store import sync_catalog
@@ -82,23 +82,8 @@ def wait_processed(settings: Settings, group: str, timeout_s: float = 600) -> No
 
 
 def _read(settings: Settings, topic: str, wanted: set[str]) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        settings.kafka.topic(topic),
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=3000,
-    )
-    found = []
-    try:
-        for message in consumer:
-            value = json.loads(message.value)
-            event_id = value.get("event_id") or value["event"]["event_id"]
-            if event_id in wanted:
-                found.append(value)
-    finally:
-        consumer.close()
-    return found
+    values = read_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic(topic))
+    return [v for v in values if (v.get("event_id") or v["event"]["event_id"]) in wanted]
 
 
 def _survivors(settings: Settings, pids: set[str]) -> dict[str, str]:

@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from contracts.topics import REGISTRY
 from deploy import topics
 from deploy.lag import consumer_lag
+from deploy.readback import read_to_end
 from deploy.settings import Settings
 from tests.support.services import Services
 
@@ -99,3 +101,21 @@ def test_openapi_lists_every_ingest_route(api: str) -> None:
         for p in ("batch", "events", "identify", "track", "page", "screen", "group", "alias")
     } <= set(paths)
     assert httpx.get(api + "/docs").status_code == 200
+
+
+def test_read_to_end_returns_exactly_what_was_there_and_fails_loudly(settings: Settings) -> None:
+    topic = settings.kafka.topic("cdp.events.raw")
+    assert read_to_end(settings.kafka.bootstrap_servers, topic) == []
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    for n in range(57):  # keyed round the 3 partitions, unevenly
+        producer.send(topic, key=str(n % 5).encode(), value=json.dumps({"n": n}).encode())
+    producer.flush()
+    got = read_to_end(settings.kafka.bootstrap_servers, topic)
+    assert sorted(v["n"] for v in got) == list(range(57))
+    producer.send(topic, value=b'{"n": 57}')
+    producer.flush()
+    producer.close()
+    again = read_to_end(settings.kafka.bootstrap_servers, topic)
+    assert sorted(v["n"] for v in again) == list(range(58))
+    with pytest.raises(TimeoutError, match="no partitions"):
+        read_to_end(settings.kafka.bootstrap_servers, topic + ".missing", timeout_s=1)

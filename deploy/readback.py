@@ -1,0 +1,53 @@
+"""Read a topic from its start to the end offsets of *now*: exact, not "until quiet for a while".
+
+Accepted events are durable in Kafka before the API answers 200, so the end offsets taken after
+the answers are a complete, fixed target. Reading until every partition reaches them cannot miss
+a slow fetch on a loaded machine the way an idle timeout can, and never waits for nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[Any]:
+    """Return every value (JSON-decoded) in ``topic`` up to the current end offsets.
+
+    Raises TimeoutError when the broker does not deliver them within ``timeout_s``, so a short
+    read is an error, never a silently smaller count.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        ids = consumer.partitions_for_topic(topic)
+        while not ids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ids = consumer.partitions_for_topic(topic)
+        if not ids:
+            raise TimeoutError(f"topic {topic} has no partitions in {timeout_s:.0f} s")
+        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+        consumer.assign(partitions)
+        ends = consumer.end_offsets(partitions)
+        consumer.seek_to_beginning(*partitions)
+        values: list[Any] = []
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"read {len(values)} messages of {topic} in {timeout_s:.0f} s; "
+                    f"{len(pending)} partitions short of their end offsets"
+                )
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                values.extend(json.loads(r.value) for r in records if r.offset < ends[tp])
+            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+        return values
+    finally:
+        consumer.close()
