@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from deploy import topics
 from deploy.lag import consumer_lag
 from deploy.readback import read_to_end
 from deploy.settings import Settings
-from tests.support.services import Services
+from tests.support.server import running_api
 
 
 def test_topics_create_is_idempotent_and_uses_the_registry(settings: Settings) -> None:
@@ -85,13 +86,34 @@ def _om(offset: int) -> object:
     return OffsetAndMetadata(offset, "", -1)
 
 
-def test_healthz_checks_all_three_services(api: str, services: Services) -> None:
-    answer = httpx.get(api + "/healthz")
+def test_healthz_checks_all_three_services(settings: Settings) -> None:
+    with running_api(settings, owns_history=True) as api:  # as in `cdp run`
+        answer = httpx.get(api + "/healthz")
     assert answer.status_code == 200
     assert answer.json() == {
         "ok": True,
         "checks": {"kafka": {"ok": True}, "redis": {"ok": True}, "clickhouse": {"ok": True}},
     }
+
+
+def test_healthz_of_a_split_api_leaves_the_workers_embedded_clickhouse_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # `cdp api` beside a history worker: the data directory is the worker's; opening it here
+    # would break one of the two. A directory no process has opened stays unopened.
+    chdb = tmp_path / "workers-chdb"
+    split = settings.model_copy(
+        update={"clickhouse": settings.clickhouse.model_copy(update={"path": chdb})}
+    )
+    with running_api(split) as api:
+        answer = httpx.get(api + "/healthz")
+    assert answer.status_code == 200
+    assert answer.json()["checks"]["clickhouse"] == {
+        "ok": True,
+        "used": False,
+        "note": "embedded ClickHouse belongs to the history worker",
+    }
+    assert not chdb.exists()
 
 
 def test_openapi_lists_every_ingest_route(api: str) -> None:
