@@ -109,7 +109,8 @@ def register(app: Any, deps: Any) -> None:
                     "tags.evaluate", partial(deps.tags.after_fold, changed_names(applied), now)
                 )
                 changes = with_tags(changes, tagged, now)
-                members = await membership(tagged, now)
+                departed = deps.tags.departed([x for a in applied for x in a.left])
+                members = await membership(tagged + departed, now)
             out = dead_letters(bad, "profiles", dead_topic) + records(changes) + members
             await until_done("profiles.publish", partial(deps.publisher.publish, out))
 

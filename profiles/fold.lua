@@ -16,7 +16,9 @@
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
 --   dirty           SET   profiles changed since their last history snapshot
 -- A merged-away profile also leaves the tag indexes (tagging/bits.lua untag).
--- Returns a JSON array with one {pid, applied, changed: [names]} per event.
+-- Returns a JSON array with one {pid, applied, changed: [names], left: [[gone, tags]]} per
+-- event; ``left`` has the tag bitmap of each merged-away profile that had tags (so live
+-- segments can publish its exits).
 
 local ns = ARGV[1]
 local batch = cjson.decode(ARGV[2])
@@ -35,7 +37,7 @@ local function resolve(pid)
   return cur
 end
 
-local changed, seen
+local changed, seen, left
 local function mark(name)
   if not seen[name] then seen[name] = true; table.insert(changed, name) end
 end
@@ -125,7 +127,8 @@ local function merge(gone, into)
       entry(into, name, id, tonumber(v))
     end
   end
-  untag(ns, gone)
+  local tags = untag(ns, gone)
+  if tags and tags ~= '' and tags ~= '0' then table.insert(left, {gone, tags}) end
   redis.call('DEL', k('pf', gone))
   mark('merged')
 end
@@ -139,7 +142,7 @@ local function apply(keyed, part, off, ops, merged)
   redis.call('HSET', k('wm', keyed), part, off)
 
   local pid = resolve(keyed)
-  changed, seen = {}, {}
+  changed, seen, left = {}, {}, {}
   if type(merged) == 'table' then
     for _, gone in ipairs(merged) do merge(gone, pid) end
   end
@@ -164,7 +167,8 @@ local function apply(keyed, part, off, ops, merged)
     redis.call('HINCRBY', k('pf', pid), '_v', 1)
     redis.call('SADD', dirty_key, pid)
   end
-  return cjson.encode({pid = pid, applied = 1, changed = changed})
+  if #left == 0 then return cjson.encode({pid = pid, applied = 1, changed = changed}) end
+  return cjson.encode({pid = pid, applied = 1, changed = changed, left = left})
 end
 
 local outs = {}

@@ -60,6 +60,8 @@ class Applied:
     profile_id: str
     applied: bool
     change: ProfileChange | None
+    #: Merged-away profiles that had tags, with their tag bitmap (hex) before leaving.
+    left: tuple[tuple[str, str], ...] = ()
 
 
 class ProfileStore:
@@ -103,7 +105,8 @@ class ProfileStore:
                 merged=r.merged,
                 at=at,
             )
-        return Applied(answer["pid"], bool(answer["applied"]), change)
+        left = tuple((str(g), str(t)) for g, t in answer.get("left", ()))
+        return Applied(answer["pid"], bool(answer["applied"]), change, left)
 
     async def take_changed(self) -> list[str]:
         """Return the profiles changed since the last call that finished with ``done_changed``.

@@ -18,6 +18,7 @@ local function hex_bits(hex)
 end
 
 -- Remove a profile from every tag index and the due index (it was merged away or erased).
+-- Returns the tag bitmap it had (hex; false when it had none).
 local function untag(ns, pid)
   local key = ns .. ':pf:' .. pid
   local cur = redis.call('HMGET', key, '_tg', '_ord')
@@ -29,5 +30,6 @@ local function untag(ns, pid)
     redis.call('SETBIT', ns .. ':tags:all', cur[2], 0)
   end
   redis.call('ZREM', ns .. ':tags:due', pid)
+  return cur[2] and cur[1]
 end
 

@@ -283,6 +283,17 @@ class TagStore:
             sets, clears = _bits(new & ~old), _bits(old & ~new)
         return [pid, stored.version, stored.tags, _hex(new), sets, clears, due]
 
+    def departed(self, left: list[tuple[str, str]]) -> list[TagChange]:
+        """Tag changes of merged-away profiles: every tag they had, removed (fold.lua untags
+        them in the merge). Live segments publish their exits from these."""
+        changes = []
+        for pid, hexed in left:
+            old = int(hexed, 16) & self.catalog.known
+            if old:
+                removed = sorted(self.catalog.by_bit[b].id for b in _bits(old))
+                changes.append(TagChange(pid, [], removed, old, 0))
+        return changes
+
     def _change(self, row: list[Any]) -> TagChange:
         """What an applied row changed in the profile's tags (of this catalog)."""
         old = int(row[2], 16) & self.catalog.known if row[2] else 0

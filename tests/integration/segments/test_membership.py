@@ -144,3 +144,34 @@ def test_live_membership_follows_tag_changes(services: Services) -> None:
         ]
     finally:
         t.close()
+
+
+def test_a_merged_away_member_exits_live_segments(services: Services) -> None:
+    t = Tagged(services.redis_url)
+    try:
+        store = SegmentStore(t.client, t.ns)
+        now = datetime(2026, 3, 2, 4, tzinfo=UTC)
+        seg = SegmentDefinition.model_validate(
+            {"definition": {"all": [{"tag": "single_channel"}, {"not": {"tag": "repeat_buyer"}}]}}
+        )
+        t.loop.run_until_complete(store.put(seg, "one-channel", create=True))
+        live = LiveMembership(store, t.tags.catalog, "membership", reload_s=0)
+
+        def changes(events: list[Event]) -> list[tuple[str, str]]:
+            tagged = t.run(events, now)
+            found = t.loop.run_until_complete(live.records(tagged + t.departed, now))
+            return sorted((r.key.decode(), json.loads(r.value)["change"]) for r in found)
+
+        email, member = ("email", "a@example.com"), ("member_id", "M-9")
+        older = changes([ev(1, "page", "web", [email], now)])
+        assert older == [("1", "enter")]  # one channel (web), no orders
+        newer = changes([ev(2, "order_completed", "pos", [member], now, order_id="A", total=5)])
+        assert newer == [("2", "enter")]
+        # The member turns out to be the web visitor: profile 2 is merged into the older 1.
+        # 2 is no profile any more, so it leaves; 1 now has two channels, so it leaves too.
+        merged = changes([ev(3, "identify", "pos", [member, email], now)])
+        assert merged == [("1", "exit"), ("2", "exit")]
+        assert t.stored("2")[0] == "1"  # read through the alias: the survivor
+        assert t.count("single_channel") == 0
+    finally:
+        t.close()

@@ -42,6 +42,7 @@ class Tagged:
         self.profiles = ProfileStore(self.client, FoldRules(), namespace=self.ns)
         self.tags = self.with_catalog(catalog or load())
         self.offset = 0
+        self.departed: list[TagChange] = []
 
     def with_catalog(self, catalog: Catalog, retire: bool = True) -> TagStore:
         store = TagStore(self.client, catalog, self.profiles, self.ns)
@@ -59,6 +60,8 @@ class Tagged:
             o.resolved for o in self.loop.run_until_complete(self.identity.resolve(items, now))
         ]
         applied = self.loop.run_until_complete(self.profiles.apply(resolved, now))
+        # Merged-away profiles' tags, removed by the fold, as the profiles processor adds them.
+        self.departed = self.tags.departed([x for a in applied for x in a.left])
         return self.loop.run_until_complete(self.tags.after_fold(changed_names(applied), now))
 
     def stored(self, pid: str) -> tuple[str, list[str]]:
