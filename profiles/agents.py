@@ -75,44 +75,83 @@ def tag_only(t: TagChange, cause: str, at: datetime) -> ProfileChange:
     )
 
 
+def replayed_tags(applied: list[Applied]) -> dict[str, str]:
+    """Per profile with a fold told again, its tags before the first such fold."""
+    before: dict[str, str] = {}
+    for a in applied:
+        if a.replayed and a.change is not None:
+            before.setdefault(a.profile_id, a.tags_before)
+    return before
+
+
+class ProfileStep:
+    """One micro-batch of the profile processor: fold, tag, publish, then settle.
+
+    A crash after the fold and before the publish leaves the fold's change held in Redis;
+    when the batch is redelivered the fold answers it again (``Applied.replayed``), and its
+    tag change is recomputed from the tags held with it, so no change record is lost (it may
+    be published twice: at least once, like every topic here).
+    """
+
+    def __init__(self, deps: Any) -> None:
+        self.deps = deps
+        self.changes_topic = deps.topic(PROFILES_CHANGES.name)
+        self.dead_topic = deps.topic(EVENTS_DEADLETTER.name)
+
+    async def membership(self, tagged: list[TagChange], at: datetime) -> list[Record]:
+        """Enters and exits of saved live segments that these tag changes caused."""
+        if self.deps.membership is None or not tagged:
+            return []
+        found: list[Record] = await until_done(
+            "segments.live", partial(self.deps.membership.records, tagged, at)
+        )
+        return found
+
+    async def records(
+        self, batch: list[ResolvedEvent], bad: list[Any], now: datetime
+    ) -> list[Record]:
+        """Fold and tag ``batch``; return everything to publish for it."""
+        deps = self.deps
+        applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now))
+        changes = [a.change for a in applied if a.change is not None]
+        members: list[Record] = []
+        if deps.tags is not None and changes:
+            tagged = await until_done(
+                "tags.evaluate", partial(deps.tags.after_fold, changed_names(applied), now)
+            )
+            before = replayed_tags(applied)
+            if before:
+                told = await until_done("tags.replayed", partial(deps.tags.since, before))
+                tagged = [t for t in tagged if t.profile_id not in before] + told
+            changes = with_tags(changes, tagged, now)
+            departed = deps.tags.departed([x for a in applied for x in a.left])
+            members = await self.membership(tagged + departed, now)
+        dead = dead_letters(bad, "profiles", self.dead_topic)
+        return dead + change_records(self.changes_topic, changes) + members
+
+    async def run(self, events: list[Any]) -> None:
+        """Process one batch of faust events, publish (acked), then release its held changes."""
+        batch, bad = decode(events)
+        out = await self.records(batch, bad, datetime.now(UTC))
+        await until_done("profiles.publish", partial(self.deps.publisher.publish, out))
+        await until_done("profiles.settle", partial(self.deps.profiles.settle, batch))
+
+
 def register(app: Any, deps: Any) -> None:
     """Add the profile agent, and the timed-tag and backfill tasks, to ``app``."""
     source = app.topic(
         deps.topic(EVENTS_RESOLVED.name), key_serializer="raw", value_serializer="raw"
     )
-    changes_topic = deps.topic(PROFILES_CHANGES.name)
-    dead_topic = deps.topic(EVENTS_DEADLETTER.name)
     conf = deps.settings.worker
+    step = ProfileStep(deps)
 
     def records(changes: list[ProfileChange]) -> list[Record]:
-        return change_records(changes_topic, changes)
-
-    async def membership(tagged: list[TagChange], at: datetime) -> list[Record]:
-        """Enters and exits of saved live segments that these tag changes caused."""
-        if deps.membership is None or not tagged:
-            return []
-        found: list[Record] = await until_done(
-            "segments.live", partial(deps.membership.records, tagged, at)
-        )
-        return found
+        return change_records(step.changes_topic, changes)
 
     @app.agent(source, name="profiles")
     async def profiles(stream: Any) -> None:
         async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            batch, bad = decode(list(events))
-            now = datetime.now(UTC)
-            applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now))
-            changes = [a.change for a in applied if a.change is not None]
-            members: list[Record] = []
-            if deps.tags is not None and changes:
-                tagged = await until_done(
-                    "tags.evaluate", partial(deps.tags.after_fold, changed_names(applied), now)
-                )
-                changes = with_tags(changes, tagged, now)
-                departed = deps.tags.departed([x for a in applied for x in a.left])
-                members = await membership(tagged + departed, now)
-            out = dead_letters(bad, "profiles", dead_topic) + records(changes) + members
-            await until_done("profiles.publish", partial(deps.publisher.publish, out))
+            await step.run(list(events))
 
     if deps.tags is None:
         return
@@ -121,7 +160,7 @@ def register(app: Any, deps: Any) -> None:
 
     async def publish_tag_changes(found: list[TagChange], cause: str) -> None:
         at = datetime.now(UTC)
-        out = records([tag_only(t, cause, at) for t in found]) + await membership(found, at)
+        out = records([tag_only(t, cause, at) for t in found]) + await step.membership(found, at)
         await until_done("tags.publish", partial(deps.publisher.publish, out))
 
     @app.timer(settings.due_interval_s)

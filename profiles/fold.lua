@@ -15,10 +15,15 @@
 -- Other keys under the namespace:
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
 --   dirty           SET   profiles changed since their last history snapshot
+--   fold:held:<raw partition>  HASH  raw offset -> what folding it changed, kept until the
+--                   processor has published its change record (ProfileStore.settle): an
+--                   event redelivered after a crash between fold and publish is not folded
+--                   again (watermark), but its change is answered again, marked replay.
 -- A merged-away profile also leaves the tag indexes (tagging/bits.lua untag).
 -- Returns a JSON array with one {pid, applied, changed: [names], left: [[gone, tags]]} per
 -- event; ``left`` has the tag bitmap of each merged-away profile that had tags (so live
--- segments can publish its exits).
+-- segments can publish its exits). A held change answered again adds replay = 1 and
+-- tg, the profile's tags (hex) before the fold, so the tag change can be told again too.
 
 local ns = ARGV[1]
 local batch = cjson.decode(ARGV[2])
@@ -137,11 +142,16 @@ end
 local function apply(keyed, part, off, ops, merged)
   local wm = tonumber(redis.call('HGET', k('wm', keyed), part) or '-1')
   if off <= wm then
-    return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}})
+    local held = redis.call('HGET', k('fold', 'held', part), off)
+    if not held then return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}}) end
+    local h = cjson.decode(held)
+    return cjson.encode({pid = resolve(keyed), applied = 0, replay = 1, changed = h.c,
+                         left = h.l, tg = h.t})
   end
   redis.call('HSET', k('wm', keyed), part, off)
 
   local pid = resolve(keyed)
+  local tags_before = redis.call('HGET', k('pf', pid), '_tg') or ''
   changed, seen, left = {}, {}, {}
   if type(merged) == 'table' then
     for _, gone in ipairs(merged) do merge(gone, pid) end
@@ -166,6 +176,9 @@ local function apply(keyed, part, off, ops, merged)
   if #changed > 0 then
     redis.call('HINCRBY', k('pf', pid), '_v', 1)
     redis.call('SADD', dirty_key, pid)
+    local held = {c = changed, t = tags_before}
+    if #left > 0 then held.l = left end
+    redis.call('HSET', k('fold', 'held', part), off, cjson.encode(held))
   end
   if #left == 0 then return cjson.encode({pid = pid, applied = 1, changed = changed}) end
   return cjson.encode({pid = pid, applied = 1, changed = changed, left = left})

@@ -62,6 +62,10 @@ class Applied:
     change: ProfileChange | None
     #: Merged-away profiles that had tags, with their tag bitmap (hex) before leaving.
     left: tuple[tuple[str, str], ...] = ()
+    #: Folded before, but its change may not have been published (a crash in between):
+    #: ``change`` is told again, and ``tags_before`` is the profile's tags (hex) before it.
+    replayed: bool = False
+    tags_before: str = ""
 
 
 class ProfileStore:
@@ -97,7 +101,8 @@ class ProfileStore:
     def _applied(r: ResolvedEvent, answer: dict[str, Any], at: datetime) -> Applied:
         changed = answer["changed"] if isinstance(answer["changed"], list) else []
         change = None
-        if answer["applied"] and (changed or r.merged):
+        replayed = bool(answer.get("replay"))
+        if (answer["applied"] or replayed) and (changed or r.merged):
             change = ProfileChange(
                 profile_id=answer["pid"],
                 event_id=r.event.event_id,
@@ -106,7 +111,21 @@ class ProfileStore:
                 at=at,
             )
         left = tuple((str(g), str(t)) for g, t in answer.get("left", ()))
-        return Applied(answer["pid"], bool(answer["applied"]), change, left)
+        return Applied(
+            answer["pid"], bool(answer["applied"]), change, left, replayed, answer.get("tg", "")
+        )
+
+    async def settle(self, batch: list[ResolvedEvent]) -> None:
+        """Forget the held changes of ``batch``: their change records are published."""
+        held: dict[int, list[int]] = {}
+        for r in batch:
+            if r.profile_id:
+                held.setdefault(r.raw_partition, []).append(r.raw_offset)
+        if held:
+            pipe = self._redis.pipeline(transaction=False)
+            for part, offsets in held.items():
+                pipe.hdel(f"{self._ns}:fold:held:{part}", *offsets)
+            await pipe.execute()
 
     async def take_changed(self) -> list[str]:
         """Return the profiles changed since the last call that finished with ``done_changed``.

@@ -294,6 +294,21 @@ class TagStore:
                 changes.append(TagChange(pid, [], removed, old, 0))
         return changes
 
+    async def since(self, before: dict[str, str]) -> list[TagChange]:
+        """Tag changes from earlier bitmaps (hex, per profile) to the stored ones.
+
+        For folds told again after a crash: their tags may have been stored before it, so a
+        re-evaluation finds nothing to change, yet the change was never published.
+        """
+        pids = list(before)
+        changes = []
+        for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
+            if stored is not None:
+                change = self._change([pid, None, before[pid], stored.tags])
+                if change.added or change.removed:
+                    changes.append(change)
+        return changes
+
     def _change(self, row: list[Any]) -> TagChange:
         """What an applied row changed in the profile's tags (of this catalog)."""
         old = int(row[2], 16) & self.catalog.known if row[2] else 0
