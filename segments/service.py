@@ -26,6 +26,7 @@ from contracts.segments import SegmentDefinition, is_live
 from profiles.store import ProfileStore
 from segments.live import LiveIndex, segment_program
 from segments.sql import Compiler, Query, check_field
+from sinks.history import PROFILE_COLUMNS
 from tagging.catalog import Catalog
 from tagging.store import TagStore
 
@@ -289,6 +290,7 @@ class _Writer:
         self._started = False
         self._buffer = _Sink()
         self._parquet: pq.ParquetWriter | None = None
+        self._columns = {f: parquet_column(f) for f in fields}
 
     def rows(self, rows: list[dict[str, Any]]) -> bytes:
         if self.fmt == Format.JSONL:
@@ -302,10 +304,12 @@ class _Writer:
             for r in rows:
                 out.writerow([_cell(r[f]) for f in self.fields])
             return text.getvalue().encode()
-        columns = {
-            f: [_cell(r[f]) if r[f] is not None else None for r in rows] for f in self.fields
-        }
-        table = pa.table({f: pa.array(v, type=pa.string()) for f, v in columns.items()})
+        table = pa.table(
+            {
+                f: pa.array([convert(r[f]) for r in rows], type=kind)
+                for f, (kind, convert) in self._columns.items()
+            }
+        )
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._buffer, table.schema)
         self._parquet.write_table(table)
@@ -318,13 +322,45 @@ class _Writer:
         if self.fmt != Format.PARQUET:
             return b""
         if self._parquet is None:
-            schema = pa.schema([(f, pa.string()) for f in self.fields])
+            schema = pa.schema([(f, kind) for f, (kind, _) in self._columns.items()])
             self._parquet = pq.ParquetWriter(self._buffer, schema)
         self._parquet.close()
         return self._drain()
 
     def _drain(self) -> bytes:
         return self._buffer.take()
+
+
+def parquet_column(name: str) -> tuple[pa.DataType, Callable[[Any], Any]]:
+    """A field's Parquet type, and how a row value becomes it.
+
+    Attributes keep their type (integers, doubles, UTC timestamps, lists of strings), so a
+    notebook or BI tool reads numbers as numbers; traits have no fixed type across profiles,
+    so they are text (JSON for lists and objects), like maps.
+    """
+    spec = PROFILE_COLUMNS.get(name)
+    kind = spec[2] if spec else "string"
+    if spec and kind == "number":
+        return (pa.float64() if "Float" in spec[0] else pa.int64()), _same
+    if kind == "time":
+        return pa.timestamp("ms", tz="UTC"), _instant
+    if kind == "list":
+        return pa.list_(pa.string()), _same
+    return pa.string(), _text
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _instant(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(_cell(value))
 
 
 def _cell(value: Any) -> Any:

@@ -540,3 +540,39 @@ def test_an_api_without_the_history_answers_503_for_history_but_serves_live(
         r = httpx.post(base + "/v1/segments/count", json=live, headers=auth(), timeout=30)
         assert r.status_code == 200
         assert r.json() == post(world, "/v1/segments/count", live).json()
+
+
+@pytest.mark.parametrize(
+    "seg",
+    [
+        {"definition": {"event": "order_completed", "op": "gte", "value": 1}},
+        {"definition": {"tag": "repeat_buyer"}},
+    ],
+    ids=["history", "live"],
+)
+def test_parquet_exports_keep_attribute_types(world: World, seg: dict[str, Any]) -> None:
+    fields = ["order_count", "total_spend", "last_seen", "tags", "traits.city"]
+    r = post(world, "/v1/segments/export", seg, format="parquet", fields=fields)
+    assert r.status_code == 200, r.text
+    table = pq.read_table(io.BytesIO(r.content))
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types == {
+        "profile_id": "string",
+        "order_count": "int64",
+        "total_spend": "double",
+        "last_seen": "timestamp[ms, tz=UTC]",
+        "tags": "list<element: string>",
+        "traits.city": "string",
+    }
+    # The same values as the JSON export, only typed.
+    jsonl = post(world, "/v1/segments/export", seg, format="jsonl", fields=fields)
+    expected = {row["profile_id"]: row for row in map(json.loads, jsonl.text.splitlines())}
+    got = table.to_pylist()
+    assert len(got) == len(expected) == int(r.headers["X-Segment-Count"]) > 0
+    for row in got:
+        want = expected[row["profile_id"]]
+        assert row["order_count"] == want["order_count"] >= 1
+        assert row["total_spend"] == pytest.approx(want["total_spend"])
+        assert row["last_seen"].isoformat().replace("+00:00", "Z") == want["last_seen"]
+        assert row["tags"] == want["tags"]
+        assert row["traits.city"] == want["traits.city"]
