@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, EventIn, ResolvedEvent
 from contracts.identity import LedgerEntry
-from contracts.segments import MembershipChange, SegmentDefinition
+from contracts.segments import MembershipChange, SavedSegment, SegmentDefinition
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -22,6 +22,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "identity-ledger.v1.json": LedgerEntry,
     "segment.v1.json": SegmentDefinition,
     "segment-membership.v1.json": MembershipChange,
+    "saved-segment.v1.json": SavedSegment,
 }
 
 

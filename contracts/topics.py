@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
-from contracts.segments import MembershipChange
+from contracts.segments import MembershipChange, SavedSegment
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,15 @@ SEGMENTS_MEMBERSHIP = Topic(
     "scheduled refresh recomputes the segment. For activation tools.",
 )
 
+SEGMENTS_DEFINITIONS = Topic(
+    "cdp.segments.definitions",
+    key="segment id/version, e.g. lapsed-vips/3",
+    value_model=SavedSegment,
+    description="Every version of every saved segment; a deleted segment's versions are "
+    "tombstones. Compacted: the durable copy that Redis serves (and is restored from).",
+    configs={"cleanup.policy": "compact", "retention.ms": "-1"},
+)
+
 REGISTRY: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -79,5 +88,6 @@ REGISTRY: dict[str, Topic] = {
         IDENTITY_MERGES,
         PROFILES_CHANGES,
         SEGMENTS_MEMBERSHIP,
+        SEGMENTS_DEFINITIONS,
     )
 }

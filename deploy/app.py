@@ -162,7 +162,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
     app.include_router(
         segments_router(
             segments,
-            SegmentStore(redis_client, ns),
+            SegmentStore.durable(redis_client, ns, publisher, settings.kafka),
             read=require(tokens, "segments:read"),
             write=require(tokens, "segments:write"),
         )

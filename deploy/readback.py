@@ -20,6 +20,15 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[An
     Raises TimeoutError when the broker does not deliver them within ``timeout_s``, so a short
     read is an error, never a silently smaller count.
     """
+    records = read_records(bootstrap, topic, timeout_s)
+    return [json.loads(value) for _, value in records if value is not None]
+
+
+def read_records(
+    bootstrap: str, topic: str, timeout_s: float = 120.0
+) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every message in ``topic`` up to the current end offsets, in offset
+    order per partition (a tombstone's value is None). TimeoutError like ``read_to_end``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -37,7 +46,7 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[An
         consumer.assign(partitions)
         ends = consumer.end_offsets(partitions)
         consumer.seek_to_beginning(*partitions)
-        values: list[Any] = []
+        values: list[tuple[bytes | None, bytes | None]] = []
         pending = {tp for tp in partitions if ends[tp] > 0}
         while pending:
             if time.monotonic() > deadline:
@@ -46,7 +55,7 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[An
                     f"{len(pending)} partitions short of their end offsets"
                 )
             for tp, records in consumer.poll(timeout_ms=500).items():
-                values.extend(json.loads(r.value) for r in records if r.offset < ends[tp])
+                values.extend((r.key, r.value) for r in records if r.offset < ends[tp])
             pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
         return values
     finally:

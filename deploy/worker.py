@@ -119,7 +119,9 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
     catalog = deps.tags.catalog if deps.tags else load_catalog(settings.tags.catalog)
     if "profiles" in roles and deps.tags is not None:
         deps.membership = LiveMembership(
-            SegmentStore(deps.redis, settings.worker.namespace),
+            SegmentStore.durable(
+                deps.redis, settings.worker.namespace, deps.publisher, settings.kafka
+            ),
             catalog,
             deps.topic(SEGMENTS_MEMBERSHIP.name),
             settings.segments.live_reload_s,

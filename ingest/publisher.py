@@ -20,7 +20,8 @@ class Record:
 
     topic: str
     key: bytes
-    value: bytes
+    #: None is a tombstone (a compacted topic forgets the key).
+    value: bytes | None
 
 
 class Publisher:

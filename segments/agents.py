@@ -191,7 +191,7 @@ def register_refresh(app: Any, deps: Any, catalog: Catalog) -> Refresher | None:
     refresher = Refresher(
         deps.redis,
         ns,
-        SegmentStore(deps.redis, ns),
+        SegmentStore.durable(deps.redis, ns, deps.publisher, deps.settings.kafka),
         compiler,
         query,
         publish,

@@ -17,11 +17,21 @@ from pydantic import ValidationError
 
 from contracts.segments import SegmentDefinition, error_path
 from deploy.auth import Token
+from ingest.exceptions import KafkaUnavailable
 from segments.service import MEDIA_TYPES, Format, HistoryUnavailable, Segments
 from segments.sql import SegmentError
 from segments.store import SegmentConflict, SegmentNotFound, SegmentStore
 
 ADMIN = "segments:admin"
+
+
+def _not_durable() -> HTTPException:
+    return _error(
+        503,
+        "kafka_unavailable",
+        "Kafka did not acknowledge the change, so nothing was changed; retry",
+        None,
+    )
 
 
 def _error(status: int, code: str, message: str, field: str | None) -> HTTPException:
@@ -165,6 +175,8 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             saved_ = await store.put(seg, seg.id, create=True)
         except SegmentConflict as exc:
             raise _error(409, "conflict", str(exc), "id") from exc
+        except KafkaUnavailable as exc:
+            raise _not_durable() from exc
         return saved_.model_dump(by_alias=True)
 
     @router.get("/v1/segments/{segment_id}", dependencies=[Depends(read)], summary="A segment")
@@ -197,6 +209,8 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             raise _error(404, "not_found", f"no segment {segment_id}", "segment_id") from exc
         except SegmentConflict as exc:
             raise _error(409, "conflict", str(exc), "If-Match") from exc
+        except KafkaUnavailable as exc:
+            raise _not_durable() from exc
         return saved_.model_dump(by_alias=True)
 
     @router.delete(
@@ -210,6 +224,8 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             await store.delete(segment_id)
         except SegmentNotFound as exc:
             raise _error(404, "not_found", f"no segment {segment_id}", "segment_id") from exc
+        except KafkaUnavailable as exc:
+            raise _not_durable() from exc
         return Response(status_code=204)
 
     operations("post", "/v1/segments", adhoc, "a definition (the body)")

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
+from deploy import topics
 from deploy.settings import ClickHouseSettings, Settings, WorkerSettings
 from identity.rules import IdentityRules
 from identity.store import IdentityStore, Located
@@ -148,6 +149,7 @@ def world(services: Any) -> Iterator[World]:
             "worker": WorkerSettings(namespace=prefix.rstrip(".")),
         }
     )
+    topics.create_all(settings.kafka)  # saved segments are written to their topic
     survivors, merges = asyncio.run(_build(settings, feed(400, seed=3)))
     with running_api(settings, owns_history=True) as base:
         yield World(
