@@ -56,6 +56,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one starting with "-": the storage tool would read it as an option and fail (one
+    start in 64 did, as Kafka's own Uuid.randomUuid() avoids for the same reason).
+    """
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
+
+
 def free_port() -> int:
     """Return a TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -136,12 +148,17 @@ class KafkaBroker:
             cp,
         ]
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                check=True,
+            formatted = subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(props)],
                 capture_output=True,
+                text=True,
+                check=False,
             )
+            if formatted.returncode:
+                raise RuntimeError(
+                    f"formatting Kafka's storage in {data} failed: "
+                    f"{(formatted.stderr or formatted.stdout).strip()[-2000:]}"
+                )
         self._owned.spawn([*java, "kafka.Kafka", str(props)], self.log_path, self.home)
         wait_until(self.ready, timeout_s, f"Kafka on {self.bootstrap}", self.log_path)
         return True
