@@ -166,9 +166,10 @@ def register(app: Any, deps: Any) -> None:
     @app.timer(settings.due_interval_s)
     async def tags_due() -> None:
         """Re-evaluate timed tags (recency windows, birthdays) of profiles that fell due."""
-        found = await until_done("tags.due", partial(tags.run_due, datetime.now(UTC)))
-        if found:
-            await publish_tag_changes(found, "time")
+        due = await until_done("tags.due", partial(tags.run_due, datetime.now(UTC)))
+        if due.changes:
+            await publish_tag_changes(due.changes, "time")
+        await until_done("tags.settle", partial(tags.settle_due, due))
 
     @app.task
     async def tags_backfill() -> None:

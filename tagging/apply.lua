@@ -2,7 +2,8 @@
 --
 -- ARGV[1] namespace
 -- ARGV[2] JSON [[profile id, version read, tags read (hex), new tags (hex), [bits to set],
---               [bits to clear], due ms or 0], ...]
+--               [bits to clear], due ms or 0 (none) or -1 (leave the due time: a claim's)],
+--               ...]
 -- Keys under the namespace:
 --   pf:<pid>      HASH  _v version (bumped by every fold that changes it), _tg tags (hex),
 --                       _ord the profile's ordinal: its bit in every tag index
@@ -38,7 +39,8 @@ for n, item in ipairs(batch) do
     for _, b in ipairs(item[5]) do redis.call('SETBIT', ns .. ':tag:' .. b, ord, 1) end
     for _, b in ipairs(item[6]) do redis.call('SETBIT', ns .. ':tag:' .. b, ord, 0) end
     if item[4] ~= item[3] then redis.call('HSET', key, '_tg', item[4]) end
-    if due and due > 0 then redis.call('ZADD', due_key, due, pid) else redis.call('ZREM', due_key, pid) end
+    if due and due > 0 then redis.call('ZADD', due_key, due, pid)
+    elseif not due or due == 0 then redis.call('ZREM', due_key, pid) end  -- -1: keep (a claim)
     outs[n] = '"ok"'
   end
 end

@@ -99,6 +99,17 @@ def _ensure_universe(client: redis.Redis, namespace: str) -> None:
     pipe.execute()
 
 
+@dataclass
+class Due:
+    """One claim of due profiles: the tag changes to publish, then settle."""
+
+    changes: list[TagChange]
+    #: Per claimed profile, its next due time in ms (0: none; -1: keep the lease).
+    next_due: dict[str, int]
+    #: The claim's lease end: a due time still equal to it was not moved by anyone else.
+    lease_until: int
+
+
 @dataclass(frozen=True)
 class TagChange:
     """Tags a profile gained and lost in one evaluation, and its tag bits before and after."""
@@ -148,6 +159,7 @@ class TagStore:
         self._ns = namespace
         self._apply = BatchScript(client, _HERE / "apply.lua", [_BITS])
         self._claim = BatchScript(client, _HERE / "due.lua")
+        self._settle = BatchScript(client, _HERE / "settle.lua")
         profiles.tag_names = self.names
         #: Tags new or changed since their last backfill (set by ``sync_catalog``'s caller).
         self.pending: list[Tag] = []
@@ -212,12 +224,32 @@ class TagStore:
                 self._by_change[key] = found
         return found
 
-    async def run_due(self, now: datetime, limit: int = 1000) -> list[TagChange]:
-        """Re-evaluate the timed tags of the profiles whose due time has passed."""
+    async def run_due(self, now: datetime, limit: int = 1000) -> Due:
+        """Re-evaluate the timed tags of the profiles whose due time has passed.
+
+        Pass the result to ``settle_due`` once its changes are published. Changes are told
+        from the tags held at the first claim, so a claim repeated after a crash (the lease
+        ended before the settle) still tells a change that was stored before it.
+        """
         ms = int(now.timestamp() * 1000)
-        pids = await self._claim.run([[self._ns, ms, DUE_LEASE_MS, limit]])
-        timed = self.catalog.timed_selection
-        return await self._evaluate({str(p): timed for p in pids}, now)
+        claimed = await self._claim.run([[self._ns, ms, DUE_LEASE_MS, limit]])
+        before = {str(pid): str(tags) for pid, tags in claimed}
+        due = Due([], {}, ms + DUE_LEASE_MS)
+        if before:
+            timed: dict[str, Selection | None] = {p: self.catalog.timed_selection for p in before}
+            await self._evaluate(timed, now, dues=due.next_due)
+            due.changes.extend(await self.since(before))
+            for pid in before:
+                due.next_due.setdefault(pid, -1)  # gone or not stored: keep the lease
+        return due
+
+    async def settle_due(self, due: Due) -> None:
+        """After publishing ``due.changes``: release the held tags, store the next due times."""
+        if due.next_due:
+            rows = [[pid, ms] for pid, ms in due.next_due.items()]
+            await self._settle.run(
+                [[self._ns, due.lease_until, orjson.dumps(chunk)] for chunk in chunks(rows)]
+            )
 
     async def evaluate_all(
         self, pids: list[str], tags: list[Tag], now: datetime
@@ -227,13 +259,18 @@ class TagStore:
         return await self._evaluate(dict.fromkeys(pids, selection), now, force=True)
 
     async def _evaluate(
-        self, todo: dict[str, Selection | None], now: datetime, force: bool = False
+        self,
+        todo: dict[str, Selection | None],
+        now: datetime,
+        force: bool = False,
+        dues: dict[str, int] | None = None,
     ) -> list[TagChange]:
         """Evaluate and store; a profile folded meanwhile is read and evaluated again.
 
         ``force`` (backfills) writes every evaluated tag's index bit, not only those that
         differ from the profile's stored tags: a new or changed rule's index is not yet in
-        step with them.
+        step with them. ``dues`` (claims of due profiles): the next due times are collected
+        there for ``settle_due`` instead of stored, so the claim's lease stays until then.
         """
         clock = self.catalog.clock(now)
         changes: list[TagChange] = []
@@ -244,7 +281,10 @@ class TagStore:
             rows, asked = [], []
             for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
                 if stored is not None:
-                    rows.append(self._row(stored, todo[pid], clock, force))
+                    row = self._row(stored, todo[pid], clock, force)
+                    if dues is not None:
+                        dues[row[0]], row[6] = row[6], -1
+                    rows.append(row)
                     asked.append(pid)
             answers = await self._apply.run(
                 [[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)]

@@ -22,7 +22,7 @@ from profiles.fold import FoldRules
 from profiles.store import ProfileStore
 from tagging.catalog import DEFAULT_DIR, Catalog, build, load
 from tagging.facts import profile_facts
-from tagging.store import TagChange, TagStore, sync_catalog
+from tagging.store import DUE_LEASE_MS, TagChange, TagStore, sync_catalog
 from tests.support.events import ev
 from tests.support.services import Services
 
@@ -177,16 +177,45 @@ def test_timed_tags_change_when_they_fall_due_without_any_event(make: Any) -> No
     due = t.run_async(t.client.zscore(f"{t.ns}:tags:due", pid))
     assert due == (T0 + timedelta(days=7)).timestamp() * 1000  # the welcome tag ends first
     # Nothing is due before then.
-    assert t.run_async(t.tags.run_due(T0 + 6 * DAY)) == []
-    changes = t.run_async(t.tags.run_due(T0 + 31 * DAY))
+    assert t.run_async(t.tags.run_due(T0 + 6 * DAY)).changes == []
+    claim = t.run_async(t.tags.run_due(T0 + 31 * DAY))
     # 31 days on: no longer new (so active), no longer in the 7-day welcome windows, R 5 -> 4.
     gone = ["care_first_purchase_thanks", "care_welcome", "lifecycle_new", "rfm_r5", "seen_last_7d"]
-    assert changes == [TagChange(pid, ["lifecycle_active", "rfm_r4"], gone)]
+    told = [TagChange(pid, ["lifecycle_active", "rfm_r4"], gone)]
+    assert claim.changes == told
     assert t.stored(pid)[1] == t.full(pid, T0 + 31 * DAY)
     assert (t.count("lifecycle_new"), t.count("rfm_r4")) == (0, 1)
-    # The next due time is the next boundary (rfm_r4 ends at 60 days).
+
+    # The worker dies before publishing: the lease stays the due time, so once it ends the
+    # profile is claimed again and the change, already stored, is told again.
+    after_lease = T0 + 31 * DAY + timedelta(milliseconds=DUE_LEASE_MS + 1)
+    again = t.run_async(t.tags.run_due(after_lease))
+    assert again.changes == told
+    t.run_async(t.tags.settle_due(again))  # published this time
+    # The next due time is the next boundary (rfm_r4 ends at 60 days); nothing is held.
     due = t.run_async(t.client.zscore(f"{t.ns}:tags:due", pid))
     assert due == (T0 + timedelta(days=60)).timestamp() * 1000
+    assert t.run_async(t.client.hlen(f"{t.ns}:tags:held")) == 0
+    assert t.run_async(t.tags.run_due(T0 + 59 * DAY)).changes == []
+
+
+def test_settling_a_claim_keeps_a_due_time_a_fold_stored_meanwhile(make: Any) -> None:
+    t = make()
+    t.run([ev(1, "order_completed", "pos", [LI_M], T0, order_id="O1", total=100)], T0 + DAY)
+    pid = t.stored("1")[0]
+    claim = t.run_async(t.tags.run_due(T0 + 31 * DAY))
+    assert claim.next_due[pid] == (T0 + timedelta(days=60)).timestamp() * 1000
+    # Before the claim settles, a new order is folded and re-tagged: its due time is sooner.
+    t.run(
+        [ev(2, "order_completed", "pos", [LI_M], T0 + 31 * DAY, order_id="O2", total=5)],
+        T0 + 31 * DAY,
+    )
+    key = f"{t.ns}:tags:due"
+    by_fold = t.run_async(t.client.zscore(key, pid))
+    assert by_fold < claim.next_due[pid]
+    t.run_async(t.tags.settle_due(claim))
+    assert t.run_async(t.client.zscore(key, pid)) == by_fold
+    assert t.run_async(t.client.hlen(f"{t.ns}:tags:held")) == 0
 
 
 def _random_events(rng: random.Random, n: int) -> list[Event]:
