@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -255,9 +254,9 @@ def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> l
         e.received_at,
         str(e.properties.get("order_id") or ""),
         _amount(e.properties),
-        json.dumps(e.traits),
-        json.dumps(e.properties),
-        json.dumps(e.consent),
+        orjson.dumps(e.traits).decode(),
+        orjson.dumps(e.properties).decode(),
+        orjson.dumps(e.consent).decode(),
         partition,
         offset,
         now,
