@@ -18,6 +18,7 @@ from deploy.auth import require
 from deploy.settings import Settings
 from identity.store import IdentityStore
 from ingest.api import IngestConfig, build_router, json_response
+from ingest.cors import IngestCors
 from ingest.publisher import Publisher
 from ingest.sources import SourceRegistry
 from profiles.api import build_router as profiles_router
@@ -126,6 +127,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         default_region=settings.ingest.default_region,
     )
     app.include_router(build_router(config))
+    app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     ns = settings.worker.namespace
     profile_store = ProfileStore(redis_client, settings.profiles, ns)
     # An invalid catalog fails here, loudly; binding to Redis waits for the lifespan.

@@ -84,6 +84,9 @@ class IngestSettings(BaseModel):
     limits: Limits = Limits()
     #: Region used to read phone numbers given without a country code.
     default_region: str = "CN"
+    #: Origins whose pages may send events from the browser (CORS on ingest routes only);
+    #: ``*`` by default, since a source's write key is what authorises an event.
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
 
     def all_sources(self) -> list[Source]:
         """Return inline sources plus those in ``sources_file``."""

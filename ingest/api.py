@@ -252,7 +252,57 @@ def build_router(config: IngestConfig) -> APIRouter:
             methods=["POST"],
             summary=f"Segment-compatible {call.value} call",
         )
+        # analytics.js (@segment/analytics-next) posts each call to its type's initial.
+        router.add_api_route(
+            f"/v1/{call.value[0]}",
+            _single(endpoints, call),
+            methods=["POST"],
+            include_in_schema=False,
+        )
+    router.add_api_route("/v1/b", batch, methods=["POST"], include_in_schema=False)
+
+    @router.get(
+        "/v1/projects/{write_key}/settings",
+        summary="Source settings for analytics.js: point its cdnURL here to send events to us",
+    )
+    async def browser_settings(write_key: str, request: Request) -> Any:
+        if config.registry.authenticate(write_key) is None:
+            body = {
+                "success": False,
+                "code": "unauthorized",
+                "message": "unknown write key",
+                "field": "writeKey",
+                "index": None,
+            }
+            return json_response(body, status_code=404)
+        return json_response(browser_source_settings(write_key, request), status_code=200)
+
     return router
+
+
+def browser_source_settings(write_key: str, request: Request) -> dict[str, Any]:
+    """What analytics.js reads from its CDN at load: deliver to this API, and nothing else.
+
+    Only the Segment.io destination, aimed at the host the page asked (so a proxy in front
+    keeps working when it forwards ``Host`` and ``X-Forwarded-Proto``); its own metrics off.
+    """
+    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": f"{host}/v1",
+                "protocol": "https" if proto == "https" else "http",
+                "unbundledIntegrations": [],
+                "addBundledMetadata": False,
+            }
+        },
+        "plan": {"track": {"__default": {"enabled": True}}},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "remotePlugins": [],
+    }
 
 
 def _single(endpoints: IngestEndpoints, call: EventType) -> Any:
