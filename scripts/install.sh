@@ -2,13 +2,20 @@
 # Install everything the platform and its tests need on a Debian machine with Python 3.11:
 # Debian packages (redis-server, and Java 17 + Maven if missing), a virtualenv in .venv with
 # the package and its dev extras, and the Kafka broker's jars from Maven Central (~/.m2).
+# With --test, also Node (if missing) and the pinned browser SDK the tests run (npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests=false
+[ "${1:-}" = "--test" ] && tests=true
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+if $tests; then
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+fi
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -27,3 +34,8 @@ fi
 
 echo "resolving the Kafka broker from Maven Central (cached in ~/.m2 and ~/.cache/cdp)"
 .venv/bin/python -c "from deploy.local.kafka import classpath, KAFKA_VERSION; classpath(); print('Kafka', KAFKA_VERSION, 'ready')"
+
+if $tests; then
+  echo "installing the browser SDK the tests run (tests/sdk/browser, from npm)"
+  npm ci --prefix tests/sdk/browser --no-audit --no-fund --loglevel=error
+fi

@@ -3,7 +3,7 @@
 # (or use CDP_TEST_KAFKA_BOOTSTRAP / CDP_TEST_REDIS_URL, or a Docker engine if one answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh --test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

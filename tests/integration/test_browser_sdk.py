@@ -1,25 +1,99 @@
-"""Browsers send events from shop pages: analytics.js's wire format, and CORS.
+"""Browsers send events from shop pages: Segment's browser SDK, its wire format, and CORS.
 
 analytics.js (@segment/analytics-next) loads its source settings from ``cdnURL``, then posts
 each call as ``text/plain`` JSON to ``<apiHost>/<type's initial>`` (``/b`` in batching mode),
-with the write key in the body. These tests send exactly those requests, from another
-origin, to the real API and read what reached the real Kafka.
+with the write key in the body. The first test runs the real SDK (pinned in
+tests/sdk/browser, installed by ``scripts/install.sh --test``) in a jsdom page under Node;
+the others send its requests by hand, from another origin, to check CORS and rejections.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from deploy.settings import Settings
 from tests.support.kafka import read_topic
 from tests.support.keys import key_of
 
 ORIGIN = "https://shop.example.com"
+SDK_DIR = Path(__file__).parents[1] / "sdk" / "browser"
+
+
+def run_real_sdk(api: str, mode: str, run: str) -> dict[str, Any]:
+    """Run tests/sdk/browser/send.mjs; fail (never skip) when Node or the SDK is missing."""
+    node = shutil.which("node")
+    if node is None or not (SDK_DIR / "node_modules" / "@segment" / "analytics-next").is_dir():
+        pytest.fail("Node or the browser SDK is missing: run `bash scripts/install.sh --test`")
+    done = subprocess.run(
+        [node, "send.mjs", api, key_of("test-web"), mode, run],
+        cwd=SDK_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("mode", ["standard", "batching"])
+def test_the_real_browser_sdk_delivers_to_kafka(mode: str, settings: Settings, api: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    sent = run_real_sdk(api, mode, run)
+
+    assert sent["failures"] == []
+    calls = [(r["method"], r["url"].removeprefix(api), r["status"]) for r in sent["requests"]]
+    settings_call = ("GET", f"/v1/projects/{key_of('test-web')}/settings", 200)
+    if mode == "standard":
+        assert calls == [settings_call] + [("POST", f"/v1/{c}", 200) for c in "itp"]
+    else:  # three tracks, two per request
+        assert calls == [settings_call, ("POST", "/v1/b", 200), ("POST", "/v1/b", 200)]
+        assert [r.get("events") for r in sent["requests"]] == [None, 2, 1]
+    assert {r["contentType"] for r in sent["requests"][1:]} == {"text/plain"}
+
+    ids = sent["messageIds"]
+    got = read_topic(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.topic("cdp.events.raw"),
+        len(ids),
+        where=lambda v: v["event_id"] in ids,
+    )
+    events = {v["event_id"]: v for _, v in got}
+    assert len(got) == 3 and set(events) == set(ids)
+    assert {(v["source"], v["channel"]) for v in events.values()} == {("test-web", "web")}
+    anonymous = ("anonymous_id", sent["anonymousId"])
+    if mode == "standard":
+        identify, track, page = (events[i] for i in ids)
+        assert {(i["type"], i["value"]) for i in identify["identifiers"]} == {
+            anonymous,
+            ("customer_id", f"C-{run}"),
+            ("email", f"zhang.wei+{run}@example.com"),
+            ("phone", "+8613800138000"),
+        }
+        assert (track["type"], track["name"]) == ("track", "Product Added")
+        assert track["properties"] == {"sku": "A1", "price": 99, "run": run}
+        assert {(i["type"], i["value"]) for i in track["identifiers"]} == {
+            anonymous,
+            ("customer_id", f"C-{run}"),
+        }
+        assert (page["type"], page["name"], page["properties"]["run"]) == ("page", "Cart", run)
+    else:
+        assert sorted(v["name"] for v in events.values()) == [f"Batch Test {n}" for n in (1, 2, 3)]
+        assert all(
+            [(i["type"], i["value"]) for i in v["identifiers"]] == [anonymous]
+            for v in events.values()
+        )
 
 
 def ajs(call: str, run: str, n: int, **fields: Any) -> dict[str, Any]:
