@@ -15,6 +15,7 @@ import uvicorn
 from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
+from deploy.logs import quiet_libraries
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
@@ -183,4 +184,5 @@ def run(app: faust.App, loglevel: str = "warn") -> None:
     """Run the faust worker until a signal stops it."""
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # its cursor escape codes end up in logs and piped output
+    quiet_libraries()
     worker.execute_from_commandline()
