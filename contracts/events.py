@@ -105,8 +105,8 @@ class Identifier(BaseModel):
 
     type: IdentifierTypeName
     value: IdentifierValue
-    #: False when the value could not be normalised (e.g. an unparseable phone);
-    #: identity treats such identifiers as weak evidence.
+    #: False when the value could not be normalised (e.g. an unparseable phone); identity
+    #: never links profiles through such an identifier (its ledger says ``invalid``).
     normalized: bool = True
 
     def key(self) -> str:

@@ -23,6 +23,9 @@ class Rule(StrEnum):
     CAP = "cap"
     BLOCKLIST = "blocklist"
     SUPERNODE = "supernode"
+    #: The value failed its type's validation (an email without a domain, a phone that is not
+    #: a number: "call me", "无"): it identifies nobody, so it never links profiles.
+    INVALID = "invalid"
 
 
 class LedgerEntry(BaseModel):

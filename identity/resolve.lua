@@ -2,8 +2,9 @@
 --
 -- ARGV[1] namespace   ARGV[2] memo ttl (s)   ARGV[3] supernode limit
 -- ARGV[4] rules JSON {type: [unique 0/1, cap]}, ARGV[5] custom rule JSON [unique, cap]
--- ARGV[6] the batch JSON: [[event id, raw partition, raw offset, [ids], [blocked ids]], ...]
---         identifiers as "type:value", strongest first
+-- ARGV[6] the batch JSON: [[event id, raw partition, raw offset, [ids], [blocked ids],
+--         [invalid ids]], ...], identifiers as "type:value", strongest first; blocked (junk)
+--         and invalid (failed validation) identifiers never link profiles
 --
 -- One call per micro-batch (the caller splits big batches into chunks so that Redis answers
 -- other clients between chunks); the events are resolved in order, each as before on its own.
@@ -42,7 +43,7 @@ local function resolve(pid) return follow_alias(alias_key, pid) end
 local function uq(pid) return redis.call('HGETALL', k('p', pid, 'uq')) end
 local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
 
-local function resolve_event(event_id, part, off, ids, blocked)
+local function resolve_event(event_id, part, off, ids, blocked, invalid)
   local memo_key = k('ev', event_id)
   local memo = redis.call('GET', memo_key)
   if memo then
@@ -80,6 +81,7 @@ local function resolve_event(event_id, part, off, ids, blocked)
   local function finish(pid, created)
     if pid then
       for _, id in ipairs(blocked) do refuse(pid, nil, id, 'blocklist') end
+      for _, id in ipairs(invalid) do refuse(pid, nil, id, 'invalid') end
     end
     local out = cjson.encode({
       pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
@@ -221,6 +223,6 @@ end
 
 local outs = {}
 for n, e in ipairs(batch) do
-  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5])
+  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6] or {})
 end
 return '[' .. table.concat(outs, ',') .. ']'

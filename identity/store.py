@@ -105,9 +105,16 @@ class IdentityStore:
         for item in items:
             ids: list[str] = []
             blocked: list[str] = []
+            invalid: list[str] = []
             for ident in ordered(item.event.identifiers):
-                (blocked if self._rules.blocked(ident) else ids).append(ident.key())
-            batch.append([item.event.event_id, str(item.partition), str(item.offset), ids, blocked])
+                if not ident.normalized:
+                    invalid.append(ident.key())
+                elif self._rules.blocked(ident):
+                    blocked.append(ident.key())
+                else:
+                    ids.append(ident.key())
+            entry = [item.event.event_id, str(item.partition), str(item.offset), ids, blocked]
+            batch.append([*entry, invalid])
         return [
             self._ns,
             self._ttl,

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from contracts.events import Event, Identifier
+from identity.normalize import normalize
 from identity.rules import IdentityRules
 from identity.store import IdentityStore, Located, Outcome
 from tests.support.services import Services
@@ -32,12 +33,14 @@ class Graph:
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
-    def send(self, *ids: str, event_id: str | None = None, offset: int | None = None) -> Outcome:
+    def send(
+        self, *ids: str | Identifier, event_id: str | None = None, offset: int | None = None
+    ) -> Outcome:
         return self.batch([ids], event_ids=[event_id], offsets=[offset])[0]
 
     def batch(
         self,
-        events: list[tuple[str, ...]],
+        events: list[tuple[str | Identifier, ...]],
         event_ids: list[str | None] | None = None,
         offsets: list[int | None] | None = None,
     ) -> list[Outcome]:
@@ -52,7 +55,10 @@ class Graph:
                 channel="pos",
                 source="s",
                 identifiers=[
-                    Identifier(type=i.split(":")[0], value=i.split(":", 1)[1]) for i in ids
+                    i
+                    if isinstance(i, Identifier)
+                    else Identifier(type=i.split(":")[0], value=i.split(":", 1)[1])
+                    for i in ids
                 ],
                 original_timestamp=NOW,
                 received_at=NOW,
@@ -167,6 +173,26 @@ def test_blocklisted_identifiers_never_link(graph: Graph) -> None:
     assert graph.ids(a.resolved.profile_id) == ["member_id:B1"]
     junk_only = graph.send("device_id:000000")
     assert junk_only.resolved.profile_id == "" and not junk_only.created
+
+
+def test_identifiers_that_fail_validation_never_link(graph: Graph) -> None:
+    # What ingest makes of a CRM's placeholders: kept on the event, flagged not normalised.
+    phone, email = normalize("phone", "无"), normalize("email", "n.a@")
+    assert not phone.normalized and not email.normalized
+    a = graph.send("anonymous_id:web-1", phone, email)
+    b = graph.send("anonymous_id:web-2", phone, email)
+    assert a.resolved.profile_id != b.resolved.profile_id and b.resolved.merged == []
+    assert sorted((e.rule, e.identifier) for e in b.ledger) == [
+        ("invalid", "email:n.a@"),
+        ("invalid", "phone:无"),
+    ]
+    assert graph.ids(b.resolved.profile_id) == ["anonymous_id:web-2"]
+    again = graph.send("anonymous_id:web-2", phone)  # a refusal is recorded once per profile
+    assert again.ledger == [] and again.resolved.profile_id == b.resolved.profile_id
+    # The same person's valid phone, spelled two ways, still links.
+    c = graph.send("anonymous_id:web-3", normalize("phone", "138-0013-8000"))
+    d = graph.send("member_id:V1", normalize("phone", "+86 138 0013 8000"))
+    assert d.resolved.profile_id == c.resolved.profile_id
 
 
 def test_cap_refuses_extra_values(graph: Graph) -> None:
