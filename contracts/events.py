@@ -174,6 +174,13 @@ def identifier_rank(type_name: str) -> int:
         return 2 * IDENTIFIER_STRENGTH.index(IdentifierType.COMPANY_ID) - 1
 
 
+#: How far past its receive time an event may claim to have happened before that is taken
+#: for a client clock error (or a local time read as UTC): the event is then placed at its
+#: receive time, and ``original_timestamp`` keeps the claim. A time years ahead would
+#: otherwise keep a profile "active in the last 30 days" until then.
+MAX_FUTURE = timedelta(minutes=10)
+
+
 def corrected_timestamp(
     original: datetime | None, sent_at: datetime | None, received_at: datetime
 ) -> datetime:
@@ -181,16 +188,15 @@ def corrected_timestamp(
 
     ``timestamp = received_at - (sent_at - original_timestamp)``: the delay the client
     measured on its own clock, applied to the server clock. Without ``sent_at`` the
-    original timestamp is trusted; without either, the receive time is used.
+    original timestamp is trusted; without either, the receive time is used. A result more
+    than ``MAX_FUTURE`` after the receive time is replaced by the receive time.
     """
     received_at = _aware(received_at)
     if original is None:
         return received_at
     original = _aware(original)
-    if sent_at is None:
-        return original
-    delay: timedelta = _aware(sent_at) - original
-    return received_at - delay
+    corrected = original if sent_at is None else received_at - (_aware(sent_at) - original)
+    return received_at if corrected > received_at + MAX_FUTURE else corrected
 
 
 class EventIn(BaseModel):

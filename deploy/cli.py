@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import uvicorn
+from pydantic import ValidationError
 
 from contracts import schema
 from deploy import lag as lag_mod
@@ -239,11 +240,25 @@ def keys() -> None:
     show_default=True,
     help="Identifier type of this source's userId.",
 )
-def keys_new(name: str, channel: str, user_id_type: str) -> None:
+@click.option(
+    "--timezone",
+    default=None,
+    help="IANA zone of times this source sends without an offset (e.g. Asia/Shanghai); "
+    "UTC when omitted.",
+)
+def keys_new(name: str, channel: str, user_id_type: str, timezone: str | None) -> None:
     """Mint a write key; print it once and the source entry (hash only) to store."""
     key = new_key()
-    entry = {"name": name, "channel": channel, "user_id_type": user_id_type}
-    source = Source.model_validate({**entry, "key_sha256": hash_key(key)})
+    entry: dict[str, str] = {"name": name, "channel": channel, "user_id_type": user_id_type}
+    if timezone is not None:
+        entry["timezone"] = timezone
+    try:
+        source = Source.model_validate({**entry, "key_sha256": hash_key(key)})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(problems) from None
     click.echo(f"write key (shown once): {key}", err=True)
     _echo_json(source.model_dump(mode="json"))
 

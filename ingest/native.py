@@ -26,6 +26,7 @@ def from_native(
         for ident in given.identifiers:
             normalised = normalize(ident.type, ident.value, default_region)
             identifiers.setdefault(normalised.key(), normalised)
+        original, sent_at = source.local(given.original_timestamp), source.local(given.sent_at)
         return Event(
             event_id=given.event_id or str(uuid.uuid4()),
             type=given.type,
@@ -39,10 +40,10 @@ def from_native(
             properties=given.properties,
             consent=given.consent,
             context=given.context,
-            original_timestamp=given.original_timestamp or received_at,
-            sent_at=given.sent_at,
+            original_timestamp=original or received_at,
+            sent_at=sent_at,
             received_at=received_at,
-            timestamp=corrected_timestamp(given.original_timestamp, given.sent_at, received_at),
+            timestamp=corrected_timestamp(original, sent_at, received_at),
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from exc

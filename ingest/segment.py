@@ -185,8 +185,10 @@ def from_segment(
     traits = {**_object(context, "traits"), **_object(msg, "traits")}
     name = _name(msg, call)
     event_type = domain_type(name) if call == EventType.TRACK and name else None
-    original = parse_timestamp(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
-    sent_at = parse_timestamp(msg.get("sentAt"), "sentAt") or batch_sent_at
+    original = source.local(
+        parse_timestamp(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
+    )
+    sent_at = source.local(parse_timestamp(msg.get("sentAt"), "sentAt") or batch_sent_at)
     group_id = _id_string(msg, "groupId")
     if call == EventType.GROUP and not group_id:
         raise invalid("groupId", "group calls need a groupId")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
+from functools import lru_cache
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from contracts.events import Channel, IdentifierType, IdentifierTypeName
 
@@ -24,6 +27,30 @@ class Source(BaseModel):
     #: a web shop its customer ids).
     user_id_type: IdentifierTypeName = IdentifierType.CUSTOMER_ID
     key_sha256: Sha256Hex
+    #: IANA time zone of the times this source sends without an offset (a POS or ERP that
+    #: writes local wall-clock time, e.g. ``Asia/Shanghai``); None reads them as UTC.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                _zone(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r} (an IANA name)") from exc
+        return value
+
+    def local(self, value: datetime | None) -> datetime | None:
+        """Give a time sent without an offset this source's zone; leave others as they are."""
+        if value is None or value.tzinfo is not None or self.timezone is None:
+            return value
+        return value.replace(tzinfo=_zone(self.timezone))
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def hash_key(write_key: str) -> str:

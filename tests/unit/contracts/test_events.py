@@ -30,6 +30,18 @@ def test_naive_times_are_read_as_utc() -> None:
     assert corrected_timestamp(naive, naive, naive) == T0
 
 
+def test_a_time_far_ahead_of_receipt_is_taken_as_a_clock_error() -> None:
+    received = T0
+    assert corrected_timestamp(datetime(2099, 1, 1, tzinfo=UTC), None, received) == received
+    # A few minutes ahead is ordinary drift of a device clock: kept.
+    ahead = received + timedelta(minutes=9)
+    assert corrected_timestamp(ahead, None, received) == ahead
+    assert corrected_timestamp(received + timedelta(minutes=11), None, received) == received
+    # An event time after its own send time (a client bug) cannot be corrected either.
+    later = corrected_timestamp(T0 + timedelta(hours=2), T0, received)
+    assert later == received
+
+
 def _event(*identifiers: Identifier) -> Event:
     return Event(
         event_id="e1",

@@ -86,6 +86,21 @@ def test_native_takes_one_event_an_array_or_an_events_object() -> None:
         assert result.events[0].identifiers[0].value == "a@b.com"
 
 
+def test_native_times_without_an_offset_are_read_in_the_source_zone() -> None:
+    erp = Source(name="erp", channel="erp", key_sha256=hash_key("e"), timezone="Asia/Shanghai")
+    stamp = intake.Stamp(erp, NOW, LIMITS, "CN")
+    one = {
+        "type": "order_completed",
+        "identifiers": [{"type": "customer_id", "value": "C-1"}],
+        "original_timestamp": "2026-11-22T20:30:00",
+        "sent_at": "2026-11-23T08:00:00",
+    }
+    [event] = intake.native(one, stamp).events
+    assert event.original_timestamp == datetime(2026, 11, 22, 12, 30, tzinfo=UTC)
+    assert event.sent_at == datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+    assert event.timestamp == NOW - (event.sent_at - event.original_timestamp)
+
+
 def test_native_errors_name_the_field_path() -> None:
     body = {"events": [{"type": "ticket_opened", "identifiers": [{"type": "email"}]}]}
     result = intake.native(body, STAMP)

@@ -196,3 +196,35 @@ def test_endpoint_type_is_enforced() -> None:
     assert take({"userId": "M", "event": "x"}, endpoint_type=EventType.TRACK).type == "track"
     error = rejected({"type": "identify", "userId": "M"}, endpoint_type=EventType.TRACK)
     assert error.field == "type"
+
+
+def test_times_without_an_offset_are_read_in_the_source_zone() -> None:
+    # A POS that writes Shanghai wall-clock time: 10:00 there is 02:00 UTC.
+    local_pos = POS.model_copy(update={"timezone": "Asia/Shanghai"})
+    msg = {"type": "track", "userId": "M-1", "event": "Store Visited"}
+    naive = from_segment(
+        msg | {"timestamp": "2026-11-23T10:00:00"}, source=local_pos, received_at=NOW
+    )
+    assert naive.timestamp == datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+    assert naive.original_timestamp == naive.timestamp
+    given = from_segment(
+        msg | {"timestamp": "2026-11-23T10:00:00+00:00"}, source=local_pos, received_at=NOW
+    )
+    assert given.timestamp == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # an offset wins
+    # Without a zone the same naive time is UTC, two hours ahead of receipt: a clock error,
+    # so the event is placed at its receipt time and the claim is kept.
+    utc = take(msg | {"timestamp": "2026-11-23T14:00:00"})
+    assert utc.timestamp == NOW
+    assert utc.original_timestamp == datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
+    # sentAt in the same local clock: the skew correction is unchanged.
+    skewed = from_segment(
+        msg | {"timestamp": "2026-11-23T19:59:50", "sentAt": "2026-11-23T20:00:00"},
+        source=local_pos,
+        received_at=NOW,
+    )
+    assert skewed.timestamp == NOW - timedelta(seconds=10)
+
+
+def test_a_source_zone_must_be_a_real_zone() -> None:
+    with pytest.raises(ValueError, match="unknown time zone"):
+        Source(name="x", channel="pos", key_sha256=hash_key("k"), timezone="Asia/Atlantis")
