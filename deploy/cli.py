@@ -19,7 +19,7 @@ from deploy import topics as topics_mod
 from deploy.app import create_app
 from deploy.auth import Token, hash_token
 from deploy.demo import add_demo_task, demo_sources
-from deploy.demo_run import measure, push, render, wait_processed, write_truth
+from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
 from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
@@ -164,6 +164,15 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
         f"{customers} people, {len(feed.truth)} events in {len(feed.calls)} calls "
         f"to {base}; ground truth in {path}"
     )
+    others = other_feeds(settings, seed, customers)
+    if others:
+        click.echo(
+            f"warning: this state already holds the demo feed(s) {'; '.join(others)}. Feeds "
+            "reuse identifiers (member M0000001 is another person in each), so they merge and "
+            "the identity figures below mix them. To score this feed alone: `cdp down`, remove "
+            f"{settings.local.state_dir}, and start again.",
+            err=True,
+        )
     try:
         seconds = push(base, feed)
     except (OSError, RuntimeError) as exc:

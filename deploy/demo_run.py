@@ -99,6 +99,23 @@ def _survivors(settings: Settings, pids: set[str]) -> dict[str, str]:
     return out
 
 
+def other_feeds(settings: Settings, seed: int, customers: int) -> list[str]:
+    """Record this feed in the state; return the other demo feeds it already holds.
+
+    Feeds share identifier spaces (member M0000772 is a different person in each), so a
+    second feed on the same state merges with the first and its figures mix them.
+    """
+    url, ns = settings.redis.url.get_secret_value(), settings.worker.namespace
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        this = f"seed {seed}, {customers} customers"
+        held: set[str] = client.smembers(f"{ns}:demo:feeds")  # type: ignore[assignment]  # decode_responses
+        client.sadd(f"{ns}:demo:feeds", this)
+        return sorted(held - {this})
+    finally:
+        client.close()
+
+
 def tag_counts(settings: Settings, tags: tuple[str, ...] = HEADLINE_TAGS) -> dict[str, int]:
     """How many profiles have each tag now (BITCOUNT of the tag indexes)."""
     url, ns = settings.redis.url.get_secret_value(), settings.worker.namespace

@@ -15,6 +15,7 @@ from kafka.admin import KafkaAdminClient
 
 from contracts.topics import REGISTRY
 from deploy import topics
+from deploy.demo_run import other_feeds
 from deploy.lag import consumer_lag
 from deploy.readback import read_to_end
 from deploy.settings import Settings
@@ -141,3 +142,12 @@ def test_read_to_end_returns_exactly_what_was_there_and_fails_loudly(settings: S
     assert sorted(v["n"] for v in again) == list(range(58))
     with pytest.raises(TimeoutError, match="no partitions"):
         read_to_end(settings.kafka.bootstrap_servers, topic + ".missing", timeout_s=1)
+
+
+def test_a_second_demo_feed_on_the_same_state_is_flagged(settings: Settings) -> None:
+    # Real Redis, the test's own namespace: the first feed finds nothing, a repeat of the
+    # same feed is not "another", a different one names what is already there.
+    assert other_feeds(settings, seed=7, customers=1000) == []
+    assert other_feeds(settings, seed=7, customers=1000) == []
+    assert other_feeds(settings, seed=11, customers=300) == ["seed 7, 1000 customers"]
+    assert other_feeds(settings, seed=7, customers=1000) == ["seed 11, 300 customers"]
