@@ -82,6 +82,11 @@ def _ms(event: Event) -> int:
     return int(event.timestamp.timestamp() * 1000)
 
 
+#: No order amount, refund, score or points value is this large; beyond it a number is a
+#: client bug (1e308 is valid JSON), and in cents it would overflow Redis's 64-bit integers.
+MAX_MAGNITUDE = 1e12
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -94,8 +99,10 @@ def _number(value: Any) -> float | None:
             return None
     else:
         return None
-    # "NaN" / "Infinity" parse as floats but are no amount or score: ignore, never crash.
-    return number if math.isfinite(number) else None
+    # "NaN" / "Infinity" parse as floats but are no amount or score, and neither is 1e308:
+    # ignore them, never crash (an exception here would stop the processor on this event
+    # after every restart).
+    return number if math.isfinite(number) and abs(number) <= MAX_MAGNITUDE else None
 
 
 def _cents(props: dict[str, Any]) -> int:

@@ -7,6 +7,7 @@ undeclared trait fails at load, and a trait value of the wrong shape is simply a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -123,14 +124,20 @@ def coerce(kind: Kind, value: Any) -> Any:
     if kind == Kind.NUMBER:
         if isinstance(value, bool):
             return None
+        number: int | float
         if isinstance(value, int | float):
-            return value
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, str):
             try:
-                return float(value) if "." in value else int(value)
+                number = float(value) if "." in value else int(value)
             except ValueError:
-                return None
-        return None
+                try:
+                    number = float(value)  # "1e3"; also "NaN" / "inf", refused below
+                except ValueError:
+                    return None
+        else:
+            return None
+        return number if math.isfinite(number) else None
     if kind == Kind.STRING:
         return str(value).strip().casefold() if isinstance(value, str | int) else None
     if kind == Kind.BOOL:
@@ -149,10 +156,17 @@ def coerce(kind: Kind, value: Any) -> Any:
     return None
 
 
+#: Epoch milliseconds of 0001-01-01 and 9999-12-31: a time outside them (a trait sent as
+#: 1e308) is no time, and the calendar rules could not read it.
+_MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_999
+
+
 def _moment(kind: Kind, value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
+        if not math.isfinite(value) or not _MIN_MS <= value <= _MAX_MS:
+            return None
         return int(value)
     if not isinstance(value, str):
         return None

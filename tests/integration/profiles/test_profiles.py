@@ -136,6 +136,30 @@ def test_one_customer_across_channels_is_one_profile(make: Any) -> None:
     assert prof.last_purchase_at == T0 + timedelta(minutes=40)
 
 
+def test_absurd_numbers_are_ignored_not_a_poison_event(make: Any) -> None:
+    # Valid JSON that ingest accepts: the fold must take it without raising (a raise would
+    # stop the profiles processor on the same event after every restart).
+    pipe = make()
+    m = [("member_id", "M9")]
+    resolved = pipe.run(
+        [
+            ev(1, "order_completed", "pos", m, 0, order_id="O1", total=1e308),
+            ev(2, "order_completed", "pos", m, 1, order_id="O2", total=-1e308),
+            ev(3, "order_completed", "pos", m, 2, order_id="O3", revenue=9.3e16),
+            ev(4, "order_completed", "pos", m, 3, order_id="O4", total="1e400"),
+            ev(5, "points_earned", "member_app", m, 4, points=1e300),
+            ev(6, "survey_answered", "survey", m, 5, survey_type="csat", score=1e300),
+            ev(7, "order_completed", "pos", m, 6, order_id="O5", total=120.5),
+            ev(8, "points_earned", "member_app", m, 7, points=30),
+        ]
+    )
+    prof = pipe.profile(resolved[0].profile_id)
+    assert prof.events == 8 and prof.order_count == 5  # the orders happened; amounts absurd
+    assert prof.total_spend == 120.5
+    assert (prof.points_earned, prof.points_balance) == (30, 30)
+    assert prof.csat_last is None
+
+
 def _snapshot(prof: Profile) -> dict[str, Any]:
     return prof.model_dump(exclude={"profile_id"})
 

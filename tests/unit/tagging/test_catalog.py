@@ -100,3 +100,18 @@ def test_compiled_catalog_agrees_with_the_rule_closures_on_mixed_profiles() -> N
         assert set(CATALOG.ids(CATALOG.run(facts, CLOCK, timed))) == {
             t.id for t in CATALOG.timed if t.id in expected
         }
+
+
+@pytest.mark.parametrize(
+    "absurd", [1e308, -1e308, 2**70, float("nan"), "NaN", "1e400", "-inf", "99999-99-99", ""]
+)
+def test_absurd_values_are_no_facts_and_never_raise(absurd: Any) -> None:
+    # A trait sent as 1e308 reached the calendar rules as a time no datetime can hold, and
+    # the evaluation raised: the profiles processor would stop on that event every restart.
+    facts: Facts = {name: coerce(kind, absurd) for name, kind in CATALOG.declared.items()}
+    times = [n for n, kind in CATALOG.declared.items() if kind in (Kind.DATE, Kind.TIME)]
+    assert times and [facts[n] for n in times] == [None] * len(times)
+    numbers = [facts[n] for n, kind in CATALOG.declared.items() if kind == Kind.NUMBER]
+    assert all(v is None or abs(v) < float("inf") for v in numbers)  # never NaN or infinite
+    CATALOG.evaluate(facts, CLOCK)  # every tag, no exception
+    assert coerce(Kind.NUMBER, "1e3") == 1000.0 and coerce(Kind.DATE, 86_400_000) == 86_400_000
