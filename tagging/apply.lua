@@ -12,6 +12,8 @@
 --   pord:<n>      HASH  profile ordinal -> profile id, 128 per hash (small, compact)
 --   pord:next     counter of profile ordinals
 --   tags:due      ZSET  profile -> when a timed tag of it may change next
+--   dirty         SET   profiles changed since their last history snapshot (as the fold marks
+--                       them): new tags are a change the snapshot must see
 -- Returns JSON ["ok" | "stale" | "gone", ...], one per item. Stale: the profile or its tags
 -- changed since they were read (a fold, or another evaluator): read again and retry.
 
@@ -38,7 +40,10 @@ for n, item in ipairs(batch) do
     end
     for _, b in ipairs(item[5]) do redis.call('SETBIT', ns .. ':tag:' .. b, ord, 1) end
     for _, b in ipairs(item[6]) do redis.call('SETBIT', ns .. ':tag:' .. b, ord, 0) end
-    if item[4] ~= item[3] then redis.call('HSET', key, '_tg', item[4]) end
+    if item[4] ~= item[3] then
+      redis.call('HSET', key, '_tg', item[4])
+      redis.call('SADD', ns .. ':dirty', pid)
+    end
     if due and due > 0 then redis.call('ZADD', due_key, due, pid)
     elseif not due or due == 0 then redis.call('ZREM', due_key, pid) end  -- -1: keep (a claim)
     outs[n] = '"ok"'

@@ -385,3 +385,35 @@ def test_a_profile_with_no_tag_is_marked_evaluated(make: Any) -> None:
     assert t.run([ev(2, "order_completed", "pos", [LI_M], T0, order_id="O2", total=990)], T0) == [
         TagChange("1", ["big"], [])
     ]
+
+
+def test_history_snapshots_are_retaken_when_tags_change(make: Any) -> None:
+    # The history worker snapshots profiles the fold marked, whenever its timer fires: maybe
+    # between a fold and the tag evaluation that follows it, maybe long before a timed tag
+    # changes. Storing tags marks the profile again, so the next snapshot has them.
+    t = make()
+    t.run([ev(1, "identify", "pos", [LI_M], T0)], T0)  # the profile exists; snapshot it
+    assert t.run_async(t.profiles.take_changed()) == ["1"]
+    t.run_async(t.profiles.done_changed())
+
+    order = ev(2, "order_completed", "pos", [LI_M], T0, order_id="O1", total=100)
+    items = [Located(order, 0, t.offset)]
+    resolved = [o.resolved for o in t.run_async(t.identity.resolve(items, T0 + DAY))]
+    applied = t.run_async(t.profiles.apply(resolved, T0 + DAY))
+    assert t.run_async(t.profiles.take_changed()) == ["1"]  # the timer fires right here
+    snapshot = t.run_async(t.profiles.get("1"))
+    assert snapshot is not None and "lifecycle_new" not in snapshot.tags  # not evaluated yet
+    t.run_async(t.profiles.done_changed())
+    t.run_async(t.tags.after_fold(changed_names(applied), T0 + DAY))
+    assert t.run_async(t.profiles.take_changed()) == ["1"]
+    assert "lifecycle_new" in t.stored("1")[1]
+    t.run_async(t.profiles.done_changed())
+
+    # A timed tag falls due with no event: the profile is marked for a snapshot too.
+    claim = t.run_async(t.tags.run_due(T0 + 31 * DAY))
+    assert claim.changes and t.run_async(t.profiles.take_changed()) == ["1"]
+    t.run_async(t.profiles.done_changed())
+    # Evaluations that change no tag mark nothing.
+    t.run_async(t.tags.settle_due(claim))
+    assert t.run_async(t.tags.run_due(T0 + 32 * DAY)).changes == []
+    assert t.run_async(t.profiles.take_changed()) == []
