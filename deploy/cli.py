@@ -28,7 +28,7 @@ from deploy.logs import configure
 from deploy.settings import Settings
 from deploy.worker import ROLES, build_app, group_id, history_writer
 from deploy.worker import run as run_worker
-from identity.normalize import normalize
+from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from profiles.store import ProfileStore
@@ -330,7 +330,10 @@ def profiles_get(
             if pid is None:
                 if not (id_type and value):
                     raise click.UsageError("give PROFILE_ID or --type and --value")
-                ident = normalize(id_type, value, settings.ingest.default_region)
+                try:
+                    ident = parse_identifier(id_type, value, settings.ingest.default_region)
+                except BadIdentifier as bad:
+                    raise click.UsageError(f"--{bad.field}: {bad}") from None
                 holders = await ids.holders(ident.key())
                 if len(holders) > 1:
                     raise click.ClickException(f"{ident.key()} is shared by {holders}")
@@ -356,16 +359,18 @@ def identity() -> None:
 def identity_explain(settings: Settings, profile_id: str) -> None:
     """Show a profile's identifiers and the merges and refusals that built it."""
 
-    async def main() -> tuple[str, list[str], list[dict[str, Any]]]:
-        client, _, ids = _stores(settings)
+    async def main() -> tuple[str, list[str], list[dict[str, Any]], bool]:
+        client, store, ids = _stores(settings)
         try:
             survivor = await ids.survivor(profile_id)
-            return survivor, await ids.identifiers(survivor), await ids.history(survivor)
+            known, history = await ids.identifiers(survivor), await ids.history(survivor)
+            exists = bool(known or history) or await store.get(survivor) is not None
+            return survivor, known, history, exists
         finally:
             await client.aclose()
 
-    survivor, identifiers, history = asyncio.run(main())
-    if not identifiers:
+    survivor, identifiers, history, exists = asyncio.run(main())
+    if not exists:
         raise click.ClickException(f"no profile {profile_id}")
     alias = f" (asked {profile_id}, merged into it)" if survivor != profile_id else ""
     click.echo(f"profile {survivor}{alias}")

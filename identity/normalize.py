@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -56,3 +57,33 @@ def normalize(type_name: str, value: str, default_region: str = DEFAULT_REGION) 
     if normalised is None:
         return Identifier(type=type_name, value=trimmed, normalized=False)
     return Identifier(type=type_name, value=normalised)
+
+
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class BadIdentifier(ValueError):
+    """An identifier a reader asked about that no profile can hold; ``field`` says which part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def parse_identifier(
+    type_name: str, value: str, default_region: str = DEFAULT_REGION
+) -> Identifier:
+    """An identifier to look up, normalised like ingest normalises it.
+
+    Raises ``BadIdentifier`` for a type that is no identifier type, a blank value, or a value
+    that fails its type's validation (such values never link a profile, so none holds them).
+    """
+    kind = type_name.strip().lower()
+    if not _TYPE_NAME.match(kind):
+        raise BadIdentifier("type", f"{type_name!r} is not an identifier type (e.g. email, phone)")
+    if not normalize_generic(value):
+        raise BadIdentifier("value", "value is blank")
+    ident = normalize(kind, value, default_region)
+    if not ident.normalized:
+        raise BadIdentifier("value", f"{value!r} is not a valid {kind}")
+    return ident

@@ -160,10 +160,18 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid)
       absorb(cand)
     end
   end
+  -- A new profile needs an identifier it can hold: one over the supernode limit (a store's
+  -- shared iPad) identifies nobody, so an event with nothing else resolves to no profile,
+  -- like one with junk only, instead of a new empty profile per event that nothing can
+  -- ever join.
+  local holdable = false
+  for _, id in ipairs(ids) do
+    if not supernode[id] then holdable = true end
+  end
   if #group > 0 then
     table.sort(group, function(a, b) return tonumber(a) < tonumber(b) end)
     pid = group[1]
-  elseif #ids > 0 then
+  elseif holdable then
     pid = tostring(redis.call('INCR', k('seq')))
     created = 1
   end

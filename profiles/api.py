@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from identity.normalize import normalize
+from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
 from profiles.store import ProfileStore
 
@@ -35,7 +35,11 @@ def build_router(
         type: Annotated[str, Query(min_length=1, max_length=48)],
         value: Annotated[str, Query(min_length=1, max_length=256)],
     ) -> Any:
-        ident = normalize(type, value, region)
+        try:
+            ident = parse_identifier(type, value, region)
+        except BadIdentifier as bad:
+            detail = {"code": "invalid_identifier", "message": str(bad), "field": bad.field}
+            raise HTTPException(400, detail) from None
         holders = await identity.holders(ident.key())
         if not holders:
             raise not_found("value", f"no profile holds {ident.key()}")
@@ -73,13 +77,16 @@ def build_router(
     async def explain(profile_id: Annotated[str, Query(min_length=1)]) -> Any:
         survivor = await identity.survivor(profile_id)
         ids = await identity.identifiers(survivor)
-        if not ids:
+        history = await identity.history(survivor)
+        # A profile can hold no identifier (its events' only evidence was shared or over the
+        # supernode limit); it still exists, and its history says why.
+        if not ids and not history and await profiles.get(survivor) is None:
             raise not_found("profile_id", f"no profile {profile_id}")
         return {
             "profile_id": survivor,
             "asked": profile_id,
             "identifiers": ids,
-            "history": await identity.history(survivor),
+            "history": history,
         }
 
     return router

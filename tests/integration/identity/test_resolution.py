@@ -163,6 +163,9 @@ def test_supernode_identifier_never_merges(graph: Graph) -> None:
     out = graph.send("email:new@x.com", "device_id:shop-ipad")
     assert out.resolved.profile_id == lonely and out.resolved.merged == []
     assert [(e.rule, e.identifier) for e in out.ledger] == [("supernode", "device_id:shop-ipad")]
+    # With nothing else, the event is nobody's: no new profile that nothing could ever join.
+    alone = graph.send("device_id:shop-ipad")
+    assert alone.resolved.profile_id == "" and not alone.created
 
 
 def test_blocklisted_identifiers_never_link(graph: Graph) -> None:
