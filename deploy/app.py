@@ -159,6 +159,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         LiveIndex(redis_client, ns),
         profile_store,
         bind=lambda: tag_store.ensure_bound(redis_url),
+        query_timeout_s=settings.segments.query_timeout_s,
     )
     tokens = settings.api.tokens
     app.include_router(

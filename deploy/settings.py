@@ -144,6 +144,9 @@ class SegmentSettings(BaseModel):
     refresh_interval_s: float = 300.0
     #: How often the profiles worker re-reads the saved live segments it emits changes for.
     live_reload_s: float = 10.0
+    #: A segment query (count, preview, export) running longer is stopped with a 504: one
+    #: ClickHouse serves every history query and the history writer.
+    query_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class LocalSettings(BaseModel):

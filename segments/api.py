@@ -18,9 +18,17 @@ from pydantic import ValidationError
 from contracts.segments import SegmentDefinition, error_path
 from deploy.auth import Token
 from ingest.exceptions import KafkaUnavailable
-from segments.service import MEDIA_TYPES, Format, HistoryUnavailable, Segments
+from segments.service import (
+    MEDIA_TYPES,
+    Format,
+    HistoryError,
+    HistoryUnavailable,
+    QueryTimeout,
+    Segments,
+)
 from segments.sql import SegmentError
 from segments.store import SegmentConflict, SegmentNotFound, SegmentStore
+from segments.yamlio import load_yaml
 
 ADMIN = "segments:admin"
 
@@ -42,13 +50,12 @@ async def parse(request: Request) -> SegmentDefinition:
     """The request body as a segment definition; 400 naming the bad node's path."""
     body = await request.body()
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    is_yaml = kind in ("application/yaml", "application/x-yaml", "text/yaml")
     try:
-        if kind in ("application/yaml", "application/x-yaml", "text/yaml"):
-            data = yaml.safe_load(body)
-        else:
-            data = orjson.loads(body)
+        data = load_yaml(body) if is_yaml else orjson.loads(body)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
-        raise _error(400, "invalid_json", f"the body is not valid: {exc}", None) from exc
+        code = "invalid_yaml" if is_yaml else "invalid_json"
+        raise _error(400, code, f"the body is not valid: {exc}", None) from exc
     try:
         return SegmentDefinition.model_validate(data)
     except ValidationError as exc:
@@ -70,6 +77,10 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             raise _error(400, "invalid_segment", str(exc), exc.path) from exc
         except HistoryUnavailable as exc:
             raise _error(503, "history_unavailable", str(exc), None) from exc
+        except QueryTimeout as exc:
+            raise _error(504, "query_timeout", str(exc), "definition") from exc
+        except HistoryError as exc:
+            raise _error(500, "history_error", str(exc), None) from exc
 
     def consent(token: Token, include_unconsented: bool) -> bool:
         """Whether to enforce the purpose's consent (admins may ask not to)."""

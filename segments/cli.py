@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 import httpx
-import yaml
 from pydantic import ValidationError
 
 from contracts.segments import SegmentDefinition, error_path
 from segments.service import purposes
 from segments.sql import Compiler, SegmentError
+from segments.yamlio import load_yaml
 from tagging.catalog import load
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -27,7 +27,7 @@ FORMATS = ("csv", "jsonl", "parquet")
 
 def _read(source: str) -> dict[str, Any]:
     """A definition file's content (YAML is a superset of JSON)."""
-    data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    data = load_yaml(Path(source).read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise click.ClickException(f"{source}: a segment definition is a mapping")
     return data

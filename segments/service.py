@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from contracts.profiles import Profile
 from contracts.segments import SegmentDefinition, is_live
@@ -50,6 +52,28 @@ MEDIA_TYPES = {
 
 class HistoryUnavailable(RuntimeError):
     """ClickHouse cannot be queried from this process (embedded and owned by another)."""
+
+
+class QueryTimeout(RuntimeError):
+    """A segment query ran past the limit (``segments.query_timeout_s``) and was stopped."""
+
+
+class HistoryError(RuntimeError):
+    """ClickHouse refused or failed a segment query (its message, for the operator)."""
+
+
+#: A compiled segment can be long (a condition is a CTE); ClickHouse's default 256 KiB
+#: parse limit is below what MAX_CONDITIONS conditions can compile to.
+_MAX_QUERY_BYTES = 4 << 20
+
+
+def _failed(exc: DatabaseError) -> RuntimeError:
+    if "TIMEOUT_EXCEEDED" in str(exc):
+        return QueryTimeout(
+            "the segment query ran past its time limit and was stopped; simplify it, or "
+            "raise CDP_SEGMENTS__QUERY_TIMEOUT_S"
+        )
+    return HistoryError(f"the history query failed: {str(exc).splitlines()[0][:500]}")
 
 
 def purposes(catalog: Catalog) -> list[str]:
@@ -95,8 +119,15 @@ class Segments:
         live: LiveIndex,
         profiles: ProfileStore,
         bind: Callable[[], Awaitable[None]],
+        query_timeout_s: float = 30.0,
     ) -> None:
         self._clickhouse = clickhouse
+        #: Every segment query stops at the time limit: one ClickHouse serves the history
+        #: writer and every other query, one query at a time when embedded.
+        self._settings = {
+            "max_execution_time": max(1, math.ceil(query_timeout_s)),
+            "max_query_size": _MAX_QUERY_BYTES,
+        }
         self._db = database
         self.catalog = tags.catalog
         self.purposes = purposes(self.catalog)
@@ -166,7 +197,13 @@ class Segments:
         table = f"{self._db}.export_{uuid.uuid4().hex}"  # hex only: safe as an identifier
         client = await self._client()
         create = f"CREATE TABLE {table} ENGINE = MergeTree ORDER BY profile_id AS {q.sql}"
-        await asyncio.to_thread(client.command, create, parameters=q.params)
+        try:
+            await asyncio.to_thread(
+                client.command, create, parameters=q.params, settings=self._settings
+            )
+        except DatabaseError as exc:
+            await asyncio.to_thread(client.command, f"DROP TABLE IF EXISTS {table}")
+            raise _failed(exc) from exc
         try:
             n = int(await asyncio.to_thread(client.command, f"SELECT count() FROM {table}"))  # noqa: S608 - generated name
         except BaseException:
@@ -197,7 +234,12 @@ class Segments:
 
     async def _query(self, q: Query) -> list[tuple[Any, ...]]:
         client = await self._client()
-        result = await asyncio.to_thread(client.query, q.sql, parameters=q.params)
+        try:
+            result = await asyncio.to_thread(
+                client.query, q.sql, parameters=q.params, settings=self._settings
+            )
+        except DatabaseError as exc:
+            raise _failed(exc) from exc
         return list(result.result_rows)
 
     @staticmethod

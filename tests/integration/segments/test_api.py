@@ -343,6 +343,10 @@ def test_validation_errors_name_the_node(world: World) -> None:
         world.base + "/v1/segments/count", content=b"{not json", headers=auth(), timeout=30
     )
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+    order = {"event": "order_completed", "op": "gte", "value": 1}
+    huge = {"definition": {"all": [{"any": [order] * 30}] * 30}}  # 900: a runaway query
+    r = post(world, "/v1/segments/count", huge)
+    assert (r.status_code, r.json()["field"]) == (400, "definition")
 
 
 INJECTIONS = [

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from contracts.segments import SegmentDefinition, error_path, is_live
 from segments.sql import Compiler, SegmentError
+from segments.yamlio import load_yaml
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 COMPILER = Compiler("cdp", tags=["tier_vip", "repeat_buyer"], purposes=["sms", "email"])
@@ -134,3 +135,32 @@ def test_a_hostile_field_name_is_refused() -> None:
     for bad in ["traits.x` FROM system.tables --", "password", "traits."]:
         with pytest.raises(SegmentError):
             COMPILER.members(seg, NOW, fields=[bad])
+
+
+def test_a_segment_holds_at_most_200_conditions() -> None:
+    order = {"event": "order_completed", "op": "gte", "value": 1}
+    fine = {"all": [{"any": [order] * 20}] * 10}  # 200 conditions
+    SegmentDefinition.model_validate({"definition": fine})
+    too_many = {"all": [{"any": [order] * 30}] * 30}  # within every list limit: 900 in all
+    with pytest.raises(ValidationError) as info:
+        SegmentDefinition.model_validate({"definition": too_many})
+    first = info.value.errors()[0]
+    assert error_path(first["loc"]) == "definition"
+    assert "at most 200 conditions; this has 900" in first["msg"]
+
+
+def test_yaml_dates_read_as_their_json_strings() -> None:
+    text = """
+definition:
+  all:
+    - {attribute: first_seen, op: gt, value: 2026-06-01}
+    - event: order_completed
+      op: gte
+      value: 1
+      within: {from: 2026-01-01T08:00:00Z, to: 2026-02-01}
+"""
+    data = load_yaml(text)
+    first, order = data["definition"]["all"]
+    assert first["value"] == "2026-06-01"
+    assert order["within"] == {"from": "2026-01-01T08:00:00+00:00", "to": "2026-02-01"}
+    SegmentDefinition.model_validate(data)  # valid, as the JSON form is
