@@ -369,10 +369,16 @@ def error_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
     parts: list[str] = []
     for item in loc:
         text = str(item)
-        if parts and text == parts[-1] and text in ("all", "any", "not"):
-            continue
+        if parts and text == parts[-1] and text in _KINDS:
+            continue  # the node's tag, then its field of the same name
+        if text in _TYPE_LABELS or "[" in text:
+            continue  # which member of a union pydantic tried: ``value.str``, ``list[str]``
         parts.append(text)
     return ".".join(parts)
+
+
+#: Union member labels pydantic puts in error locations; no definition field is named so.
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "none", "dict", "list", "datetime"})
 
 
 def walk(node: Any) -> list[Any]:

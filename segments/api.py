@@ -61,7 +61,8 @@ async def parse(request: Request) -> SegmentDefinition:
     except ValidationError as exc:
         first = exc.errors()[0]
         path = error_path(first["loc"]) or None
-        raise _error(400, "invalid_segment", f"{path}: {first['msg']}", path) from exc
+        message = f"{path}: {first['msg']}" if path else f"the body: {first['msg']}"
+        raise _error(400, "invalid_segment", message, path) from exc
 
 
 def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any) -> APIRouter:

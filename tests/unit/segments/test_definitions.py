@@ -164,3 +164,10 @@ definition:
     assert first["value"] == "2026-06-01"
     assert order["within"] == {"from": "2026-01-01T08:00:00+00:00", "to": "2026-02-01"}
     SegmentDefinition.model_validate(data)  # valid, as the JSON form is
+
+
+def test_paths_name_fields_not_pydantic_internals() -> None:
+    assert path_of({"tag": 123}) == "definition.tag"
+    assert path_of({"attribute": "first_seen", "op": "gt", "value": {"x": 1}}) == (
+        "definition.attribute.value"
+    )
