@@ -3,8 +3,8 @@
 -- ARGV[1] namespace   ARGV[2] memo ttl (s)   ARGV[3] supernode limit
 -- ARGV[4] rules JSON {type: [unique 0/1, cap]}, ARGV[5] custom rule JSON [unique, cap]
 -- ARGV[6] the batch JSON: [[event id, raw partition, raw offset, [ids], [blocked ids],
---         [invalid ids]], ...], identifiers as "type:value", strongest first; blocked (junk)
---         and invalid (failed validation) identifiers never link profiles
+--         [invalid ids], source], ...], identifiers as "type:value", strongest first;
+--         blocked (junk) and invalid (failed validation) identifiers never link profiles
 --
 -- One call per micro-batch (the caller splits big batches into chunks so that Redis answers
 -- other clients between chunks); the events are resolved in order, each as before on its own.
@@ -16,7 +16,7 @@
 --   p:<pid>:uq      HASH unique type -> its value
 --   alias           HASH merged pid -> survivor
 --   seq             profile id counter (lower = older)
---   ev:<event id>   the outcome of this event, replayed for redelivered offsets
+--   ev:<source>:<event id>  the outcome of this event, replayed for redelivered offsets
 --   rf:<pid>:<x>:<rule>  refusals already recorded
 -- Returns a JSON array with one outcome per event: {pid, created, dup, merges, refusals}.
 
@@ -43,8 +43,10 @@ local function resolve(pid) return follow_alias(alias_key, pid) end
 local function uq(pid) return redis.call('HGETALL', k('p', pid, 'uq')) end
 local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
 
-local function resolve_event(event_id, part, off, ids, blocked, invalid)
-  local memo_key = k('ev', event_id)
+local function resolve_event(event_id, part, off, ids, blocked, invalid, source)
+  -- A client's retry repeats its message id; another source may use the same id for
+  -- another event (ids are unique per source, not across sources), so the memo is per source.
+  local memo_key = source and k('ev', source, event_id) or k('ev', event_id)
   local memo = redis.call('GET', memo_key)
   if memo then
     local m
@@ -231,6 +233,6 @@ end
 
 local outs = {}
 for n, e in ipairs(batch) do
-  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6] or {})
+  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6] or {}, e[7])
 end
 return '[' .. table.concat(outs, ',') .. ']'

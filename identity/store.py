@@ -114,7 +114,7 @@ class IdentityStore:
                 else:
                     ids.append(ident.key())
             entry = [item.event.event_id, str(item.partition), str(item.offset), ids, blocked]
-            batch.append([*entry, invalid])
+            batch.append([*entry, invalid, item.event.source])
         return [
             self._ns,
             self._ttl,

@@ -38,11 +38,17 @@ class Graph:
     ) -> Outcome:
         return self.batch([ids], event_ids=[event_id], offsets=[offset])[0]
 
+    def send_from(
+        self, source: str, *ids: str, event_id: str | None = None, offset: int | None = None
+    ) -> Outcome:
+        return self.batch([ids], event_ids=[event_id], offsets=[offset], source=source)[0]
+
     def batch(
         self,
         events: list[tuple[str | Identifier, ...]],
         event_ids: list[str | None] | None = None,
         offsets: list[int | None] | None = None,
+        source: str = "s",
     ) -> list[Outcome]:
         items = []
         for n, ids in enumerate(events):
@@ -53,7 +59,7 @@ class Graph:
                 type="track",
                 name="x",
                 channel="pos",
-                source="s",
+                source=source,
                 identifiers=[
                     i
                     if isinstance(i, Identifier)
@@ -198,6 +204,16 @@ def test_identifiers_that_fail_validation_never_link(graph: Graph) -> None:
     assert d.resolved.profile_id == c.resolved.profile_id
 
 
+def test_the_same_message_id_from_two_sources_is_two_events(graph: Graph) -> None:
+    # Message ids are unique per source (each channel counts its own): another source's
+    # event with the same id is a different event, not a client retry.
+    pos = graph.send("member_id:P1", event_id="order-1001", offset=901)
+    web = graph.send_from("web", "customer_id:W1", event_id="order-1001", offset=902)
+    assert not web.duplicate and web.resolved.profile_id not in ("", pos.resolved.profile_id)
+    retry = graph.send_from("web", "customer_id:W1", event_id="order-1001", offset=903)
+    assert retry.duplicate  # the same source's retry still is one
+
+
 def test_cap_refuses_extra_values(graph: Graph) -> None:
     pid = graph.send("member_id:C1", "email:1@x.com", "email:2@x.com", "email:3@x.com")
     out = graph.send("member_id:C1", "email:4@x.com")
@@ -220,12 +236,12 @@ def test_the_memo_is_compact_unless_the_outcome_merged_or_refused(graph: Graph) 
     ns = graph.store._ns
     new = graph.send("member_id:K1", event_id="k-1", offset=7)
     assert (
-        graph.run(graph.client.get(f"{ns}:ev:k-1")) == f"{new.resolved.profile_id}|1|0|7".encode()
+        graph.run(graph.client.get(f"{ns}:ev:s:k-1")) == f"{new.resolved.profile_id}|1|0|7".encode()
     )
     graph.send("email:k@x.com", event_id="k-2", offset=8)
     merged = graph.send("member_id:K1", "email:k@x.com", event_id="k-3", offset=9)
     assert merged.resolved.merged  # a merge: kept whole, so a replay re-emits it
-    assert graph.run(graph.client.get(f"{ns}:ev:k-3")).startswith(b"{")
+    assert graph.run(graph.client.get(f"{ns}:ev:s:k-3")).startswith(b"{")
     both = ("member_id:K1", "email:k@x.com")
     for ids, event_id, offset, first in ((both[:1], "k-1", 7, new), (both, "k-3", 9, merged)):
         again = graph.send(*ids, event_id=event_id, offset=offset)
