@@ -103,6 +103,19 @@ class Comparison(BaseModel):
         return self
 
 
+#: The times the history can hold (ClickHouse DateTime64): a bound outside is refused, not
+#: sent to the engine to fail there.
+HISTORY_RANGE = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2299, 12, 31, tzinfo=UTC))
+
+
+def in_history_range(value: datetime) -> datetime:
+    """``value`` (aware) if the history can hold it; ValueError otherwise."""
+    low, high = HISTORY_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{value.isoformat()} is outside {low.year}-{high.year}")
+    return value
+
+
 class Window(BaseModel):
     """A time window: the last duration before the query, or an absolute [from, to) range."""
 
@@ -124,7 +137,9 @@ class Window(BaseModel):
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return in_history_range(
+            value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Window:

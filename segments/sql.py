@@ -42,6 +42,7 @@ from contracts.segments import (
     TraitCondition,
     Where,
     Window,
+    in_history_range,
     parse_duration,
     walk,
 )
@@ -164,7 +165,9 @@ def _instant(value: Any) -> datetime:
     if not isinstance(value, str):
         raise TypeError("give an ISO 8601 time or use within/before with a duration")
     parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return in_history_range(
+        parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    )
 
 
 def _attribute(b: _Build, c: AttributeCondition, path: str) -> str:

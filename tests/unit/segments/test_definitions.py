@@ -171,3 +171,15 @@ def test_paths_name_fields_not_pydantic_internals() -> None:
     assert path_of({"attribute": "first_seen", "op": "gt", "value": {"x": 1}}) == (
         "definition.attribute.value"
     )
+
+
+def test_times_outside_what_the_history_holds_are_refused_with_their_path() -> None:
+    order = {"event": "order_completed", "op": "gte", "value": 1}
+    early = order | {"within": {"from": "0001-01-01T00:00:00Z", "to": "1901-01-01T00:00:00Z"}}
+    assert path_of({"all": [{"tag": "tier_vip"}, early]}) == "definition.all.1.event.within.from"
+    seg = SegmentDefinition.model_validate(
+        {"definition": {"attribute": "first_seen", "op": "gt", "value": "0001-01-01"}}
+    )
+    with pytest.raises(SegmentError) as info:
+        COMPILER.count(seg, NOW)
+    assert info.value.path == "definition" and "outside 1900-2299" in str(info.value)
