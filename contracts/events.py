@@ -174,6 +174,11 @@ def identifier_rank(type_name: str) -> int:
         return 2 * IDENTIFIER_STRENGTH.index(IdentifierType.COMPANY_ID) - 1
 
 
+#: The earliest time an event may claim. No channel of a CDP has earlier events; such times
+#: are almost always a unit error (seconds read as milliseconds: 12345 is 1970-01-01T03:25)
+#: or a default date (0001-01-01), and they would sort before every trait's source priority.
+MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
 #: How far past its receive time an event may claim to have happened before that is taken
 #: for a client clock error (or a local time read as UTC): the event is then placed at its
 #: receive time, and ``original_timestamp`` keeps the claim. A time years ahead would

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from contracts.deadletter import DeadLetterReason
 from contracts.events import (
+    MIN_EVENT_TIME,
     SEGMENT_CALL_TYPES,
     Event,
     EventType,
@@ -65,6 +66,20 @@ def _id_string(msg: dict[str, Any], field: str) -> str | None:
     if len(text) > MAX_ID_LENGTH:
         raise invalid(field, f"{field} is longer than {MAX_ID_LENGTH} characters")
     return text or None
+
+
+def plausible(value: datetime | None, field: str) -> datetime | None:
+    """``value`` unless it is before ``MIN_EVENT_TIME`` (a 400 naming ``field``)."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if aware < MIN_EVENT_TIME:
+        raise invalid(
+            field,
+            f"{field} {value.isoformat()} is before {MIN_EVENT_TIME.date()}: no event time "
+            "(seconds sent as milliseconds, or a default date?)",
+        )
+    return value
 
 
 def parse_timestamp(value: Any, field: str) -> datetime | None:
@@ -185,10 +200,15 @@ def from_segment(
     traits = {**_object(context, "traits"), **_object(msg, "traits")}
     name = _name(msg, call)
     event_type = domain_type(name) if call == EventType.TRACK and name else None
-    original = source.local(
-        parse_timestamp(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
+    original = plausible(
+        source.local(
+            parse_timestamp(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
+        ),
+        "timestamp",
     )
-    sent_at = source.local(parse_timestamp(msg.get("sentAt"), "sentAt") or batch_sent_at)
+    sent_at = plausible(
+        source.local(parse_timestamp(msg.get("sentAt"), "sentAt") or batch_sent_at), "sentAt"
+    )
     group_id = _id_string(msg, "groupId")
     if call == EventType.GROUP and not group_id:
         raise invalid("groupId", "group calls need a groupId")

@@ -228,3 +228,23 @@ def test_times_without_an_offset_are_read_in_the_source_zone() -> None:
 def test_a_source_zone_must_be_a_real_zone() -> None:
     with pytest.raises(ValueError, match="unknown time zone"):
         Source(name="x", channel="pos", key_sha256=hash_key("k"), timezone="Asia/Atlantis")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timestamp", 12345),  # seconds where milliseconds were meant: 1970-01-01T03:25:45
+        ("timestamp", "0001-01-01T00:00:00Z"),  # a default date
+        ("timestamp", "1999-12-31T23:59:59Z"),
+        ("sentAt", "1970-01-01T00:00:00Z"),
+    ],
+)
+def test_times_before_2000_are_no_event_times(field: str, value: Any) -> None:
+    msg = {"type": "track", "userId": "M-1", "event": "Store Visited", field: value}
+    assert rejected(msg).field == field
+
+
+def test_the_first_day_of_2000_is_an_event_time() -> None:
+    msg = {"type": "track", "userId": "M-1", "event": "Store Visited"}
+    event = take(msg | {"timestamp": "2000-01-01T00:00:00Z"})
+    assert event.timestamp == datetime(2000, 1, 1, tzinfo=UTC)
