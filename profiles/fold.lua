@@ -66,9 +66,15 @@ local function trait(p, name, value, r)
   end
   return false
 end
+-- An entry (an order, a refund) counts once however often it is reported; reported with
+-- different amounts (a POS and an app disagreeing) it counts at the larger one, so the
+-- result does not depend on which report arrives, or is merged in, first.
 local function entry(p, name, id, amount)
-  if redis.call('HSETNX', k('pf', p), 'h:' .. name .. ':' .. id, amount) == 1 then
-    redis.call('HINCRBY', k('pf', p), 'e:' .. name, amount)
+  local key = 'h:' .. name .. ':' .. id
+  local old = tonumber(redis.call('HGET', k('pf', p), key) or 'nil')
+  if old == nil or amount > old then
+    redis.call('HSET', k('pf', p), key, amount)
+    redis.call('HINCRBY', k('pf', p), 'e:' .. name, amount - (old or 0))
     return true
   end
   return false

@@ -200,8 +200,10 @@ def _domain(delta: Delta, event: Event, rules: FoldRules, ms: int) -> None:
     if kind == EventType.ORDER_COMPLETED:
         _order(delta, event, ms, rules.zone)
     elif kind == EventType.ORDER_REFUNDED:
-        order_id = str(props.get("order_id") or event.event_id)
-        delta.add("entry", "refunds", order_id, _cents(props))
+        # One order may be refunded in parts: each refund counts (a retry repeats its event
+        # id, so it does not count twice).
+        refund_id = str(props.get("refund_id") or event.event_id)
+        delta.add("entry", "refunds", refund_id, _cents(props))
     elif kind in (
         EventType.TICKET_OPENED,
         EventType.TICKET_RESOLVED,

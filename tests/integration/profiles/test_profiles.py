@@ -160,6 +160,28 @@ def test_absurd_numbers_are_ignored_not_a_poison_event(make: Any) -> None:
     assert prof.csat_last is None
 
 
+def test_an_order_reported_twice_with_two_amounts_gives_one_answer(make: Any) -> None:
+    # A POS says 100, the app says 120 for the same order: whichever arrives first, and
+    # whether or not the two reports sat on two profiles that merge later, it counts once
+    # at the larger amount. Two partial refunds of one order both count.
+    m, e = ("member_id", "M7"), ("email", "m7@x.com")
+    pos = ev(1, "order_completed", "pos", [m], 0, order_id="O7", total=100)
+    app = ev(2, "order_completed", "member_app", [e], 1, order_id="O7", total=120)
+    link = ev(3, "identify", "member_app", [m, e], 2)
+    refunds = [
+        ev(4, "order_refunded", "pos", [m], 3, order_id="O7", total=30),
+        ev(5, "order_refunded", "pos", [m], 4, order_id="O7", total=20),
+    ]
+    answers = []
+    for events in ([pos, app, link, *refunds], [app, pos, *refunds, link], [link, app, pos]):
+        pipe = make()
+        resolved = pipe.resolve(events, offsets=list(range(len(events))))  # arrival order
+        pipe.apply(resolved)
+        prof = pipe.profile(resolved[-1].profile_id)
+        answers.append((prof.order_count, prof.total_spend, prof.refund_total))
+    assert answers == [(1, 120.0, 50.0), (1, 120.0, 50.0), (1, 120.0, 0.0)]
+
+
 def _snapshot(prof: Profile) -> dict[str, Any]:
     return prof.model_dump(exclude={"profile_id"})
 

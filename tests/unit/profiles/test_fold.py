@@ -155,9 +155,12 @@ def test_order_without_categories_adds_no_category_ops() -> None:
     assert [op for op in found if op[1] == "categories"] == []
 
 
-def test_order_refunded_is_a_refund_entry_in_cents() -> None:
+def test_each_refund_is_an_entry_in_cents_even_of_one_order() -> None:
+    # Two partial refunds of order O-1 are two entries; a refund id, when given, is the key.
     found = domain(EventType.ORDER_REFUNDED, properties={"order_id": "O-1", "total": "9.90"})
-    assert found == [["entry", "refunds", "O-1", 990]]
+    assert found == [["entry", "refunds", "e1", 990]]
+    given = {"order_id": "O-1", "refund_id": "R-2", "total": 5}
+    assert domain(EventType.ORDER_REFUNDED, properties=given) == [["entry", "refunds", "R-2", 500]]
 
 
 @pytest.mark.parametrize("total", ["NaN", "Infinity", "-inf"])
