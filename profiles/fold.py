@@ -106,10 +106,12 @@ def _number(value: Any) -> float | None:
 
 
 def _cents(props: dict[str, Any]) -> int:
+    """The amount of an order or a refund in cents; a negative one is no amount (a refund is
+    its own event with a positive amount), so it cannot make spend negative."""
     for key in ("total", "revenue", "value", "amount"):
         amount = _number(props.get(key))
         if amount is not None:
-            return round(amount * 100)
+            return max(0, round(amount * 100))
     return 0
 
 

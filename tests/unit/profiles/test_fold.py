@@ -128,6 +128,7 @@ def test_order_completed_records_entry_purchase_times_and_categories() -> None:
         ({"total": True, "amount": 4}, 400),
         ({"total": None, "value": 3}, 300),
         ({"total": 0, "revenue": 2}, 0),
+        ({"total": -500}, 0),
         ({}, 0),
     ],
 )
