@@ -236,11 +236,26 @@ def from_segment(
             timestamp=corrected_timestamp(original, sent_at, received_at),
         )
     except ValidationError as exc:
-        raise from_validation_error(exc) from exc
+        raise from_validation_error(exc, SEGMENT_FIELDS) from exc
 
 
-def from_validation_error(exc: ValidationError) -> Rejected:
-    """Turn pydantic's first error into a rejection that names the field."""
+#: The Segment message key each contract field comes from, so that a rejection names what
+#: the client sent (``messageId``, not ``event_id``).
+SEGMENT_FIELDS = {
+    "event_id": "messageId",
+    "name": "event",
+    "previous_id": "previousId",
+    "group_id": "groupId",
+    "original_timestamp": "timestamp",
+    "sent_at": "sentAt",
+}
+
+
+def from_validation_error(exc: ValidationError, names: dict[str, str] | None = None) -> Rejected:
+    """Turn pydantic's first error into a rejection that names the field as it was sent."""
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"])
+    loc = [str(p) for p in first["loc"]]
+    if loc and names:
+        loc[0] = names.get(loc[0], loc[0])
+    field = ".".join(loc)
     return invalid(field, f"{field}: {first['msg']}")

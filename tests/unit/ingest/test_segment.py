@@ -248,3 +248,8 @@ def test_the_first_day_of_2000_is_an_event_time() -> None:
     msg = {"type": "track", "userId": "M-1", "event": "Store Visited"}
     event = take(msg | {"timestamp": "2000-01-01T00:00:00Z"})
     assert event.timestamp == datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def test_a_rejection_names_the_key_the_client_sent() -> None:
+    msg = {"type": "track", "userId": "M-1", "event": "Store Visited", "messageId": "m" * 200}
+    assert rejected(msg).field == "messageId"  # not the contract's event_id
