@@ -77,6 +77,10 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source)
       local entry = {pid = pid, other = other or cjson.null, id = id, rule = rule}
       table.insert(refusals, entry)
       remember(pid, {decision = 'refused', rule = rule, other = entry.other, id = id})
+      -- The other profile's explain tells it too: either one is what an operator looks up.
+      if other then
+        remember(other, {decision = 'refused', rule = rule, other = pid, id = id})
+      end
     end
   end
 

@@ -76,6 +76,9 @@ class Graph:
     def ids(self, pid: str) -> list[str]:
         return self.run(self.store.identifiers(pid))
 
+    def history(self, pid: str) -> list[dict[str, Any]]:
+        return [h for h in self.run(self.store.history(pid)) if h["decision"] == "refused"]
+
     def close(self) -> None:
         self.run(self.client.aclose())
         self.loop.close()
@@ -140,6 +143,12 @@ def test_unique_conflict_is_refused_and_recorded(graph: Graph) -> None:
     assert graph.ids(one) == ["email:shared@x.com", "member_id:M1"]
     # The shared email is linked to both now; the refusal is not recorded twice.
     assert graph.send("member_id:M2", "email:shared@x.com").ledger == []
+    # Both profiles' explain show it, each naming the other.
+    told = [(h["rule"], h["other"], h["id"]) for p in (one, two) for h in graph.history(p)]
+    assert told == [
+        ("unique_conflict", two, "email:shared@x.com"),
+        ("unique_conflict", one, "email:shared@x.com"),
+    ]
 
 
 def test_a_shared_identifier_alone_picks_neither_holder(graph: Graph) -> None:
