@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -17,7 +18,8 @@ JsonObject = dict[str, Any]
 
 IdentifierValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 #: Custom identifier types are allowed: lower snake case, e.g. ``loyalty_card``.
-IdentifierTypeName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
+IDENTIFIER_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+IdentifierTypeName = Annotated[str, StringConstraints(pattern=IDENTIFIER_TYPE.pattern)]
 
 
 class IdentifierType(StrEnum):

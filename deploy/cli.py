@@ -31,6 +31,7 @@ from deploy.worker import run as run_worker
 from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
+from profiles.api import explanation
 from profiles.store import ProfileStore
 from segments.cli import segments as segments_group
 from tagging.catalog import load as load_catalog
@@ -359,19 +360,17 @@ def identity() -> None:
 def identity_explain(settings: Settings, profile_id: str) -> None:
     """Show a profile's identifiers and the merges and refusals that built it."""
 
-    async def main() -> tuple[str, list[str], list[dict[str, Any]], bool]:
+    async def main() -> dict[str, Any] | None:
         client, store, ids = _stores(settings)
         try:
-            survivor = await ids.survivor(profile_id)
-            known, history = await ids.identifiers(survivor), await ids.history(survivor)
-            exists = bool(known or history) or await store.get(survivor) is not None
-            return survivor, known, history, exists
+            return await explanation(ids, store, profile_id)
         finally:
             await client.aclose()
 
-    survivor, identifiers, history, exists = asyncio.run(main())
-    if not exists:
+    found = asyncio.run(main())
+    if found is None:
         raise click.ClickException(f"no profile {profile_id}")
+    survivor, identifiers, history = found["profile_id"], found["identifiers"], found["history"]
     alias = f" (asked {profile_id}, merged into it)" if survivor != profile_id else ""
     click.echo(f"profile {survivor}{alias}")
     click.echo("identifiers:")

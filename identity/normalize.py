@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from functools import lru_cache
 
 import phonenumbers
 
-from contracts.events import Identifier, IdentifierType
+from contracts.events import IDENTIFIER_TYPE, Identifier, IdentifierType
 
 DEFAULT_REGION = "CN"
 
@@ -59,9 +58,6 @@ def normalize(type_name: str, value: str, default_region: str = DEFAULT_REGION) 
     return Identifier(type=type_name, value=normalised)
 
 
-_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-
-
 class BadIdentifier(ValueError):
     """An identifier a reader asked about that no profile can hold; ``field`` says which part."""
 
@@ -79,7 +75,7 @@ def parse_identifier(
     that fails its type's validation (such values never link a profile, so none holds them).
     """
     kind = type_name.strip().lower()
-    if not _TYPE_NAME.match(kind):
+    if not IDENTIFIER_TYPE.match(kind):
         raise BadIdentifier("type", f"{type_name!r} is not an identifier type (e.g. email, phone)")
     if not normalize_generic(value):
         raise BadIdentifier("value", "value is blank")

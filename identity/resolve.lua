@@ -46,7 +46,7 @@ local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
 local function resolve_event(event_id, part, off, ids, blocked, invalid, source)
   -- A client's retry repeats its message id; another source may use the same id for
   -- another event (ids are unique per source, not across sources), so the memo is per source.
-  local memo_key = source and k('ev', source, event_id) or k('ev', event_id)
+  local memo_key = k('ev', source, event_id)
   local memo = redis.call('GET', memo_key)
   if memo then
     local m
@@ -237,6 +237,6 @@ end
 
 local outs = {}
 for n, e in ipairs(batch) do
-  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6] or {}, e[7])
+  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6], e[7])
 end
 return '[' .. table.concat(outs, ',') .. ']'

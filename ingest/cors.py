@@ -13,10 +13,15 @@ from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 
+from contracts.events import SEGMENT_CALL_TYPES
+
+_CALLS = sorted(call.value for call in SEGMENT_CALL_TYPES)
+
 #: Paths that browsers may call: the Segment-compatible routes (long and analytics.js's
-#: one-letter forms), native events, and the analytics.js settings document.
+#: one-letter forms, as ``ingest.api.build_router`` serves them), native events, and the
+#: analytics.js settings document.
 INGEST_PATHS = re.compile(
-    r"^/v1/(batch|events|identify|track|page|screen|group|alias|[bitpsga]"
+    rf"^/v1/(batch|b|events|{'|'.join(_CALLS)}|[{''.join(c[0] for c in _CALLS)}]"
     r"|projects/[^/]+/settings)$"
 )
 

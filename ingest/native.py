@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from contracts.events import Event, EventIn, Identifier, corrected_timestamp
 from identity.normalize import DEFAULT_REGION, normalize
-from ingest.segment import from_validation_error, invalid, plausible
+from ingest.segment import client_time, from_validation_error, invalid
 from ingest.sources import Source
 
 
@@ -26,8 +26,8 @@ def from_native(
         for ident in given.identifiers:
             normalised = normalize(ident.type, ident.value, default_region)
             identifiers.setdefault(normalised.key(), normalised)
-        original = plausible(source.local(given.original_timestamp), "original_timestamp")
-        sent_at = plausible(source.local(given.sent_at), "sent_at")
+        original = client_time(source, given.original_timestamp, "original_timestamp")
+        sent_at = client_time(source, given.sent_at, "sent_at")
         return Event(
             event_id=given.event_id or str(uuid.uuid4()),
             type=given.type,

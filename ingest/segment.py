@@ -11,6 +11,7 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from contracts.deadletter import DeadLetterReason
 from contracts.events import (
+    IDENTIFIER_TYPE,
     MIN_EVENT_TIME,
     SEGMENT_CALL_TYPES,
     Event,
@@ -24,7 +25,6 @@ from ingest.exceptions import Rejected
 from ingest.sources import Source
 
 _DATETIME = TypeAdapter(datetime)
-_ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _DOMAIN_TYPES = {t.value for t in EventType} - {t.value for t in SEGMENT_CALL_TYPES}
 #: Trait keys that carry identifiers, in Segment's spelling and common variants.
 _TRAIT_IDENTIFIERS = {
@@ -68,8 +68,10 @@ def _id_string(msg: dict[str, Any], field: str) -> str | None:
     return text or None
 
 
-def plausible(value: datetime | None, field: str) -> datetime | None:
-    """``value`` unless it is before ``MIN_EVENT_TIME`` (a 400 naming ``field``)."""
+def client_time(source: Source, value: datetime | None, field: str) -> datetime | None:
+    """A time the client sent, in ``source``'s zone when it has no offset; a 400 naming
+    ``field`` when it is before ``MIN_EVENT_TIME``."""
+    value = source.local(value)
     if value is None:
         return None
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -119,7 +121,7 @@ def _external_ids(context: dict[str, JsonValue]) -> list[tuple[str, str]]:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str | int):
             raise invalid(field, f"{field} must be an object with an id")
         id_type = str(item.get("type", "")).strip().lower()
-        if not _ID_TYPE.match(id_type):
+        if not IDENTIFIER_TYPE.match(id_type):
             raise invalid(f"{field}.type", "identifier type must be lower snake case")
         pairs.append((id_type, str(item["id"])))
     return pairs
@@ -200,15 +202,10 @@ def from_segment(
     traits = {**_object(context, "traits"), **_object(msg, "traits")}
     name = _name(msg, call)
     event_type = domain_type(name) if call == EventType.TRACK and name else None
-    original = plausible(
-        source.local(
-            parse_timestamp(msg.get("timestamp") or msg.get("originalTimestamp"), "timestamp")
-        ),
-        "timestamp",
-    )
-    sent_at = plausible(
-        source.local(parse_timestamp(msg.get("sentAt"), "sentAt") or batch_sent_at), "sentAt"
-    )
+    stamped = msg.get("timestamp") or msg.get("originalTimestamp")
+    original = client_time(source, parse_timestamp(stamped, "timestamp"), "timestamp")
+    sent = parse_timestamp(msg.get("sentAt"), "sentAt") or batch_sent_at
+    sent_at = client_time(source, sent, "sentAt")
     group_id = _id_string(msg, "groupId")
     if call == EventType.GROUP and not group_id:
         raise invalid("groupId", "group calls need a groupId")

@@ -16,6 +16,22 @@ def not_found(field: str, message: str) -> HTTPException:
     return HTTPException(404, {"code": "not_found", "message": message, "field": field})
 
 
+async def explanation(
+    identity: IdentityStore, profiles: ProfileStore, profile_id: str
+) -> dict[str, Any] | None:
+    """A profile's identifiers and the merges and refusals that built it; None if unknown.
+
+    A profile can hold no identifier (its events' only evidence was shared or over the
+    supernode limit); it still exists, and its history says why.
+    """
+    survivor = await identity.survivor(profile_id)
+    ids = await identity.identifiers(survivor)
+    history = await identity.history(survivor)
+    if not ids and not history and await profiles.get(survivor) is None:
+        return None
+    return {"profile_id": survivor, "asked": profile_id, "identifiers": ids, "history": history}
+
+
 def build_router(
     profiles: ProfileStore,
     identity: IdentityStore,
@@ -75,18 +91,9 @@ def build_router(
         summary="A profile's identifiers and the merges (and refusals) that built it",
     )
     async def explain(profile_id: Annotated[str, Query(min_length=1)]) -> Any:
-        survivor = await identity.survivor(profile_id)
-        ids = await identity.identifiers(survivor)
-        history = await identity.history(survivor)
-        # A profile can hold no identifier (its events' only evidence was shared or over the
-        # supernode limit); it still exists, and its history says why.
-        if not ids and not history and await profiles.get(survivor) is None:
+        found = await explanation(identity, profiles, profile_id)
+        if found is None:
             raise not_found("profile_id", f"no profile {profile_id}")
-        return {
-            "profile_id": survivor,
-            "asked": profile_id,
-            "identifiers": ids,
-            "history": history,
-        }
+        return found
 
     return router
