@@ -19,8 +19,13 @@ from profiles.fold import FoldRules
 
 
 def _state_home() -> Path:
-    # The one environment read outside Settings: where XDG says state lives.
+    # The environment reads outside Settings: where XDG says state and caches live.
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "cdp"
+
+
+def cache_home() -> Path:
+    """Where derived, re-creatable files are cached (``$XDG_CACHE_HOME/cdp``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cdp"
 
 
 class KafkaSettings(BaseModel):

@@ -102,6 +102,9 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
+    # faust creates its data directory without parents; the state directory may be new.
+    datadir = settings.local.state_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = FaustApp(
         group_id(settings, roles),
         broker=f"kafka://{settings.kafka.bootstrap_servers}",
@@ -114,7 +117,7 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
         topic_replication_factor=settings.kafka.replication_factor,
         broker_commit_interval=1.0,
         # faust keeps a small data directory per app; not in the current directory.
-        datadir=str(settings.local.state_dir / "faust"),
+        datadir=str(datadir),
     )
     deps = build_deps(settings, roles)
     catalog = deps.tags.catalog if deps.tags else load_catalog(settings.tags.catalog)

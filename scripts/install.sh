@@ -32,7 +32,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
-echo "resolving the Kafka broker from Maven Central (cached in ~/.m2 and ~/.cache/cdp)"
+echo "resolving the Kafka broker from Maven Central (jars cached in ~/.m2)"
 .venv/bin/python -c "from deploy.local.kafka import classpath, KAFKA_VERSION; classpath(); print('Kafka', KAFKA_VERSION, 'ready')"
 
 if $tests; then

@@ -11,19 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.process import LocalStackError, Owned, wait_until
+from deploy.settings import cache_home
 
 KAFKA_VERSION = "4.3.1"
 HERE = Path(__file__).parent
 
 
-def cache_dir() -> Path:
-    """Where resolved classpaths are cached (the jars themselves stay in ~/.m2)."""
-    return Path.home() / ".cache" / "cdp"
-
-
 def classpath(version: str = KAFKA_VERSION) -> str:
-    """Return the broker classpath, resolving it with Maven on first use."""
-    cached = cache_dir() / f"kafka-{version}.classpath"
+    """Return the broker classpath, resolving it with Maven on first use.
+
+    The classpath is cached under ``$XDG_CACHE_HOME/cdp``; the jars themselves stay in ~/.m2.
+    """
+    cached = cache_home() / f"kafka-{version}.classpath"
     if cached.exists() and all(Path(j).exists() for j in cached.read_text().strip().split(":")):
         return cached.read_text().strip()
     if shutil.which("mvn") is None:

@@ -13,14 +13,25 @@ from tests.support.services import Services
 
 
 def cdp(env: dict[str, str], *args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "deploy", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "CDP_LOG_LEVEL": "warning", **env},
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "deploy", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "CDP_LOG_LEVEL": "warning", **env},
+        )
+    except subprocess.TimeoutExpired as hung:
+        said = [_text(hung.stdout)[-2000:], _text(hung.stderr)[-3000:]]
+        raise AssertionError(
+            f"cdp {' '.join(args)} still running after {timeout} s; stdout:\n{said[0]}\n"
+            f"stderr:\n{said[1]}"
+        ) from None
+
+
+def _text(out: str | bytes | None) -> str:
+    return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
 
 
 def test_up_status_down_manage_only_our_services(tmp_path: Path) -> None:
@@ -61,6 +72,7 @@ def test_run_demo_feeds_the_api_and_prints_what_arrived(
         "CDP_REDIS__URL": services.redis_url,
         "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
         "CDP_API__PORT": str(free_port()),
+        "XDG_STATE_HOME": str(tmp_path / "never-used"),  # a machine that never ran `cdp up`
     }
     result = cdp(env, "run", "--demo", "--exit-after-demo")
     assert result.returncode == 0, result.stderr

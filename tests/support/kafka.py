@@ -17,10 +17,12 @@ def read_topic(
     timeout_s: float = 30.0,
     where: Callable[[dict[str, Any]], bool] = lambda _: True,
     settle_s: float = 1.0,
+    alive: Callable[[], None] = lambda: None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Read (key, value) pairs from the start until ``expected`` matched, then a little longer.
 
     Reading on for ``settle_s`` after the count is reached catches duplicates and extras.
+    ``alive`` raises when the process that should write them died (checked between polls).
     """
     consumer = KafkaConsumer(
         topic,
@@ -39,6 +41,7 @@ def read_topic(
                     found.append((message.key.decode() if message.key else "", value))
             if len(found) >= expected:
                 break
+            alive()
     finally:
         consumer.close()
     return found

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -31,6 +32,8 @@ class WorkerProcess:
             "CDP_WORKER__BATCH_SIZE": "200",
             "CDP_CLICKHOUSE__PATH": str(home / "chdb"),
             "CDP_LOG_LEVEL": "warning",
+            # A state location that does not exist yet, as on a machine that never ran `cdp up`.
+            "XDG_STATE_HOME": str(home / "xdg-state"),
         }
         self.log = home / f"worker-{'_'.join(roles)}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -62,6 +65,26 @@ class WorkerProcess:
         )
         return out.stdout
 
+    def check(self) -> None:
+        """Fail at once, with the exit code and the log's last lines, if the worker died."""
+        assert self.proc is not None, "the worker was never started"
+        code = self.proc.poll()
+        if code is not None:
+            raise AssertionError(f"worker exited with {code}; log:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        """The last ``chars`` of the worker's log."""
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
+        """Wait until ``condition()`` holds while the worker lives; fail naming ``what``."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            self.check()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not after {timeout_s:.0f} s; log:\n{self.tail()}")
+            time.sleep(0.1)
+
     @property
     def group(self) -> str:
         return group_id(self.settings, self.roles)
@@ -69,13 +92,11 @@ class WorkerProcess:
     def wait_caught_up(self, topics: set[str], timeout_s: float = 120) -> None:
         """Wait until the group committed everything on ``topics``; fail loudly otherwise."""
         wanted = sorted(self.settings.kafka.topic(t) for t in topics)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+
+        def caught_up() -> bool:
             try:
-                if total_lag(self.settings.kafka, self.group, wanted) == 0:
-                    return
+                return total_lag(self.settings.kafka, self.group, wanted) == 0
             except KafkaError:  # the group coordinator is still being elected
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"worker did not catch up; log:\n{self.log.read_text()[-3000:]}")
+                return False
+
+        self.wait_for(caught_up, f"group {self.group} caught up on {wanted}", timeout_s)

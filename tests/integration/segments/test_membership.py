@@ -85,7 +85,9 @@ def test_live_and_refreshed_segments_publish_enters_and_exits(
     send(api, [order(1, "M-1", 200), order(2, "M-1", 1000), order(3, "M-2", 50)])
     worker.start()
     topic = settings.kafka.topic("cdp.segments.membership")
-    enters = read_topic(settings.kafka.bootstrap_servers, topic, expected=2, timeout_s=90)
+    enters = read_topic(
+        settings.kafka.bootstrap_servers, topic, expected=2, timeout_s=90, alive=worker.check
+    )
     by_segment = {v["segment_id"]: (k, v) for k, v in enters}
     assert set(by_segment) == {"repeat", "spenders"}
     assert by_segment["repeat"][1]["change"] == "enter"
@@ -101,7 +103,9 @@ def test_live_and_refreshed_segments_publish_enters_and_exits(
     stricter.pop("id")
     r = httpx.put(api + "/v1/segments/spenders", json=stricter, headers=WRITER, timeout=30)
     assert r.status_code == 200 and r.json()["version"] == 2
-    changes = read_topic(settings.kafka.bootstrap_servers, topic, expected=3, timeout_s=60)
+    changes = read_topic(
+        settings.kafka.bootstrap_servers, topic, expected=3, timeout_s=60, alive=worker.check
+    )
     last = changes[-1][1]
     assert (last["segment_id"], last["change"], last["segment_version"]) == (
         "spenders",
