@@ -1,13 +1,17 @@
 """Measure the sustained rate of ``POST /v1/batch`` into Kafka, and reconcile the counts.
 
-Runs the real API as a separate process (``cdp api``) against the services given by
-``CDP_KAFKA__BOOTSTRAP_SERVERS`` (default: the `cdp up` stack), posts pre-built Segment
-batches from a few concurrent clients, and reports events/s per repetition and the median.
-In the same run it measures the ceiling: a bare aiokafka producer (acks=all, idempotent)
-sending the same number of pre-serialised events, and prints the ratio.
+Runs the real API as its own processes (``cdp api --workers N``, one server per worker count
+asked for, all started before the first repetition and measured in alternation) against the
+services given by ``CDP_KAFKA__BOOTSTRAP_SERVERS`` (default: the `cdp up` stack), posts
+pre-built Segment batches from concurrent clients, and reports events/s per repetition, the
+median per worker count, and the CPU each process spent per event (API processes, Kafka,
+the load client). In the same run it measures the ceiling: a bare aiokafka producer (acks=all,
+idempotent) sending the same number of pre-serialised events. The load shape by default is
+the one the peer gateway was measured with on this machine (100 events of ~640 bytes per
+request, 16 concurrent clients).
 
     .venv/bin/cdp up
-    .venv/bin/python bench/ingest_rate.py --events 50000 --batch 500 --concurrency 4
+    .venv/bin/python bench/ingest_rate.py --workers 1,2
 """
 
 from __future__ import annotations
@@ -36,10 +40,45 @@ from deploy.settings import Settings
 from ingest.sources import hash_key
 
 KEY = "wk_bench_" + uuid.uuid4().hex
+#: RudderStack's open-source gateway (rudder-server v1.70.2, gateway only, every event durable
+#: in Postgres before its 200), measured on this machine with this load shape.
+PEER = "rudder-server v1.70.2 gateway: 16,891 and 18,025 events/s"
+USER_AGENT = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47"
+)
+
+
+def message(i: int, customer: int, now: str) -> dict[str, object]:
+    """One realistic Segment message (~640 bytes): an identify or an order, three ids."""
+    return {
+        "type": "track" if i % 4 else "identify",
+        "event": "Order Completed",
+        "messageId": f"bench-{i}-{uuid.uuid4().hex[:8]}",
+        "userId": f"M-{customer:06d}",
+        "anonymousId": f"anon-{customer}-{uuid.uuid4().hex[:12]}",
+        "timestamp": now,
+        "traits": {
+            "email": f"User{customer}@Example.com",
+            "phone": f"+86 138 {customer // 10000:04d} {customer % 10000:04d}",
+        },
+        "properties": {
+            "order_id": f"O-{i}",
+            "total": 100 + i % 500,
+            "currency": "CNY",
+            "items": [{"sku": f"SKU-{i % 97}", "qty": 1 + i % 3, "price": 49.9}],
+        },
+        "context": {
+            "library": {"name": "analytics-python", "version": "2.3.3"},
+            "ip": "10.0.0.1",
+            "locale": "zh-CN",
+            "userAgent": USER_AGENT,
+        },
+    }
 
 
 def build_batches(events: int, batch: int, rep: int = 0) -> list[bytes]:
-    """Pre-build realistic Segment batches so the generator is not the bottleneck.
+    """Pre-build Segment batches so the generator is not the bottleneck.
 
     Each repetition has its own customers (five events each), so caches warm up only as
     they would on real traffic, not across repetitions.
@@ -48,57 +87,75 @@ def build_batches(events: int, batch: int, rep: int = 0) -> list[bytes]:
     customers = max(events // 5, 1)
     bodies = []
     for start in range(0, events, batch):
-        msgs = []
-        for i in range(start, min(start + batch, events)):
-            customer = rep * customers + i % customers
-            msgs.append(
-                {
-                    "type": "track" if i % 4 else "identify",
-                    "event": "Order Completed",
-                    "messageId": f"bench-{i}-{uuid.uuid4().hex[:8]}",
-                    "userId": f"M-{customer:06d}",
-                    "anonymousId": f"anon-{customer}",
-                    "timestamp": now,
-                    "traits": {
-                        "email": f"User{customer}@Example.com",
-                        "phone": f"138{customer:08d}",
-                    },
-                    "properties": {
-                        "order_id": f"O-{i}",
-                        "total": 100 + i % 500,
-                        "currency": "CNY",
-                        "items": [{"sku": f"SKU-{i % 97}", "qty": 1 + i % 3}],
-                    },
-                    "context": {"library": {"name": "bench", "version": "1"}, "ip": "10.0.0.1"},
-                }
-            )
+        msgs = [
+            message(i, rep * customers + i % customers, now)
+            for i in range(start, min(start + batch, events))
+        ]
         bodies.append(json.dumps({"batch": msgs, "sentAt": now}).encode())
     return bodies
 
 
-async def post_all(base: str, bodies: list[bytes], concurrency: int) -> tuple[int, int, float]:
-    """POST every body with ``concurrency`` clients; return (accepted, non-200s, seconds)."""
+async def post_all(
+    base: str, bodies: list[bytes], concurrency: int
+) -> tuple[int, int, float, list[float]]:
+    """POST every body with ``concurrency`` clients.
+
+    Returns (accepted, non-200s, seconds, per-request latencies in seconds).
+    """
     auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
     headers = {"Authorization": auth, "Content-Type": "application/json"}
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     accepted = failed = 0
+    latencies: list[float] = []
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal accepted, failed
         while not queue.empty():
             body = queue.get_nowait()
+            sent = time.perf_counter()
             response = await client.post("/v1/batch", content=body, headers=headers)
+            latencies.append(time.perf_counter() - sent)
             if response.status_code == 200:
                 accepted += response.json()["accepted"]
             else:
                 failed += 1
 
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return accepted, failed, time.perf_counter() - started
+        return accepted, failed, time.perf_counter() - started, latencies
+
+
+async def paced(
+    base: str, bodies: list[bytes], rate: float, per_body: int
+) -> tuple[int, int, list[float]]:
+    """POST ``bodies`` at ``rate`` events/s, each request on its own schedule (open loop)."""
+    auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    latencies: list[float] = []
+    accepted = failed = 0
+
+    async def one(client: httpx.AsyncClient, body: bytes, at: float) -> None:
+        nonlocal accepted, failed
+        await asyncio.sleep(max(at - time.perf_counter(), 0))
+        sent = time.perf_counter()
+        response = await client.post("/v1/batch", content=body, headers=headers)
+        latencies.append(time.perf_counter() - sent)
+        if response.status_code == 200:
+            accepted += response.json()["accepted"]
+        else:
+            failed += 1
+
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        start = time.perf_counter() + 0.2
+        interval = per_body / rate
+        await asyncio.gather(
+            *(one(client, body, start + n * interval) for n, body in enumerate(bodies))
+        )
+    return accepted, failed, latencies
 
 
 async def bare_producer(bootstrap: str, topic: str, values: list[bytes]) -> float:
@@ -130,8 +187,35 @@ def topic_total(bootstrap: str, topic: str, partitions: int) -> int:
         admin.close()
 
 
-def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    """Start `cdp api` as its own process with a bench source."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def kafka_pid(settings: Settings) -> int | None:
+    """The pid of the `cdp up` broker, when it runs here."""
+    pid_file = Path(settings.local.state_dir) / "kafka" / "kafka.pid"
+    return int(pid_file.read_text().strip()) if pid_file.exists() else None
+
+
+def start_api(settings: Settings, port: int, workers: int) -> subprocess.Popen[bytes]:
+    """Start `cdp api --workers N` as its own process tree with a bench source."""
     source = {"name": "bench", "channel": "web", "key_sha256": hash_key(KEY)}
     env = {
         **os.environ,
@@ -141,8 +225,9 @@ def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "CDP_LOG_LEVEL": "warning",
         "CDP_CLICKHOUSE__PATH": str(Path(settings.local.state_dir) / "bench-chdb"),
     }
-    proc = subprocess.Popen([sys.executable, "-m", "deploy", "api"], env=env)
-    deadline = time.monotonic() + 60
+    args = [sys.executable, "-m", "deploy", "api", "--workers", str(workers)]
+    proc = subprocess.Popen(args, env=env)
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
@@ -154,12 +239,25 @@ def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("API did not become healthy")
 
 
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="events per repetition")
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions per worker count")
+    parser.add_argument(
+        "--workers", default="2", help="API process counts to compare, e.g. 1,2 (alternating)"
+    )
+    parser.add_argument(
+        "--paced-rate", type=float, default=5000, help="events/s offered for the latency run"
+    )
+    parser.add_argument("--paced-seconds", type=float, default=10)
     args = parser.parse_args()
 
     base_settings = Settings()
@@ -169,28 +267,57 @@ def main() -> None:
     )
     topics.create_all(settings.kafka)
     raw_topic = settings.kafka.topic("cdp.events.raw")
+    counts = [int(w) for w in args.workers.split(",")]
     reps = [build_batches(args.events, args.batch, rep + 1) for rep in range(args.repeats)]
-    warmup = build_batches(4 * args.batch, args.batch, 0)
-    body_mb = sum(len(b) for b in reps[0]) / 1e6
-    port = free_port()
-    api = start_api(settings, port)
-    rates, total_accepted, total_failed = [], 0, 0
+    body_bytes = sum(len(b) for b in reps[0])
+    ports = {w: free_port() for w in counts}
+    apis = {w: start_api(settings, port, w) for w, port in ports.items()}
+    broker = kafka_pid(settings)
+    rates: dict[int, list[float]] = {w: [] for w in counts}
+    cpu: dict[int, dict[str, float]] = {
+        w: {"api": 0.0, "kafka": 0.0, "client": 0.0} for w in counts
+    }
+    measured: dict[int, int] = dict.fromkeys(counts, 0)
+    total_accepted = total_failed = 0
+    latency: dict[int, list[float]] = {}
     try:
-        warm, _, _ = asyncio.run(post_all(f"http://127.0.0.1:{port}", warmup, args.concurrency))
+        for w in counts:  # warm-up: every API process sees traffic before the measurement
+            url = f"http://127.0.0.1:{ports[w]}"
+            warm = build_batches(20 * args.batch, args.batch, 0)
+            got, failed, _, _ = asyncio.run(post_all(url, warm, args.concurrency))
+            total_accepted, total_failed = total_accepted + got, total_failed + failed
         for rep, bodies in enumerate(reps):
-            accepted, failed, seconds = asyncio.run(
-                post_all(f"http://127.0.0.1:{port}", bodies, args.concurrency)
+            for w in counts:
+                url = f"http://127.0.0.1:{ports[w]}"
+                before = (cpu_seconds(apis[w].pid), cpu_seconds(broker) if broker else 0.0)
+                client_before = sum(os.times()[:2])
+                accepted, failed, seconds, _ = asyncio.run(post_all(url, bodies, args.concurrency))
+                cpu[w]["api"] += cpu_seconds(apis[w].pid) - before[0]
+                cpu[w]["kafka"] += (cpu_seconds(broker) if broker else 0.0) - before[1]
+                cpu[w]["client"] += sum(os.times()[:2]) - client_before
+                measured[w] += accepted
+                total_accepted += accepted
+                total_failed += failed
+                rates[w].append(accepted / seconds)
+                print(
+                    f"rep {rep + 1}, {w} API process(es): {accepted} events in {seconds:.2f}s"
+                    f" = {accepted / seconds:,.0f} events/s ({failed} non-200)",
+                    flush=True,
+                )
+        for w in counts:
+            url = f"http://127.0.0.1:{ports[w]}"
+            n = int(args.paced_rate * args.paced_seconds)
+            bodies = build_batches(n, args.batch, args.repeats + 1 + w)
+            accepted, failed, latency[w] = asyncio.run(
+                paced(url, bodies, args.paced_rate, args.batch)
             )
             total_accepted += accepted
             total_failed += failed
-            rates.append(accepted / seconds)
-            print(
-                f"rep {rep + 1}: {accepted} events in {seconds:.2f}s = {accepted / seconds:,.0f}"
-                f" events/s ({failed} non-200)"
-            )
     finally:
-        api.terminate()
-        api.wait(timeout=30)
+        for proc in apis.values():
+            proc.terminate()
+        for proc in apis.values():
+            proc.wait(timeout=60)
     in_kafka = topic_total(settings.kafka.bootstrap_servers, raw_topic, settings.kafka.partitions)
 
     values = [json.dumps(m).encode() for b in reps[0] for m in json.loads(b)["batch"]]
@@ -198,21 +325,29 @@ def main() -> None:
     ceiling = len(values) / asyncio.run(
         bare_producer(settings.kafka.bootstrap_servers, ceiling_topic, values)
     )
-    median = statistics.median(rates)
     print(
         f"\nPOST /v1/batch, {args.events} events/rep in batches of {args.batch} "
-        f"({body_mb:.1f} MB), {args.concurrency} clients, {args.repeats} reps"
+        f"({body_bytes / args.events:.0f} bytes/event in the body), {args.concurrency} clients, "
+        f"{args.repeats} reps per API process count, alternating"
     )
-    print(f"median {median:,.0f} events/s (min {min(rates):,.0f}, max {max(rates):,.0f})")
+    for w in counts:
+        median = statistics.median(rates[w])
+        per = {k: 1e6 * v / max(measured[w], 1) for k, v in cpu[w].items()}
+        lat = latency[w]
+        print(
+            f"{w} API process(es): median {median:,.0f} events/s "
+            f"(min {min(rates[w]):,.0f}, max {max(rates[w]):,.0f}); CPU per event: "
+            f"API {per['api']:.1f} us, Kafka {per['kafka']:.1f} us, "
+            f"load client {per['client']:.1f} us; at {args.paced_rate:,.0f} events/s offered: "
+            f"request p50 {1000 * pct(lat, 0.5):.1f} ms, p99 {1000 * pct(lat, 0.99):.1f} ms"
+        )
+    print(f"peer, measured on this machine with this load shape: {PEER}")
+    print(f"bare aiokafka producer ceiling: {ceiling:,.0f} events/s")
     print(
-        f"bare aiokafka producer ceiling: {ceiling:,.0f} events/s; "
-        f"API / ceiling = {median / ceiling:.2f}"
-    )
-    print(
-        f"reconcile: accepted {total_accepted + warm} (incl. warm-up), in Kafka {in_kafka}, "
+        f"reconcile: accepted {total_accepted} (incl. warm-up and paced), in Kafka {in_kafka}, "
         f"non-200 responses {total_failed}"
     )
-    if in_kafka != total_accepted + warm:
+    if in_kafka != total_accepted:
         raise SystemExit("counts do not reconcile")
 
 

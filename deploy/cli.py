@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import uvicorn
 from pydantic import ValidationError
 
 from contracts import schema
@@ -25,6 +24,8 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
+from deploy.serve import PortInUse, api_processes
+from deploy.serve import serve as serve_api
 from deploy.settings import Settings
 from deploy.worker import ROLES, build_app, group_id, history_writer
 from deploy.worker import run as run_worker
@@ -119,20 +120,6 @@ def lag(settings: Settings, group: str | None, as_json: bool) -> None:
         click.echo(lag_mod.render_table(rows))
 
 
-def _serve(settings: Settings) -> None:
-    """Serve only the HTTP API (no processors)."""
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.api.host,
-        port=settings.api.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
-
-
 def _with_demo(settings: Settings) -> Settings:
     ingest = settings.ingest.model_copy(
         update={"sources": [*settings.ingest.sources, *demo_sources()]}
@@ -222,10 +209,20 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="API processes serving the port [default: CDP_API__WORKERS, else one per CPU].",
+)
 @click.pass_obj
-def api(settings: Settings) -> None:
+def api(settings: Settings, workers: int | None) -> None:
     """Run only the HTTP API (scale-out deployments)."""
-    _serve(settings)
+    try:
+        code = serve_api(settings, workers or api_processes(settings))
+    except PortInUse as exc:
+        raise click.ClickException(f"{exc}: is another cdp api or cdp run serving it?") from exc
+    sys.exit(code)
 
 
 @cli.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -74,6 +74,11 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 8088
+    #: API processes serving the port (``cdp api``); 0 means one per CPU.
+    workers: int = Field(default=0, ge=0)
+    #: uvicorn's event loop and HTTP parser (the pure-Python "asyncio"/"h11" are slower).
+    loop: Literal["uvloop", "asyncio"] = "uvloop"
+    http: Literal["httptools", "h11"] = "httptools"
     #: Bearer tokens of the read APIs (hashes only); ``cdp tokens new`` mints one.
     tokens: list[Token] = Field(default_factory=list)
 

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from contracts.topics import SEGMENTS_MEMBERSHIP
+from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
 from deploy.logs import quiet_libraries
@@ -144,6 +145,7 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
                 # faust's Monitor sensor records every event in Python: measurable overhead per
                 # message; consumer lag comes from `cdp lag` instead.
                 app.sensors.remove(app.monitor)
+            freeze_startup_heap()
 
         async def on_stop(self) -> None:
             for hook in deps.on_stop:
