@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
 from deploy.auth import require
+from deploy.forward import Forward
 from deploy.settings import Settings
 from identity.store import IdentityStore
 from ingest.api import IngestConfig, build_router, json_response
@@ -44,6 +46,7 @@ def freeze_startup_heap() -> None:
     in flight (the API's p99). Frozen, a full pass takes a few milliseconds.
     """
     gc.freeze()
+
 
 Check = Callable[[], Awaitable[None]]
 CHECK_TIMEOUT_S = 3.0
@@ -140,6 +143,8 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
     )
     app.include_router(build_router(config))
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
+    if settings.api.history_owner and not owns_history:
+        app.add_middleware(Forward, target=settings.api.history_owner, prefixes=("/v1/segments",))
     ns = settings.worker.namespace
     profile_store = ProfileStore(redis_client, settings.profiles, ns)
     # An invalid catalog fails here, loudly; binding to Redis waits for the lifespan.
@@ -210,6 +215,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
     async def healthz() -> Any:
         results = await _run_checks(checks)
         ok = all(r["ok"] for r in results.values())
-        return json_response({"ok": ok, "checks": results}, 200 if ok else 503)
+        # Several processes serve one port: the pid says which one answered.
+        return json_response({"ok": ok, "pid": os.getpid(), "checks": results}, 200 if ok else 503)
 
     return app

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from contracts import schema
 from deploy import lag as lag_mod
 from deploy import topics as topics_mod
-from deploy.app import create_app
 from deploy.auth import Token, hash_token
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
@@ -24,7 +23,7 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
-from deploy.serve import PortInUse, api_processes
+from deploy.serve import PortInUse, api_processes, attach_api
 from deploy.serve import serve as serve_api
 from deploy.settings import Settings
 from deploy.worker import ROLES, build_app, group_id, history_writer
@@ -176,15 +175,25 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
 @cli.command()
 @click.option("--demo", is_flag=True, help="Enable the demo write keys and push a demo feed.")
 @click.option("--exit-after-demo", is_flag=True, help="Stop once the demo feed was reported.")
+@click.option(
+    "--api-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="API processes serving the port [default: CDP_API__WORKERS, else one per CPU].",
+)
 @click.pass_obj
-def run(settings: Settings, demo: bool, exit_after_demo: bool) -> None:
+def run(settings: Settings, demo: bool, exit_after_demo: bool, api_workers: int | None) -> None:
     """Run everything in one process: API, identity, profiles, history (embedded ClickHouse)."""
     if demo:
         settings = _with_demo(settings)
     topics_mod.create_all(settings.kafka)
     if not settings.ingest.all_sources():
         click.echo("warning: no write keys configured; see `cdp keys new`", err=True)
-    app = build_app(settings, sorted(ROLES), api=create_app(settings, owns_history=True))
+    app = build_app(settings, sorted(ROLES))
+    try:
+        attach_api(app, settings, api_workers or api_processes(settings))
+    except PortInUse as exc:
+        raise click.ClickException(f"{exc}: is another cdp api or cdp run serving it?") from exc
     base = f"http://{settings.api.host}:{settings.api.port}"
     click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
     if demo:

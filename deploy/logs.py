@@ -10,7 +10,12 @@ import structlog
 #: assignment, as tables) would bury what the platform itself says: they speak at WARNING.
 #: kafka-python's warnings about its own event loop being slow on a busy machine say nothing
 #: an operator can act on: ERROR only.
-LIBRARY_LEVELS = {"kafka": logging.WARNING, "aiokafka": logging.WARNING, "kafka.net": logging.ERROR}
+LIBRARY_LEVELS = {
+    "kafka": logging.WARNING,
+    "aiokafka": logging.WARNING,
+    "kafka.net": logging.ERROR,
+    "rdkafka": logging.WARNING,
+}
 
 
 def quiet_libraries() -> None:

@@ -79,6 +79,9 @@ class ApiSettings(BaseModel):
     #: uvicorn's event loop and HTTP parser (the pure-Python "asyncio"/"h11" are slower).
     loop: Literal["uvloop", "asyncio"] = "uvloop"
     http: Literal["httptools", "h11"] = "httptools"
+    #: Where the process owning the embedded ClickHouse serves; segment routes forward there
+    #: (set by ``cdp run`` for its extra API processes).
+    history_owner: str | None = None
     #: Bearer tokens of the read APIs (hashes only); ``cdp tokens new`` mints one.
     tokens: list[Token] = Field(default_factory=list)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import faust
 import mode
 import redis.asyncio as aioredis
-import uvicorn
 
 from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.app import freeze_startup_heap
@@ -90,16 +87,8 @@ def build_deps(settings: Settings, roles: list[str]) -> Deps:
     )
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn inside faust: faust owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.App:
-    """Return the faust app with the agents of ``roles`` (and the HTTP API as a service)."""
+def build_app(settings: Settings, roles: list[str]) -> faust.App:
+    """Return the faust app with the agents of ``roles``."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
@@ -152,35 +141,6 @@ def build_app(settings: Settings, roles: list[str], api: Any = None) -> faust.Ap
                 await hook()
             await deps.publisher.stop()
             await deps.redis.aclose()
-
-    if api is not None:
-        config = uvicorn.Config(
-            api,
-            host=settings.api.host,
-            port=settings.api.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-        server = _QuietServer(config)
-
-        @app.service
-        class Api(mode.Service):
-            """The HTTP API in the worker's event loop."""
-
-            serving: asyncio.Task[None] | None = None
-
-            async def on_start(self) -> None:
-                self.serving = asyncio.ensure_future(server.serve())
-                while not server.started:
-                    if self.serving.done():  # e.g. the port is taken: fail the worker loudly
-                        raise RuntimeError(f"API could not start on port {settings.api.port}")
-                    await asyncio.sleep(0.05)
-
-            async def on_stop(self) -> None:
-                server.should_exit = True
-                if self.serving is not None:
-                    await self.serving
 
     return app
 

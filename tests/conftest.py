@@ -19,7 +19,7 @@ from deploy.settings import (
     WorkerSettings,
 )
 from tests.support.keys import known_sources, known_tokens
-from tests.support.server import running_api
+from tests.support.server import running_api, running_api_processes
 from tests.support.services import Services, real_services
 
 
@@ -72,4 +72,11 @@ def settings(services: Services, prefix: str) -> Settings:
 def api(settings: Settings) -> Iterator[str]:
     """The real API, serving in this process, for one test."""
     with running_api(settings) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def api_processes(settings: Settings) -> Iterator[str]:
+    """The real API as two processes on one port, as `cdp api` and `cdp run` serve it."""
+    with running_api_processes(settings, 2) as base_url:
         yield base_url

@@ -14,6 +14,13 @@ from deploy.settings import Settings
 from tests.support.kafka import read_topic
 from tests.support.keys import key_of
 
+
+@pytest.fixture
+def api(api_processes: str) -> str:
+    """Ingest is tested against several API processes sharing the port."""
+    return api_processes
+
+
 KEY = key_of("test-web")
 
 

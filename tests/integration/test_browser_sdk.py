@@ -25,6 +25,13 @@ from deploy.settings import Settings
 from tests.support.kafka import read_topic
 from tests.support.keys import key_of
 
+
+@pytest.fixture
+def api(api_processes: str) -> str:
+    """Ingest is tested against several API processes sharing the port."""
+    return api_processes
+
+
 ORIGIN = "https://shop.example.com"
 SDK_DIR = Path(__file__).parents[1] / "sdk" / "browser"
 

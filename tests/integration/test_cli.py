@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+
+from deploy.auth import hash_token
 from deploy.local.kafka import free_port, port_open
 from tests.support.services import Services
 
@@ -83,3 +89,94 @@ def test_run_demo_feeds_the_api_and_prints_what_arrived(
     assert f"arrived in {prefix}cdp.events.raw: {accepted} events" in out
     assert f"arrived in {prefix}cdp.events.deadletter: {rejected} dead letters" in out
     assert "phone=+8613800138000" in out  # three spellings of one number, normalised
+
+
+def test_run_serves_one_port_from_several_processes_and_each_answers_history(
+    services: Services, prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    token = {"name": "t", "sha256": hash_token("tk_seg"), "scopes": ["segments:read"]}
+    env = {
+        **os.environ,
+        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
+        "CDP_KAFKA__TOPIC_PREFIX": prefix,
+        "CDP_REDIS__URL": services.redis_url,
+        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
+        "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
+        "CDP_API__PORT": str(port),
+        "CDP_API__TOKENS": json.dumps([token]),
+        "CDP_LOG_LEVEL": "warning",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy", "run", "--api-workers", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    # Only the worker's own process can open the embedded history; the other forwards to it.
+    history = {"definition": {"event": "order_completed", "op": "gte", "value": 1}}
+    answered: dict[int, dict[str, object]] = {}
+    deadline = time.monotonic() + 120
+    try:
+        while len(answered) < 2:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"answers: {answered}\n{log.read_text()[-3000:]}"
+            try:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+                    pid = http.get("/healthz").json()["pid"]
+                    r = http.post(
+                        "/v1/segments/count",
+                        json=history,
+                        headers={"Authorization": "Bearer tk_seg"},
+                    )
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            assert r.status_code == 200, r.text
+            answered[pid] = r.json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert list(answered.values()) == [{"count": 0, "source": "history"}] * 2
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_api_processes_stop_with_their_supervisor_even_after_sigkill(
+    services: Services, prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
+        "CDP_KAFKA__TOPIC_PREFIX": prefix,
+        "CDP_REDIS__URL": services.redis_url,
+        "CDP_API__PORT": str(port),
+        "CDP_LOG_LEVEL": "warning",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "api", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pids: set[int] = set()
+    deadline = time.monotonic() + 90
+    while len(pids) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, f"answered: {pids}"
+        try:
+            pids.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["pid"])
+        except httpx.TransportError:
+            time.sleep(0.2)
+    # A second `cdp api` on the same port is refused, not silently added to the group.
+    second = cdp({**env, "CDP_API__PORT": str(port)}, "api", "--workers", "2", timeout=60)
+    assert second.returncode != 0 and "already in use" in second.stderr
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not port_open(port), "API processes outlived their supervisor"

@@ -93,6 +93,7 @@ def test_healthz_checks_all_three_services(settings: Settings) -> None:
     assert answer.status_code == 200
     assert answer.json() == {
         "ok": True,
+        "pid": os.getpid(),  # this test serves the API in its own process
         "checks": {"kafka": {"ok": True}, "redis": {"ok": True}, "clickhouse": {"ok": True}},
     }
 

@@ -7,10 +7,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 from deploy.app import create_app
 from deploy.local.kafka import free_port
+from deploy.serve import ApiProcesses
 from deploy.settings import Settings
 
 
@@ -43,3 +45,32 @@ def running_api(settings: Settings, owns_history: bool = False) -> Iterator[str]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def running_api_processes(settings: Settings, count: int = 2) -> Iterator[str]:
+    """Serve ``settings``' app from ``count`` processes on one port, as ``cdp api`` and
+    ``cdp run`` do; yield the base URL once every process answered."""
+    port = free_port()
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    processes = ApiProcesses(settings, count).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_pids(base, count, processes)
+        yield base
+    finally:
+        processes.stop()
+
+
+def wait_for_pids(base: str, count: int, processes: ApiProcesses, timeout_s: float = 90) -> None:
+    """Open new connections until ``count`` different processes answered ``/healthz``."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < count:
+        processes.check()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {count} API processes answered")
+        try:
+            seen.add(httpx.get(base + "/healthz", timeout=5).json()["pid"])
+        except httpx.HTTPError:
+            time.sleep(0.1)
