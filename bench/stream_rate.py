@@ -3,14 +3,18 @@
 Starts `cdp run` as its own process on a fresh topic prefix and Redis namespace, against the
 services of `cdp up` (or CDP_* settings), then in one run measures:
 
-1. sustained end-to-end rate: N pre-built events posted as fast as 4 clients can, timed from
-   the first POST until the processors' consumer group has no lag on any topic;
+1. sustained end-to-end rate: a pre-built feed posted as fast as 4 clients can, timed from
+   the first POST until the processors' consumer group has no lag on any topic. The feed is
+   by default what users send (``--feed realistic``: the demo generator's seven channels,
+   several identifiers per event in varying spellings, merges and refusals, conflicting
+   traits, event times over two years, sources interleaved and out of order); ``--feed pos``
+   is the simple single-channel feed of known members at "now";
 2. event-to-profile freshness p50/p99 at a paced rate (default 2,000 events/s): for every
    event, the time its profile change was applied minus the time ingest received it;
 3. the ceiling: a do-nothing aiokafka consumer reading the same raw topic, in events/s.
 
     .venv/bin/cdp up
-    .venv/bin/python bench/stream_rate.py --events 60000 --paced-rate 2000 --paced-seconds 20
+    .venv/bin/python bench/stream_rate.py --customers 25000 --prefill --layout one
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -31,10 +36,12 @@ from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer
+from kafka.errors import KafkaError
 from namespace import drop  # bench/namespace.py
 
 from deploy import topics
 from deploy.demo import demo_key, demo_sources
+from deploy.generator import generate
 from deploy.lag import total_lag
 from deploy.local.kafka import free_port
 from deploy.settings import Settings
@@ -44,10 +51,13 @@ SOURCE = "demo-pos"
 TOPICS = ["cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"]
 
 
-def batches(run: str, events: int, customers: int, batch: int = 500) -> list[bytes]:
-    """Pre-build POS batches: identify/order/visit events of ``customers`` members."""
+Call = tuple[str, str, bytes, int]  # source, path, body, events in it
+
+
+def batches(run: str, events: int, customers: int, batch: int = 500) -> list[Call]:
+    """Pre-build POS batches: identify/order/visit events of ``customers`` members, "now"."""
     now = datetime.now(UTC).isoformat()
-    bodies = []
+    bodies: list[Call] = []
     for start in range(0, events, batch):
         msgs = []
         for i in range(start, min(start + batch, events)):
@@ -80,33 +90,54 @@ def batches(run: str, events: int, customers: int, batch: int = 500) -> list[byt
             else:
                 msg |= {"type": "track", "event": "Store Visited", "properties": {"store": "SH-1"}}
             msgs.append(msg)
-        bodies.append(json.dumps({"batch": msgs}).encode())
+        bodies.append((SOURCE, "/v1/batch", json.dumps({"batch": msgs}).encode(), len(msgs)))
     return bodies
 
 
-async def post(base: str, bodies: list[bytes], rate: float | None, clients: int = 4) -> None:
-    """POST bodies with ``clients`` workers; pace to ``rate`` events/s when given."""
-    headers = {
-        "Authorization": "Basic " + base64.b64encode(f"{demo_key(SOURCE)}:".encode()).decode(),
-        "Content-Type": "application/json",
-    }
-    per_body = len(json.loads(bodies[0])["batch"])
+def realistic(customers: int, seed: int, first: int, batch: int) -> tuple[list[Call], set[str]]:
+    """What users send: every channel, several identifiers per event in varying spellings,
+    merges and refused merges, conflicting traits, orders, surveys and tickets, event times
+    over two years; the calls of all sources interleaved, each source's events shuffled."""
+    feed = generate(
+        seed=seed, customers=customers, batch=batch, first=first, span_days=730, all_channels=True
+    )
+    calls: list[Call] = []
+    for source, path, body in feed.calls:
+        n = len(body.get("batch", body.get("events", [])))
+        calls.append((source, path, json.dumps(body).encode(), n))
+    random.Random(seed).shuffle(calls)
+    return calls, set(feed.truth)
+
+
+async def post(base: str, calls: list[Call], rate: float | None, clients: int = 4) -> None:
+    """POST the calls with ``clients`` workers; pace to ``rate`` events/s when given."""
     started = time.perf_counter()
-    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    for n, body in enumerate(bodies):
-        queue.put_nowait((n, body))
+    queue: asyncio.Queue[tuple[float, Call]] = asyncio.Queue()
+    sent = 0
+    for call in calls:
+        queue.put_nowait((sent / rate if rate else 0.0, call))
+        sent += call[3]
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
-            n, body = queue.get_nowait()
-            if rate:
-                await asyncio.sleep(max(0.0, started + n * per_body / rate - time.perf_counter()))
-            response = await client.post("/v1/batch", content=body, headers=headers)
+            at, (source, path, body, _) = queue.get_nowait()
+            await asyncio.sleep(max(0.0, started + at - time.perf_counter()))
+            key = base64.b64encode(f"{demo_key(source)}:".encode()).decode()
+            headers = {"Authorization": f"Basic {key}", "Content-Type": "application/json"}
+            response = await client.post(path, content=body, headers=headers)
             if response.status_code != 200:
                 raise SystemExit(f"POST failed: {response.status_code} {response.text[:200]}")
 
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(clients)))
+
+
+def lag(settings: Settings, group: str, names: list[str]) -> int:
+    """The group's lag on ``names``; unknown (-1) while its coordinator is being elected."""
+    try:
+        return total_lag(settings.kafka, group, names)
+    except KafkaError:
+        return -1
 
 
 def wait_drained(
@@ -116,13 +147,13 @@ def wait_drained(
     names = [settings.kafka.topic(t) for t in topics]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if total_lag(settings.kafka, group, names) == 0:
+        if lag(settings, group, names) == 0:
             return time.monotonic()
         time.sleep(0.2)
     raise SystemExit("processors did not drain in time")
 
 
-async def freshness(settings: Settings, run: str) -> list[float]:
+async def freshness(settings: Settings, ids: set[str]) -> list[float]:
     """Seconds from ingest receipt to profile change, per event of the paced run."""
     received: dict[str, datetime] = {}
     changed: dict[str, datetime] = {}
@@ -144,9 +175,9 @@ async def freshness(settings: Settings, run: str) -> list[float]:
                         v = json.loads(r.value)
                         if topic == "cdp.events.resolved":
                             eid = v["event"]["event_id"]
-                            if eid.startswith(run):
+                            if eid in ids:
                                 sink[eid] = datetime.fromisoformat(v["event"]["received_at"])
-                        elif v["event_id"].startswith(run):
+                        elif v["event_id"] in ids:
                             sink[v["event_id"]] = datetime.fromisoformat(v["at"])
         finally:
             await consumer.stop()
@@ -176,9 +207,18 @@ async def bare_consume(settings: Settings) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its descendants so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    kids = [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").glob("*")
+        for c in (task / "children").read_text().split()
+    ]
+    return own + sum(cpu_seconds(k) for k in kids)
 
 
 def service_pids(settings: Settings) -> dict[str, int]:
@@ -199,8 +239,16 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument(
+        "--feed",
+        choices=["realistic", "pos"],
+        default="realistic",
+        help="realistic: the multi-channel demo generator over two years, out of order "
+        "(~8 events per customer); pos: one POS source, one member id per event, all 'now'",
+    )
+    parser.add_argument("--events", type=int, default=60_000, help="pos feed only")
+    parser.add_argument("--customers", type=int, default=25_000)
+    parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--paced-rate", type=float, default=2000)
     parser.add_argument("--paced-seconds", type=float, default=20)
     parser.add_argument(
@@ -283,7 +331,11 @@ def main() -> None:
                 pass
             time.sleep(0.2)
 
-        bulk = batches("b" + tag, args.events, args.customers)
+        if args.feed == "realistic":
+            bulk, _ = realistic(args.customers, args.seed, 0, 500)
+        else:
+            bulk = batches("b" + tag, args.events, args.customers)
+        events = sum(c[3] for c in bulk)
         started = time.monotonic()
         asyncio.run(post(url, bulk, None))
         timing = f"posted in {time.monotonic() - started:.1f}s"
@@ -292,7 +344,7 @@ def main() -> None:
             for n in range(1, len(commands)):
                 start(n)
             raw = [settings.kafka.topic(TOPICS[0])]
-            while total_lag(settings.kafka, groups[0][0], raw) >= args.events:
+            while not 0 <= lag(settings, groups[0][0], raw) < events:
                 time.sleep(0.2)  # the processors are still starting
             started = time.monotonic()  # their first commit (commits are 1 s apart)
         watched = {" ".join(commands[n]): p.pid for n, p in enumerate(procs) if p.poll() is None}
@@ -300,7 +352,7 @@ def main() -> None:
         cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
         drained = max(wait_drained(settings, g, t) for g, t in groups)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
-        e2e = args.events / (drained - started)
+        e2e = events / (drained - started)
         timing += f", all processed {drained - started:.1f}s after " + (
             "the processors' first commit" if args.prefill else "the first POST"
         )
@@ -308,11 +360,18 @@ def main() -> None:
         if not args.prefill:
             paced_n = int(args.paced_rate * args.paced_seconds)
             run = "p" + tag
-            body = batches(run, paced_n, args.customers, batch=100)
+            if args.feed == "realistic":  # other people than the bulk feed's
+                people = max(paced_n // 8, 1)
+                body, ids = realistic(people, args.seed + 1, args.customers, 100)
+            else:
+                body = batches(run, paced_n, args.customers, batch=100)
+                ids = {
+                    json.loads(b)["batch"][i]["messageId"] for _, _, b, n in body for i in range(n)
+                }
             asyncio.run(post(url, body, args.paced_rate))
             for g, t in groups:
                 wait_drained(settings, g, t)
-            fresh = asyncio.run(freshness(settings, run))
+            fresh = asyncio.run(freshness(settings, ids))
     finally:
         for proc in procs:
             proc.kill()
@@ -323,11 +382,11 @@ def main() -> None:
     ceiling = asyncio.run(bare_consume(settings))
     print("CPU per event while processing (µs), by process:")
     for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<45} {seconds / args.events * 1e6:8.1f}")
-    print(f"  {'total':<45} {sum(cpu.values()) / args.events * 1e6:8.1f}")
+        print(f"  {name:<45} {seconds / events * 1e6:8.1f}")
+    print(f"  {'total':<45} {sum(cpu.values()) / events * 1e6:8.1f}")
     what = "prefilled events" if args.prefill else "events"
     print(
-        f"end-to-end: {args.events} {what} ({args.customers} customers) {timing} "
+        f"end-to-end, {args.feed} feed: {events} {what} ({args.customers} customers) {timing} "
         f"= {e2e:,.0f} events/s sustained"
     )
     if fresh:

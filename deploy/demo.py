@@ -28,7 +28,8 @@ def demo_key(source_name: str) -> str:
 
 
 def demo_sources() -> list[Source]:
-    """Return the demo sources (POS, member app, web, mini-program, service desk)."""
+    """Return the demo sources (POS, member app, web, mini-program, service desk, delivery
+    platform, survey tool)."""
     return [Source.model_validate(s) for s in json.loads(DEMO_SOURCES_FILE.read_text())]
 
 

@@ -61,9 +61,9 @@ def _phone_spelling(rng: random.Random, digits: str) -> str:
     )
 
 
-def _people(rng: random.Random, n: int) -> list[Person]:
+def _people(rng: random.Random, n: int, first: int = 0) -> list[Person]:
     people = []
-    for i in range(n):
+    for i in range(first, first + n):
         p = Person(
             key=f"person-{i}",
             phone=f"13{rng.randint(0, 9)}{i:08d}",
@@ -97,14 +97,14 @@ def _people(rng: random.Random, n: int) -> list[Person]:
 class _Writer:
     """Accumulates calls per source and the ground truth."""
 
-    def __init__(self, rng: random.Random, start: datetime) -> None:
-        self.rng, self.start = rng, start
+    def __init__(self, rng: random.Random, start: datetime, span_days: int) -> None:
+        self.rng, self.start, self.span_minutes = rng, start, 60 * 24 * span_days
         self.batches: dict[str, list[dict[str, Any]]] = {}
         self.native: list[dict[str, Any]] = []
         self.truth: dict[str, str] = {}
 
     def when(self) -> str:
-        moment = self.start + timedelta(minutes=self.rng.randint(0, 60 * 24 * 180))
+        moment = self.start + timedelta(minutes=self.rng.randint(0, self.span_minutes))
         return moment.isoformat().replace("+00:00", "Z")
 
     def segment(self, source: str, person: Person, msg: dict[str, Any]) -> None:
@@ -292,6 +292,46 @@ def _desk(w: _Writer, p: Person) -> None:
         )
 
 
+def _delivery(w: _Writer, p: Person) -> None:
+    """A delivery platform's order push: its own user id, the phone the rider calls."""
+    rng = w.rng
+    user = f"dl-{_own(p, 'delivery').getrandbits(40):x}"
+    for _ in range(rng.randint(1, 3)):
+        order = _order(rng)
+        w.segment(
+            "demo-delivery",
+            p,
+            {
+                "type": "track",
+                "userId": user,
+                "event": "Order Completed",
+                "traits": {"phone": _phone_spelling(rng, p.phone)},
+                "properties": {**order, "total": order["total"] / 2, "platform": "meituan"},
+            },
+        )
+
+
+def _survey(w: _Writer, p: Person) -> None:
+    """A survey tool: NPS and CSAT answers, found by email or phone."""
+    rng = w.rng
+    traits = {"email": p.email} if p.email and rng.random() < 0.6 else {"phone": p.phone}
+    w.segment(
+        "demo-survey",
+        p,
+        {
+            "type": "track",
+            "anonymousId": f"sv-{rng.getrandbits(48):x}",
+            "event": "Survey Answered",
+            "context": {"traits": traits},
+            "properties": {
+                "survey_type": rng.choice(["nps", "csat"]),
+                "score": rng.randint(0, 10),
+                "age": p.age + rng.choice([0, 0, 0, 18]),  # channels disagree about age
+            },
+        },
+    )
+
+
 def _b2b(w: _Writer, p: Person) -> None:
     if not (p.company and p.email):
         return
@@ -306,13 +346,32 @@ def _b2b(w: _Writer, p: Person) -> None:
     )
 
 
-def generate(seed: int = 7, customers: int = 1000, batch: int = 500) -> Feed:
-    """Build the calls (source, path, body) and the ground truth for ``customers`` people."""
+#: The latest event time the generator writes.
+LAST_EVENT = datetime(2026, 10, 28, tzinfo=UTC)
+
+
+def generate(
+    seed: int = 7,
+    customers: int = 1000,
+    batch: int = 500,
+    *,
+    first: int = 0,
+    span_days: int = 180,
+    all_channels: bool = False,
+) -> Feed:
+    """Build the calls (source, path, body) and the ground truth for ``customers`` people.
+
+    ``first`` numbers the people from there (feeds with distinct people), ``span_days`` is how
+    far back event times go, ``all_channels`` adds the delivery platform and the survey tool.
+    """
     rng = random.Random(seed)  # noqa: S311 - seeded demo data, not security
-    w = _Writer(rng, datetime(2026, 5, 1, tzinfo=UTC))
-    people = _people(rng, customers)
+    w = _Writer(rng, LAST_EVENT - timedelta(days=span_days), span_days)
+    people = _people(rng, customers, first)
+    channels = [_pos, _app, _web, _mini, _desk, _b2b]
+    if all_channels:
+        channels += [_delivery, _survey]
     for p in people:
-        for channel in (_pos, _app, _web, _mini, _desk, _b2b):
+        for channel in channels:
             if channel in (_pos, _desk) or rng.random() < 0.8:
                 channel(w, p)
     calls: list[tuple[str, str, dict[str, Any]]] = []

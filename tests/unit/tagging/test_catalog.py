@@ -115,3 +115,15 @@ def test_absurd_values_are_no_facts_and_never_raise(absurd: Any) -> None:
     assert all(v is None or abs(v) < float("inf") for v in numbers)  # never NaN or infinite
     CATALOG.evaluate(facts, CLOCK)  # every tag, no exception
     assert coerce(Kind.NUMBER, "1e3") == 1000.0 and coerce(Kind.DATE, 86_400_000) == 86_400_000
+
+
+def test_no_shape_of_change_compiles_a_function_of_its_own() -> None:
+    # Every set of channels, event types and trait names a profile's batch brings is a shape
+    # of change of its own; compiling one function per shape cost 12-15% of the processor.
+    shapes = [{"trait.city", "orders.count", f"trait.unread_{n}"} for n in range(20)]
+    shapes += [{"orders.count"}, {"trait.city"}]
+    selections = [CATALOG.select(shape) for shape in shapes]
+    assert {id(s.fn) for s in selections} == {id(CATALOG.select(None).fn)}
+    # Each still changes only the bits of the tags its facts can affect.
+    assert selections[0].mask == CATALOG.mask(CATALOG.affected(shapes[0]))
+    assert selections[-1].mask != selections[-2].mask
