@@ -100,6 +100,9 @@ async def build(
         items = [Located(e, 0, start + n) for n, e in enumerate(events[start : start + BATCH])]
         resolved = [o.resolved for o in await identity.resolve(items, datetime.now(UTC))]
         applied = await profiles.apply(resolved, datetime.now(UTC))
+        # As the processors do once their records are published.
+        await identity.settle(items)
+        await profiles.settle(resolved)
         changes.append((resolved, changed_names(applied)))
     await client.aclose()
     return changes

@@ -16,16 +16,16 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
-from deploy.auth import require
 from deploy.forward import Forward
 from deploy.settings import Settings
 from identity.store import IdentityStore
 from ingest.api import IngestConfig, build_router, json_response
 from ingest.cors import IngestCors
-from ingest.publisher import Publisher
 from ingest.sources import SourceRegistry
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
+from runtime.auth import require
+from runtime.publisher import Publisher
 from segments.api import build_router as segments_router
 from segments.live import LiveIndex
 from segments.service import Segments

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from contracts import schema
 from deploy import lag as lag_mod
 from deploy import topics as topics_mod
-from deploy.auth import Token, hash_token
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
@@ -33,6 +32,7 @@ from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from profiles.api import explanation
 from profiles.store import ProfileStore
+from runtime.auth import Token, hash_token
 from segments.cli import segments as segments_group
 from tagging.catalog import load as load_catalog
 from tagging.cli import run_guarded

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
-from deploy.readback import read_to_end
 from deploy.settings import Settings
 from ingest.sources import Source
+from runtime.readback import read_to_end
 
 DEMO_SOURCES_FILE = Path(__file__).parent / "local" / "demo-sources.json"
 

@@ -16,8 +16,8 @@ from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES
 from deploy.demo import demo_key, post
 from deploy.generator import Feed, linkable, pairwise
 from deploy.lag import consumer_lag, render_table, total_lag
-from deploy.readback import read_to_end
 from deploy.settings import Settings
+from runtime.readback import read_to_end
 from tagging.catalog import load as load_catalog
 from tagging.store import sync_catalog
 

@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 
 from deploy.settings import Settings
 from identity.store import IdentityStore
-from ingest.publisher import Publisher
 from profiles.store import ProfileStore
+from runtime.publisher import Publisher
 from tagging.store import TagStore
 
 

@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.topics import REGISTRY
-from deploy.auth import Token
 from identity.rules import IdentityRules
+from identity.store import RETRY_BUCKETS
 from ingest.limits import Limits
 from ingest.sources import Source
 from profiles.fold import FoldRules
+from runtime.auth import Token
 
 
 def _state_home() -> Path:
@@ -126,8 +127,11 @@ class WorkerSettings(BaseModel):
     snapshot_interval_s: float = 2.0
     #: Redis key namespace for identity and profiles.
     namespace: str = "cdp"
-    #: How long an event id's resolution is remembered (replays and client retries).
-    identity_memo_ttl_s: int = 7 * 24 * 3600
+    #: How long a client may retry an event and still have it recognised as a duplicate.
+    identity_retry_window_s: int = 7 * 24 * 3600
+    #: Sets per day of the retry window: about a day's events / 400 keeps each an 8-byte
+    #: intset (see identity/store.py).
+    identity_retry_buckets: int = Field(default=RETRY_BUCKETS, ge=1)
     #: Keep faust's per-event Monitor sensor (off: it costs CPU on every message).
     faust_monitor: bool = False
 

@@ -17,9 +17,9 @@ from deploy.logs import quiet_libraries
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
-from ingest.publisher import Publisher
 from profiles import agents as profile_agents
 from profiles.store import ProfileStore
+from runtime.publisher import Publisher
 from segments.agents import LiveMembership, register_refresh
 from segments.store import SegmentStore
 from sinks import agents as sink_agents
@@ -80,7 +80,13 @@ def build_deps(settings: Settings, roles: list[str]) -> Deps:
             request_timeout_ms=k.request_timeout_ms,
             linger_ms=k.linger_ms,
         ),
-        identity=IdentityStore(client, settings.identity, w.namespace, w.identity_memo_ttl_s),
+        identity=IdentityStore(
+            client,
+            settings.identity,
+            w.namespace,
+            w.identity_retry_window_s,
+            w.identity_retry_buckets,
+        ),
         profiles=profiles,
         history=history_writer(settings) if "history" in roles else None,
         tags=tags,

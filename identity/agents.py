@@ -10,10 +10,10 @@ import structlog
 
 from contracts.events import Event
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
-from deploy.retry import until_done
-from deploy.undecodable import dead_letters, split
 from identity.store import Located
-from ingest.publisher import Record
+from runtime.publisher import Record
+from runtime.retry import until_done
+from runtime.undecodable import dead_letters, split
 
 log = structlog.get_logger()
 
@@ -53,3 +53,4 @@ def register(app: Any, deps: Any) -> None:
                     for e in o.ledger
                 ]
             await until_done("identity.publish", partial(deps.publisher.publish, records))
+            await until_done("identity.settle", partial(deps.identity.settle, batch))

@@ -1,10 +1,12 @@
 -- Resolve a micro-batch of events' identifiers to profile ids, merging and linking atomically.
 --
--- ARGV[1] namespace   ARGV[2] memo ttl (s)   ARGV[3] supernode limit
+-- ARGV[1] namespace   ARGV[2] retry window (days)   ARGV[3] supernode limit
 -- ARGV[4] rules JSON {type: [unique 0/1, cap]}, ARGV[5] custom rule JSON [unique, cap]
 -- ARGV[6] the batch JSON: [[event id, raw partition, raw offset, [ids], [blocked ids],
---         [invalid ids], source], ...], identifiers as "type:value", strongest first;
---         blocked (junk) and invalid (failed validation) identifiers never link profiles
+--         [invalid ids], source, fingerprint, bucket], ...], identifiers as "type:value",
+--         strongest first; blocked (junk) and invalid (failed validation) identifiers never
+--         link profiles; fingerprint: a signed 64-bit hash of (source, event id), in decimal
+-- ARGV[7] today (days since the epoch)
 --
 -- One call per micro-batch (the caller splits big batches into chunks so that Redis answers
 -- other clients between chunks); the events are resolved in order, each as before on its own.
@@ -16,16 +18,23 @@
 --   p:<pid>:uq      HASH unique type -> its value
 --   alias           HASH merged pid -> survivor
 --   seq             profile id counter (lower = older)
---   ev:<source>:<event id>  the outcome of this event, replayed for redelivered offsets
+--   ev:held:<partition>  HASH raw offset -> outcome, until the processor has published the
+--                   outcome's records (then it deletes the entry): a redelivered offset
+--                   replays it
+--   ev:w:<day>:<bucket>  SET of the fingerprints of the events first resolved that day: an
+--                   event id seen in the retry window is a duplicate (a client retry, or a
+--                   redelivery of an offset whose records were published). 64-bit integers
+--                   in sets of a few hundred are Redis intsets, 8 bytes per event.
 --   rf:<pid>:<x>:<rule>  refusals already recorded
 -- Returns a JSON array with one outcome per event: {pid, created, dup, merges, refusals}.
 
 local ns = ARGV[1]
-local ttl = tonumber(ARGV[2])
+local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local rules = cjson.decode(ARGV[4])
 local custom = cjson.decode(ARGV[5])
 local batch = cjson.decode(ARGV[6])
+local today = tonumber(ARGV[7])
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
@@ -43,25 +52,25 @@ local function resolve(pid) return follow_alias(alias_key, pid) end
 local function uq(pid) return redis.call('HGETALL', k('p', pid, 'uq')) end
 local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
 
-local function resolve_event(event_id, part, off, ids, blocked, invalid, source)
-  -- A client's retry repeats its message id; another source may use the same id for
-  -- another event (ids are unique per source, not across sources), so the memo is per source.
-  local memo_key = k('ev', source, event_id)
-  local memo = redis.call('GET', memo_key)
-  if memo then
-    local m
-    if string.sub(memo, 1, 1) == '{' then
-      m = cjson.decode(memo)
-    else  -- the compact form of an outcome without merges or refusals
-      local pid, created, mpart, moff = string.match(memo, '^([^|]*)|(%d)|([^|]*)|(.*)$')
-      m = {pid = pid, created = tonumber(created), dup = 0, merges = {}, refusals = {},
-           part = mpart, off = moff}
-    end
-    if m.part ~= part or m.off ~= off then
-      -- the same event id at another offset: a client retry; report it, change nothing
-      return cjson.encode({pid = m.pid, created = 0, dup = 1, merges = {}, refusals = {}})
-    end
-    return cjson.encode(m)  -- a redelivery of the same offset: the same outcome again
+local function seen(fingerprint, bucket)
+  for day = today - window + 1, today do
+    if redis.call('SISMEMBER', k('ev', 'w', day, bucket), fingerprint) == 1 then return true end
+  end
+  return false
+end
+
+local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket)
+  -- A redelivered offset whose records were not yet published: the same outcome again.
+  local held_key = k('ev', 'held', part)
+  local held = redis.call('HGET', held_key, off)
+  if held then
+    local m = cjson.decode(held)
+    if m.event == event_id and m.source == source then return held end
+  end
+  -- Message ids are unique per source, not across sources: the fingerprint covers both. Seen
+  -- before in the window: a client's retry, or a redelivery of an offset already published.
+  if seen(fp, bucket) then
+    return cjson.encode({pid = '', created = 0, dup = 1, merges = {}, refusals = {}})
   end
 
   local refusals, merges = {}, {}
@@ -91,15 +100,12 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source)
     end
     local out = cjson.encode({
       pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
-      part = part, off = off,
+      event = event_id, source = source,
     })
-    -- Most outcomes have no merge or refusal: kept as "pid|created|partition|offset"
-    -- (~20 bytes instead of ~100; the memo is kept per event for days).
-    local kept = out
-    if #merges == 0 and #refusals == 0 then
-      kept = (pid or '') .. '|' .. created .. '|' .. part .. '|' .. off
-    end
-    redis.call('SET', memo_key, kept, 'EX', ttl)
+    redis.call('HSET', held_key, off, out)
+    local day_key = k('ev', 'w', today, bucket)
+    redis.call('SADD', day_key, fp)
+    if redis.call('TTL', day_key) < 0 then redis.call('EXPIRE', day_key, (window + 1) * 86400) end
     return out
   end
 
@@ -237,6 +243,6 @@ end
 
 local outs = {}
 for n, e in ipairs(batch) do
-  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6], e[7])
+  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9])
 end
 return '[' .. table.concat(outs, ',') .. ']'

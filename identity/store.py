@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,6 +84,18 @@ def to_outcome(item: Located, result: dict[str, Any], at: datetime) -> Outcome:
     return Outcome(resolved, ledger, duplicate=bool(result["dup"]), created=bool(result["created"]))
 
 
+#: Sets per day of the retry window. A day's fingerprints spread over them; at 1,000 events/s
+#: (86.4M a day) each holds ~330, under Redis's 512-member limit for the 8-byte intset
+#: encoding. Size it at about a day's events / 400 (or raise set-max-intset-entries).
+RETRY_BUCKETS = 262_144
+
+
+def fingerprint(source: str, event_id: str) -> int:
+    """A signed 64-bit hash of an event's identity: message ids are unique per source."""
+    digest = hashlib.blake2b(f"{source}\x00{event_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class IdentityStore:
     """Resolve batches of events against the identity graph under ``namespace``."""
 
@@ -90,17 +104,19 @@ class IdentityStore:
         client: aioredis.Redis,
         rules: IdentityRules,
         namespace: str = "cdp",
-        memo_ttl_s: int = 7 * 24 * 3600,
+        retry_window_s: int = 7 * 24 * 3600,
+        retry_buckets: int = RETRY_BUCKETS,
     ) -> None:
         self._redis = client
         self._rules = rules
         self._ns = namespace
-        self._ttl = memo_ttl_s
+        self._window_days = max(math.ceil(retry_window_s / 86_400), 1)
+        self._buckets = retry_buckets
         self._script = BatchScript(client, Path(__file__).parent / "resolve.lua")
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
-    def _args(self, items: Sequence[Located]) -> list[str | int | bytes]:
+    def _args(self, items: Sequence[Located], today: datetime) -> list[str | int | bytes]:
         batch = []
         for item in items:
             ids: list[str] = []
@@ -113,15 +129,17 @@ class IdentityStore:
                     blocked.append(ident.key())
                 else:
                     ids.append(ident.key())
+            fp = fingerprint(item.event.source, item.event.event_id)
             entry = [item.event.event_id, str(item.partition), str(item.offset), ids, blocked]
-            batch.append([*entry, invalid, item.event.source])
+            batch.append([*entry, invalid, item.event.source, str(fp), fp % self._buckets])
         return [
             self._ns,
-            self._ttl,
+            self._window_days,
             self._rules.supernode_limit,
             self._rules_json,
             self._custom_json,
             orjson.dumps(batch),
+            int(today.timestamp()) // 86_400,
         ]
 
     async def resolve(self, batch: list[Located], at: datetime) -> list[Outcome]:
@@ -130,8 +148,24 @@ class IdentityStore:
         Each event is atomic on its own; a chunk keeps Redis busy for a few milliseconds at
         most, so profile reads from the API interleave between chunks.
         """
-        answers = await self._script.run([self._args(chunk) for chunk in chunks(batch)])
+        answers = await self._script.run([self._args(chunk, at) for chunk in chunks(batch)])
         return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
+
+    async def settle(self, batch: list[Located]) -> None:
+        """Forget the held outcomes of ``batch`` once its records are published (acked).
+
+        Until then a redelivered offset replays its outcome; after, the event's fingerprint in
+        the retry window makes a redelivery a duplicate, with nothing to publish again.
+        """
+        offsets: dict[int, list[str]] = {}
+        for item in batch:
+            offsets.setdefault(item.partition, []).append(str(item.offset))
+        if not offsets:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for part, offs in offsets.items():
+                pipe.hdel(f"{self._ns}:ev:held:{part}", *offs)
+            await pipe.execute()
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""

@@ -19,10 +19,11 @@ from contracts.deadletter import DeadLetter, DeadLetterReason
 from contracts.events import SEGMENT_CALL_TYPES, EventType
 from ingest import intake as take
 from ingest.body import decode, parse_json, read_capped, too_large
-from ingest.exceptions import KafkaUnavailable, Rejected
+from ingest.exceptions import Rejected
 from ingest.limits import Limits
-from ingest.publisher import Publisher, Record
 from ingest.sources import Source, SourceRegistry
+from runtime.exceptions import KafkaUnavailable
+from runtime.publisher import Publisher, Record
 
 log = structlog.get_logger()
 

@@ -32,7 +32,3 @@ class Rejected(IngestError):
         """Return this rejection placed at ``prefix[index]`` of a batch."""
         field = f"{prefix}[{index}]" + (f".{self.field}" if self.field else "")
         return Rejected(self.status, self.reason, self.message, field, index)
-
-
-class KafkaUnavailable(IngestError):
-    """Kafka did not acknowledge in time: the client must retry (503)."""

@@ -11,10 +11,11 @@ from typing import Any
 from contracts.events import ResolvedEvent
 from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
-from deploy.retry import until_done
-from deploy.undecodable import dead_letters, split
-from ingest.publisher import Record
 from profiles.store import Applied
+from runtime.publisher import Record
+from runtime.retry import until_done
+from runtime.undecodable import dead_letters, split
+from tagging.changes import change_records, tag_only
 from tagging.store import TagChange
 
 log = logging.getLogger(__name__)
@@ -55,24 +56,6 @@ def with_tags(
             update["changed"] = [*out[n].changed, "tags"]
             out[n] = out[n].model_copy(update=update)
     return out
-
-
-def change_records(topic: str, changes: list[ProfileChange]) -> list[Record]:
-    """``changes`` as records of ``cdp.profiles.changes`` (key = profile id)."""
-    return [Record(topic, c.profile_id.encode(), c.model_dump_json().encode()) for c in changes]
-
-
-def tag_only(t: TagChange, cause: str, at: datetime) -> ProfileChange:
-    """A change record for tags that changed without an event (time passing, backfill)."""
-    ms = int(at.timestamp() * 1000)
-    return ProfileChange(
-        profile_id=t.profile_id,
-        event_id=f"tags:{cause}:{ms}",
-        changed=["tags"],
-        tags_added=t.added,
-        tags_removed=t.removed,
-        at=at,
-    )
 
 
 def replayed_tags(applied: list[Applied]) -> dict[str, str]:

@@ -23,8 +23,8 @@ import structlog
 
 from contracts.segments import MembershipChange, SavedSegment
 from contracts.topics import SEGMENTS_MEMBERSHIP
-from deploy.retry import until_done
-from ingest.publisher import Record
+from runtime.publisher import Record
+from runtime.retry import until_done
 from segments.live import Predicate, segment_predicate
 from segments.service import purposes
 from segments.sql import Compiler

@@ -16,8 +16,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from contracts.segments import SegmentDefinition, error_path
-from deploy.auth import Token
-from ingest.exceptions import KafkaUnavailable
+from runtime.auth import Token
+from runtime.exceptions import KafkaUnavailable
 from segments.service import (
     MEDIA_TYPES,
     Format,

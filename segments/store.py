@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 import redis.asyncio as aioredis
 import structlog
@@ -19,12 +20,22 @@ from redis.exceptions import WatchError
 
 from contracts.segments import SavedSegment, SegmentDefinition, is_live
 from contracts.topics import SEGMENTS_DEFINITIONS
-from deploy.readback import read_records
-from deploy.settings import KafkaSettings
-from ingest.exceptions import KafkaUnavailable
-from ingest.publisher import Publisher, Record
+from runtime.exceptions import KafkaUnavailable
+from runtime.publisher import Publisher, Record
+from runtime.readback import read_records
 
 log = structlog.get_logger()
+
+
+class KafkaTopics(Protocol):
+    """Where the topics are (the composition root's Kafka settings are one)."""
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The brokers to read from."""
+
+    def topic(self, name: str) -> str:
+        """A registry topic's full name (with the deployment's prefix)."""
 
 
 class SegmentConflict(Exception):
@@ -97,7 +108,7 @@ class SegmentStore:
 
     @classmethod
     def durable(
-        cls, client: aioredis.Redis, namespace: str, publisher: Publisher, kafka: KafkaSettings
+        cls, client: aioredis.Redis, namespace: str, publisher: Publisher, kafka: KafkaTopics
     ) -> SegmentStore:
         """The store every process uses: its writes and restores go through the topic."""
 

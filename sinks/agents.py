@@ -17,8 +17,8 @@ from contracts.events import ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
-from deploy.retry import until_done
-from deploy.undecodable import split
+from runtime.retry import until_done
+from runtime.undecodable import split
 from sinks.history import (
     Batch,
     HistoryWriter,

@@ -11,10 +11,10 @@ import click
 import redis.asyncio as aioredis
 
 from contracts.topics import PROFILES_CHANGES
-from ingest.publisher import Publisher
-from profiles.agents import change_records, tag_only
 from profiles.store import ProfileStore
+from runtime.publisher import Publisher
 from tagging.catalog import CATEGORIES, CatalogError, load
+from tagging.changes import change_records, tag_only
 from tagging.store import TagChange, TagStore, text
 
 

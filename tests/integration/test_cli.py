@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from deploy.auth import hash_token
 from deploy.local.kafka import free_port, port_open
+from runtime.auth import hash_token
 from tests.support.services import Services
 
 

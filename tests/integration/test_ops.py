@@ -17,8 +17,8 @@ from contracts.topics import REGISTRY
 from deploy import topics
 from deploy.demo_run import other_feeds
 from deploy.lag import consumer_lag
-from deploy.readback import read_to_end
 from deploy.settings import Settings
+from runtime.readback import read_to_end
 from tests.support.server import running_api
 
 

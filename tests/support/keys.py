@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deploy.auth import Token, hash_token
 from ingest.sources import Source, hash_key
+from runtime.auth import Token, hash_token
 
 #: Bearer tokens of the read API in tests, by the scopes they carry.
 TOKENS = {

@@ -17,10 +17,10 @@ import redis.asyncio as aioredis
 from contracts.segments import SegmentDefinition
 from contracts.topics import SEGMENTS_DEFINITIONS
 from deploy.local.kafka import free_port
-from deploy.readback import read_records
 from deploy.settings import Settings
-from ingest.exceptions import KafkaUnavailable
-from ingest.publisher import Publisher
+from runtime.exceptions import KafkaUnavailable
+from runtime.publisher import Publisher
+from runtime.readback import read_records
 from segments.store import SegmentStore
 from tests.support.server import running_api
 

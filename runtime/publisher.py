@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from ingest.exceptions import KafkaUnavailable
+from runtime.exceptions import KafkaUnavailable
 
 log = structlog.get_logger()
 

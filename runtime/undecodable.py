@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from contracts.deadletter import DeadLetter, DeadLetterReason
-from ingest.publisher import Record
+from runtime.publisher import Record
 
 M = TypeVar("M", bound=BaseModel)
 

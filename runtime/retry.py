@@ -10,7 +10,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ingest.exceptions import KafkaUnavailable
+from runtime.exceptions import KafkaUnavailable
 
 log = structlog.get_logger()
 T = TypeVar("T")
