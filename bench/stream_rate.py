@@ -316,7 +316,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     groups = (
         [
-            (group_id(settings, ["identity", "profiles"]), TOPICS[:2]),
+            (group_id(settings, ["identity", "profiles"]), TOPICS[:1]),  # one pass on raw
             (group_id(settings, ["history"]), TOPICS[1:]),
         ]
         if args.layout == "three"

@@ -25,6 +25,7 @@ from segments.store import SegmentStore
 from sinks import agents as sink_agents
 from sinks.clickhouse import connect as connect_clickhouse
 from sinks.history import HistoryWriter, migrate
+from stream import agents as stream_agents
 from tagging.catalog import load as load_catalog
 from tagging.store import TagStore
 
@@ -126,7 +127,14 @@ def build_app(settings: Settings, roles: list[str]) -> faust.App:
             deps.topic(SEGMENTS_MEMBERSHIP.name),
             settings.segments.live_reload_s,
         )
-    for role in sorted(roles):
+    if {"identity", "profiles"} <= set(roles):
+        # One pass: resolve, fold and tag each raw batch in one agent (stream/agents.py).
+        stream_agents.register(app, deps)
+        profile_agents.register(app, deps, consume=False)
+        others = sorted(set(roles) - {"identity", "profiles"})
+    else:
+        others = sorted(roles)
+    for role in others:
         ROLES[role](app, deps)
     if "history" in roles:
         deps.refresher = register_refresh(app, deps, catalog)

@@ -10,7 +10,7 @@ import structlog
 
 from contracts.events import Event
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
-from identity.store import Located
+from identity.store import Located, Outcome
 from runtime.publisher import Record
 from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
@@ -24,33 +24,46 @@ def decode(events: list[Any]) -> tuple[list[Located], list[Any]]:
     return [Located(e, ev.message.partition, ev.message.offset) for e, ev in good], bad
 
 
+class IdentityStep:
+    """One micro-batch of raw events: decode, resolve, and the records it publishes."""
+
+    def __init__(self, deps: Any) -> None:
+        self.deps = deps
+        self.resolved_topic = deps.topic(EVENTS_RESOLVED.name)
+        self.ledger_topic = deps.topic(IDENTITY_MERGES.name)
+        self.dead_topic = deps.topic(EVENTS_DEADLETTER.name)
+
+    async def resolve(
+        self, events: list[Any], now: datetime
+    ) -> tuple[list[Located], list[Outcome], list[Record]]:
+        """Resolve the decodable events; return them, their outcomes and the records to publish
+        (dead letters for the undecodable, resolved events and ledger entries for the rest)."""
+        batch, bad = decode(events)
+        records = dead_letters(bad, "identity", self.dead_topic)
+        outcomes = await until_done(
+            "identity.resolve", partial(self.deps.identity.resolve, batch, now)
+        )
+        for o in outcomes:
+            if o.duplicate:
+                continue
+            key = o.resolved.profile_id.encode()
+            records.append(Record(self.resolved_topic, key, o.resolved.model_dump_json().encode()))
+            records += [
+                Record(self.ledger_topic, e.profile_id.encode(), e.model_dump_json().encode())
+                for e in o.ledger
+            ]
+        return batch, outcomes, records
+
+
 def register(app: Any, deps: Any) -> None:
     """Add the identity agent to ``app``."""
     source = app.topic(deps.topic(EVENTS_RAW.name), key_serializer="raw", value_serializer="raw")
-    resolved_topic, ledger_topic = (
-        deps.topic(EVENTS_RESOLVED.name),
-        deps.topic(IDENTITY_MERGES.name),
-    )
-    dead_topic = deps.topic(EVENTS_DEADLETTER.name)
     conf = deps.settings.worker
+    step = IdentityStep(deps)
 
     @app.agent(source, name="identity")
     async def identity(stream: Any) -> None:
         async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            batch, bad = decode(list(events))
-            records = dead_letters(bad, "identity", dead_topic)
-            now = datetime.now(UTC)
-            outcomes = await until_done(
-                "identity.resolve", partial(deps.identity.resolve, batch, now)
-            )
-            for o in outcomes:
-                if o.duplicate:
-                    continue
-                key = o.resolved.profile_id.encode()
-                records.append(Record(resolved_topic, key, o.resolved.model_dump_json().encode()))
-                records += [
-                    Record(ledger_topic, e.profile_id.encode(), e.model_dump_json().encode())
-                    for e in o.ledger
-                ]
+            batch, _, records = await step.resolve(list(events), datetime.now(UTC))
             await until_done("identity.publish", partial(deps.publisher.publish, records))
             await until_done("identity.settle", partial(deps.identity.settle, batch))

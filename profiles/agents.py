@@ -120,21 +120,27 @@ class ProfileStep:
         await until_done("profiles.settle", partial(self.deps.profiles.settle, batch))
 
 
-def register(app: Any, deps: Any) -> None:
-    """Add the profile agent, and the timed-tag and backfill tasks, to ``app``."""
-    source = app.topic(
-        deps.topic(EVENTS_RESOLVED.name), key_serializer="raw", value_serializer="raw"
-    )
+def register(app: Any, deps: Any, *, consume: bool = True) -> None:
+    """Add the profile agent, and the timed-tag and backfill tasks, to ``app``.
+
+    ``consume=False``: the one-pass processor folds the events it resolves, so no agent reads
+    ``cdp.events.resolved``; the timed-tag and backfill tasks are added all the same.
+    """
     conf = deps.settings.worker
     step = ProfileStep(deps)
 
     def records(changes: list[ProfileChange]) -> list[Record]:
         return change_records(step.changes_topic, changes)
 
-    @app.agent(source, name="profiles")
-    async def profiles(stream: Any) -> None:
-        async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            await step.run(list(events))
+    if consume:
+        source = app.topic(
+            deps.topic(EVENTS_RESOLVED.name), key_serializer="raw", value_serializer="raw"
+        )
+
+        @app.agent(source, name="profiles")
+        async def profiles(stream: Any) -> None:
+            async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
+                await step.run(list(events))
 
     if deps.tags is None:
         return

@@ -1,0 +1,54 @@
+"""The one-pass processor: cdp.events.raw -> identity -> fold -> tags, one micro-batch each.
+
+A worker with both the identity and the profiles role runs this instead of the two agents:
+each raw event is decoded once and resolved, folded and tagged in the same batch, with no
+round trip through ``cdp.events.resolved`` (which is still published, with the merge ledger
+and the profile changes, for other services and the history sink). Every effect stays
+idempotent as in the two-agent layout: identity holds each outcome until the batch's records
+are acknowledged (a redelivery replays it), the fold applies each raw offset once per profile
+and holds its change until then (a redelivery answers it again), and both are settled only
+after the one publish of all the batch's records.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from contracts.topics import EVENTS_RAW
+from identity.agents import IdentityStep
+from profiles.agents import ProfileStep
+from runtime.retry import until_done
+
+
+class StreamStep:
+    """One raw micro-batch through identity, fold and tags; one acked publish; then settle."""
+
+    def __init__(self, deps: Any) -> None:
+        self.deps = deps
+        self.identity = IdentityStep(deps)
+        self.profiles = ProfileStep(deps)
+
+    async def run(self, events: list[Any]) -> None:
+        """Process one batch of raw faust events."""
+        now = datetime.now(UTC)
+        batch, outcomes, records = await self.identity.resolve(events, now)
+        resolved = [o.resolved for o in outcomes if not o.duplicate]
+        records += await self.profiles.records(resolved, [], now)
+        deps = self.deps
+        await until_done("stream.publish", partial(deps.publisher.publish, records))
+        await until_done("identity.settle", partial(deps.identity.settle, batch))
+        await until_done("profiles.settle", partial(deps.profiles.settle, resolved))
+
+
+def register(app: Any, deps: Any) -> None:
+    """Add the one-pass agent on ``cdp.events.raw`` to ``app``."""
+    source = app.topic(deps.topic(EVENTS_RAW.name), key_serializer="raw", value_serializer="raw")
+    conf = deps.settings.worker
+    step = StreamStep(deps)
+
+    @app.agent(source, name="stream")
+    async def stream(events: Any) -> None:
+        async for batch in events.take_events(conf.batch_size, within=conf.batch_within_s):
+            await step.run(list(batch))
