@@ -33,6 +33,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
+from proc import cpu_seconds  # bench/proc.py
 
 from deploy import topics
 from deploy.local.kafka import free_port
@@ -185,27 +186,6 @@ def topic_total(bootstrap: str, topic: str, partitions: int) -> int:
         return sum(info.offset for info in admin.list_partition_offsets(tps).values())
     finally:
         admin.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child) for child in children(pid))
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid``."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return found
 
 
 def kafka_pid(settings: Settings) -> int | None:

@@ -38,6 +38,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from kafka.errors import KafkaError
 from namespace import drop  # bench/namespace.py
+from proc import cpu_seconds  # bench/proc.py
 
 from deploy import topics
 from deploy.demo import demo_key, demo_sources
@@ -204,21 +205,6 @@ async def bare_consume(settings: Settings) -> float:
     finally:
         await consumer.stop()
     return n / (time.perf_counter() - started - 1.0)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    kids = [
-        int(c)
-        for task in Path(f"/proc/{pid}/task").glob("*")
-        for c in (task / "children").read_text().split()
-    ]
-    return own + sum(cpu_seconds(k) for k in kids)
 
 
 def service_pids(settings: Settings) -> dict[str, int]:
