@@ -189,7 +189,8 @@ def serve(settings: Settings, workers: int) -> int:
     try:
         while not stopping:
             time.sleep(0.2)
-            processes.check()
+            if not stopping:  # Ctrl-C reaches the processes too: none is restarted then
+                processes.check()
     except ApiProcessFailed as exc:
         log.error("api.process_failed", error=str(exc))
         return STARTUP_FAILURE

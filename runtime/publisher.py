@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ class _Delivery:
             self.error = error
         self.remaining -= 1
         if self.remaining == 0:
-            self.loop.call_soon_threadsafe(self._resolve)
+            # A publish that timed out may be acknowledged after its event loop closed.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         if not self.future.done():
