@@ -96,6 +96,26 @@ def build_batches(events: int, batch: int, rep: int = 0) -> list[bytes]:
     return bodies
 
 
+class Tally:
+    """Events answered 200, requests answered otherwise, and each request's latency."""
+
+    def __init__(self) -> None:
+        auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+        self.headers = {"Authorization": auth, "Content-Type": "application/json"}
+        self.accepted = self.failed = 0
+        self.latencies: list[float] = []
+
+    async def post(self, client: httpx.AsyncClient, body: bytes) -> None:
+        """POST one batch and count its answer."""
+        sent = time.perf_counter()
+        response = await client.post("/v1/batch", content=body, headers=self.headers)
+        self.latencies.append(time.perf_counter() - sent)
+        if response.status_code == 200:
+            self.accepted += response.json()["accepted"]
+        else:
+            self.failed += 1
+
+
 async def post_all(
     base: str, bodies: list[bytes], concurrency: int
 ) -> tuple[int, int, float, list[float]]:
@@ -103,52 +123,32 @@ async def post_all(
 
     Returns (accepted, non-200s, seconds, per-request latencies in seconds).
     """
-    auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
-    accepted = failed = 0
-    latencies: list[float] = []
+    tally = Tally()
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal accepted, failed
         while not queue.empty():
-            body = queue.get_nowait()
-            sent = time.perf_counter()
-            response = await client.post("/v1/batch", content=body, headers=headers)
-            latencies.append(time.perf_counter() - sent)
-            if response.status_code == 200:
-                accepted += response.json()["accepted"]
-            else:
-                failed += 1
+            await tally.post(client, queue.get_nowait())
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return accepted, failed, time.perf_counter() - started, latencies
+        seconds = time.perf_counter() - started
+    return tally.accepted, tally.failed, seconds, tally.latencies
 
 
 async def paced(
     base: str, bodies: list[bytes], rate: float, per_body: int
 ) -> tuple[int, int, list[float]]:
     """POST ``bodies`` at ``rate`` events/s, each request on its own schedule (open loop)."""
-    auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
-    latencies: list[float] = []
-    accepted = failed = 0
+    tally = Tally()
 
     async def one(client: httpx.AsyncClient, body: bytes, at: float) -> None:
-        nonlocal accepted, failed
         await asyncio.sleep(max(at - time.perf_counter(), 0))
-        sent = time.perf_counter()
-        response = await client.post("/v1/batch", content=body, headers=headers)
-        latencies.append(time.perf_counter() - sent)
-        if response.status_code == 200:
-            accepted += response.json()["accepted"]
-        else:
-            failed += 1
+        await tally.post(client, body)
 
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         start = time.perf_counter() + 0.2
@@ -156,7 +156,7 @@ async def paced(
         await asyncio.gather(
             *(one(client, body, start + n * interval) for n, body in enumerate(bodies))
         )
-    return accepted, failed, latencies
+    return tally.accepted, tally.failed, tally.latencies
 
 
 async def bare_producer(bootstrap: str, topic: str, values: list[bytes]) -> float:
