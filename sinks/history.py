@@ -117,6 +117,10 @@ def schema(db: str) -> list[str]:
     settings = f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
+        # Not partitioned by time: a feed spread over two years (an import, a channel that
+        # delivers late) would write one part per month touched by every insert, ~10x the
+        # history worker's cost; one part per insert also makes the insert atomic. Time
+        # windows are served by the by_type projection, sorted by type and time.
         f"""CREATE TABLE IF NOT EXISTS {db}.events (
             event_id String, profile_id String, type LowCardinality(String), name String,
             channel LowCardinality(String), source LowCardinality(String),
@@ -125,7 +129,7 @@ def schema(db: str) -> list[str]:
             traits String, properties String, consent String,
             src_partition UInt32, src_offset UInt64, ingested_at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(ingested_at)
-        PARTITION BY toYYYYMM(timestamp) ORDER BY (profile_id, timestamp, event_id) {settings}""",
+        ORDER BY (profile_id, timestamp, event_id) {settings}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.profile_aliases (
             profile_id String, survivor String, event_id String, merged_at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(merged_at) ORDER BY profile_id {settings}""",
@@ -203,8 +207,44 @@ TABLES = frozenset(
 )
 
 
+def _partition_key(client: Any, db: str, table: str) -> str | None:
+    rows = client.query(
+        "SELECT partition_key FROM system.tables WHERE database = {db:String} "
+        "AND name = {table:String}",
+        parameters={"db": db, "table": table},
+    ).result_rows
+    return str(rows[0][0]) if rows else None
+
+
+def unpartition_events(client: Any, db: str) -> int:
+    """Move ``events`` of an older schema (partitioned by month) into the current table.
+
+    Renames the old table aside, lets the schema create the new one, copies the rows and
+    drops the old table. A crash in between is finished by the next start: the new table is
+    emptied and the copy runs again from the table set aside. Returns the rows copied.
+    """
+    aside = f"{db}.events_by_month"
+    if _partition_key(client, db, "events"):
+        client.command(f"RENAME TABLE {db}.events TO {aside}")
+    if _partition_key(client, db, "events_by_month") is None:
+        return 0
+    for statement in schema(db):
+        client.command(statement)
+    columns = ", ".join(EVENT_COLUMNS)
+    client.command(f"TRUNCATE TABLE {db}.events")
+    client.command(
+        f"INSERT INTO {db}.events ({columns}) SELECT {columns} FROM {aside}",  # noqa: S608
+        settings={"insert_deduplicate": 0},
+    )
+    copied = int(client.command(f"SELECT count() FROM {db}.events"))  # noqa: S608
+    client.command(f"DROP TABLE {aside}")
+    return copied
+
+
 def migrate(client: Any, db: str) -> None:
     """Create the database and tables if missing; bring older tables up to date."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    unpartition_events(client, db)
     for statement in schema(db):
         client.command(statement)
     dedupe_snapshots(client, db)
@@ -338,18 +378,20 @@ class HistoryWriter:
 def event_batches(
     topic: str, items: list[tuple[ResolvedEvent, int, int]], now: datetime | None = None
 ) -> list[Batch]:
-    """Group (event, partition, offset) by partition into token-carrying batches."""
+    """One token-carrying batch of (event, partition, offset), whatever the partitions.
+
+    One insert is one part of ``events`` (atomic); its token names the offset range taken
+    from each source partition, so a retry of the same batch is dropped by ClickHouse.
+    """
+    if not items:
+        return []
     now = now or datetime.now(UTC)
-    by_part: dict[int, list[tuple[ResolvedEvent, int]]] = defaultdict(list)
-    for r, part, off in items:
-        by_part[part].append((r, off))
-    batches = []
-    for part, entries in sorted(by_part.items()):
-        offs = [o for _, o in entries]
-        rows = [event_row(r, part, o, now) for r, o in entries]
-        token = f"{topic}:{part}:{min(offs)}-{max(offs)}:{len(offs)}"
-        batches.append(Batch("events", EVENT_COLUMNS, rows, token))
-    return batches
+    ranges: dict[int, list[int]] = defaultdict(list)
+    for _, part, off in items:
+        ranges[part].append(off)
+    span = ",".join(f"{p}:{min(o)}-{max(o)}:{len(o)}" for p, o in sorted(ranges.items()))
+    rows = [event_row(r, part, off, now) for r, part, off in items]
+    return [Batch("events", EVENT_COLUMNS, rows, f"{topic}:{span}")]
 
 
 def ledger_batch(entries: list[LedgerEntry], token: str) -> list[Batch]:

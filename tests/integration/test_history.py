@@ -12,7 +12,7 @@ import pytest
 from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
 from sinks.clickhouse import connect
-from sinks.history import HistoryWriter, event_batches, ledger_batch, migrate
+from sinks.history import EVENT_COLUMNS, HistoryWriter, event_batches, ledger_batch, migrate
 from tests.support.services import Services
 
 AT = datetime(2026, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
@@ -104,3 +104,78 @@ def test_a_retried_batch_adds_no_rows(writer: tuple[Any, str, HistoryWriter]) ->
         w.write(batch)
     assert w.count("events", final=False) == 51
     assert client.command(f"SELECT max(src_offset) FROM {db}.events") == 50
+
+
+def _month_partitioned(client: Any, db: str) -> list[tuple[Any, ...]]:
+    """History of the older schema (events partitioned by month) with 30 events; their rows."""
+    from sinks.history import schema
+
+    for statement in schema(db):
+        client.command(
+            statement.replace(
+                "ORDER BY (profile_id, timestamp, event_id)",
+                "PARTITION BY toYYYYMM(timestamp) ORDER BY (profile_id, timestamp, event_id)",
+            )
+        )
+    assert client.command(
+        f"SELECT partition_key FROM system.tables WHERE database = '{db}' AND name = 'events'"
+    )
+    items = [(resolved(n, timestamp=AT - timedelta(days=40 * n)), n % 3, n) for n in range(30)]
+    for batch in event_batches("t", items, now=AT):
+        HistoryWriter(client, db).write(batch)
+    rows = client.query(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {db}.events ORDER BY event_id"
+    ).result_rows
+    assert len(rows) == 30
+    return rows
+
+
+def test_events_of_the_month_partitioned_schema_are_moved_into_one_table(
+    services: Services,
+) -> None:
+    from sinks.history import unpartition_events
+
+    db = f"hist{uuid.uuid4().hex[:8]}"
+    client = connect(None, services.chdb_path)
+    before = _month_partitioned(client, db)
+
+    migrate(client, db)
+
+    key = client.command(
+        f"SELECT partition_key FROM system.tables WHERE database = '{db}' AND name = 'events'"
+    )
+    assert key == ""
+    after = client.query(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {db}.events ORDER BY event_id"
+    ).result_rows
+    assert after == before
+    # The numeric id twin and the projection exist on the new table.
+    assert client.command(f"SELECT countIf(pid = 101) FROM {db}.events") == 1
+    create = client.command(f"SHOW CREATE TABLE {db}.events")
+    assert "PROJECTION by_type" in create
+    tables = client.query(f"SELECT name FROM system.tables WHERE database = '{db}'").result_rows
+    assert ("events_by_month",) not in tables
+    assert unpartition_events(client, db) == 0  # nothing left to move
+
+
+def test_a_move_cut_short_is_finished_by_the_next_start(services: Services) -> None:
+    from sinks.history import schema
+
+    db = f"hist{uuid.uuid4().hex[:8]}"
+    client = connect(None, services.chdb_path)
+    before = _month_partitioned(client, db)
+    # Killed mid-move: the old table set aside, the new one holding part of the copy.
+    client.command(f"RENAME TABLE {db}.events TO {db}.events_by_month")
+    for statement in schema(db):
+        client.command(statement)
+    client.command(
+        f"INSERT INTO {db}.events ({', '.join(EVENT_COLUMNS)}) "
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {db}.events_by_month LIMIT 7"
+    )
+
+    migrate(client, db)
+
+    after = client.query(
+        f"SELECT {', '.join(EVENT_COLUMNS)} FROM {db}.events ORDER BY event_id"
+    ).result_rows
+    assert after == before
