@@ -284,7 +284,7 @@ def main() -> None:
     }
     commands = layouts[args.layout]
     if args.prefill:  # the API first, alone; the processors later, without it
-        commands = [["api"]] + ([["worker"]] if args.layout == "one" else commands[1:])
+        commands = [["api"]] + (commands if args.layout == "one" else commands[1:])
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(n: int) -> None:
@@ -305,7 +305,7 @@ def main() -> None:
             (group_id(settings, ["identity", "profiles"]), TOPICS[:1]),  # one pass on raw
             (group_id(settings, ["history"]), TOPICS[1:]),
         ]
-        if args.layout == "three"
+        if args.layout in ("one", "three")  # cdp run: its stream processes and itself
         else [(group_id(settings, sorted(ROLES)), TOPICS)]
     )
     try:

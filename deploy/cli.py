@@ -13,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from contracts import schema
+from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
 from deploy import topics as topics_mod
 from deploy.demo import add_demo_task, demo_sources
@@ -22,10 +23,17 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
-from deploy.serve import PortInUse, api_processes, attach_api
+from deploy.serve import PortInUse, api_processes, attach_api, supervise
 from deploy.serve import serve as serve_api
 from deploy.settings import Settings
-from deploy.worker import ROLES, build_app, group_id, history_writer
+from deploy.worker import (
+    ROLES,
+    STREAM_ROLES,
+    WorkerProcesses,
+    build_app,
+    group_id,
+    history_writer,
+)
 from deploy.worker import run as run_worker
 from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
@@ -181,24 +189,56 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
     default=None,
     help="API processes serving the port [default: CDP_API__WORKERS, else one per CPU].",
 )
+@click.option(
+    "--stream-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stream processor processes [default: CDP_WORKER__PROCESSES, else 1].",
+)
 @click.pass_obj
-def run(settings: Settings, demo: bool, exit_after_demo: bool, api_workers: int | None) -> None:
-    """Run everything in one process: API, identity, profiles, history (embedded ClickHouse)."""
+def run(
+    settings: Settings,
+    demo: bool,
+    exit_after_demo: bool,
+    api_workers: int | None,
+    stream_workers: int | None,
+) -> None:
+    """Run everything on one machine: API, stream processor, history (embedded ClickHouse).
+
+    This process owns the history and serves the API; the API processes beside it share
+    the port, and the stream processes (identity, profiles, tags) run in their own
+    processes, so neither waits for the other's CPU.
+    """
     if demo:
         settings = _with_demo(settings)
     topics_mod.create_all(settings.kafka)
     if not settings.ingest.all_sources():
         click.echo("warning: no write keys configured; see `cdp keys new`", err=True)
-    app = build_app(settings, sorted(ROLES))
+    _adopt_one_group_offsets(settings)
+    app = build_app(settings, ["history"])
     try:
         attach_api(app, settings, api_workers or api_processes(settings))
     except PortInUse as exc:
         raise click.ClickException(f"{exc}: is another cdp api or cdp run serving it?") from exc
+    count = stream_workers or settings.worker.processes
+    supervise(app, WorkerProcesses(settings, STREAM_ROLES, count))
     base = f"http://{settings.api.host}:{settings.api.port}"
     click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
     if demo:
         add_demo_task(app, settings, base, exit_after_demo)
     run_worker(app, settings.log_level_faust())
+
+
+def _adopt_one_group_offsets(settings: Settings) -> None:
+    """Earlier ``cdp run`` processed everything in one consumer group: its offsets go to the
+    stream group (the raw topic) and the history group (the rest), read once, not again."""
+    raw = settings.kafka.topic(EVENTS_RAW.name)
+    others = [settings.kafka.topic(n) for n in REGISTRY if n != EVENTS_RAW.name]
+    lag_mod.adopt_offsets(
+        settings.kafka,
+        group_id(settings, sorted(ROLES)),
+        {group_id(settings, STREAM_ROLES): [raw], group_id(settings, ["history"]): others},
+    )
 
 
 @cli.command()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import structlog
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
+from kafka.structs import OffsetAndMetadata
 
 from deploy.settings import KafkaSettings
 from deploy.topics import admin
@@ -79,6 +81,40 @@ def total_lag(kafka: KafkaSettings, group: str, topics: list[str]) -> int:
 def _offset(info: object) -> int:
     """Read the offset out of kafka-python's OffsetAndTimestamp."""
     return int(getattr(info, "offset"))  # noqa: B009 - the admin client's result is untyped
+
+
+def adopt_offsets(kafka: KafkaSettings, legacy: str, heirs: dict[str, list[str]]) -> int:
+    """Hand the committed offsets of group ``legacy`` to ``heirs`` (group -> its topics).
+
+    When processors that shared one consumer group move into groups of their own, the new
+    groups would otherwise start at the beginning of every retained topic. Each heir with no
+    offsets of its own takes the legacy group's offsets on its topics; then the legacy group
+    is deleted, so ``cdp lag`` does not show it falling behind forever. Returns how many
+    partition offsets were handed over (0 when there was nothing to adopt).
+    """
+    client = admin(kafka)
+    try:
+        if legacy not in {g["group_id"] for g in client.list_groups()}:
+            return 0
+        old = _committed(client, [legacy]).get(legacy, {})
+        if not old:
+            return 0
+        mine = _committed(client, list(heirs))
+        moved = 0
+        for group, topics in heirs.items():
+            if mine.get(group):
+                continue
+            offsets = {
+                tp: OffsetAndMetadata(off, "", -1) for tp, off in old.items() if tp.topic in topics
+            }
+            if offsets:
+                client.alter_group_offsets(group, offsets)
+                moved += len(offsets)
+        client.delete_groups([legacy])
+    finally:
+        client.close()
+    structlog.get_logger().info("groups.adopted", legacy=legacy, heirs=sorted(heirs), moved=moved)
+    return moved
 
 
 def render_table(rows: list[PartitionLag]) -> str:

@@ -35,14 +35,12 @@ log = structlog.get_logger()
 STOP_GRACE_S = 20.0
 #: prctl(2): the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
+#: prctl(2): the process's name as ``ps -o comm`` and ``/proc/<pid>/comm`` show it.
+PR_SET_NAME = 15
 
 
 class PortInUse(CDPError):
     """The API's port is held by another process."""
-
-
-class ApiProcessFailed(CDPError):
-    """An API process exited before it served: the same fault would repeat on a restart."""
 
 
 def api_processes(settings: Settings) -> int:
@@ -106,69 +104,121 @@ def check_port_free(host: str, port: int) -> None:
             raise
 
 
-def _die_with(parent: int) -> None:
-    """Stop this process when ``parent`` dies, even by SIGKILL (Linux), so no API process is
-    left holding the port without its supervisor."""
+def die_with(parent: int, name: str) -> None:
+    """Stop this process when ``parent`` dies, even by SIGKILL (Linux), so no child is left
+    holding the port or the partitions without its supervisor; name it ``name`` for ``ps``
+    and ``top`` (every child is otherwise a "python")."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_NAME, name.encode()[:15])
     if os.getppid() != parent:  # it died before we asked
         os._exit(0)
 
 
-def _serve_one(settings: Settings, parent: int) -> None:
-    """One API process: its own socket in the port group, its own app."""
-    _die_with(parent)
-    config = uvicorn_config(settings, partial(process_app, settings), factory=True)
-    uvicorn.Server(config).run(sockets=[shared_socket(settings.api.host, settings.api.port)])
+class ChildFailed(CDPError):
+    """A child process exited before it was ready: the same fault would repeat on a restart."""
 
 
-class ApiProcesses:
-    """Spawned API processes serving the port beside each other (and beside this process).
+class ApiProcessFailed(ChildFailed):
+    """An API process exited before it served."""
 
-    Each builds its own app (Kafka producer, Redis pool) from ``settings``. ``check`` restarts
-    one that died after it served and raises ``ApiProcessFailed`` for one that never did;
-    ``stop`` sends SIGTERM and kills those still running after ``STOP_GRACE_S``.
+
+class Children:
+    """Spawned processes of one kind, kept running beside this one.
+
+    Child ``slot`` (0 to count - 1) keeps its number across restarts. Each child gets an
+    event it sets once it is ready (serving, consuming). ``check``
+    restarts a child that died after it was ready and raises ``ChildFailed`` for one that
+    died before: a fault at start (bad settings, a catalog that does not load) would only
+    repeat. ``stop`` sends SIGTERM and kills those still running after ``STOP_GRACE_S``.
     """
 
-    def __init__(self, settings: Settings, count: int) -> None:
-        self.settings, self.count = settings, count
-        self.context = multiprocessing.get_context("spawn")
-        self.processes: list[BaseProcess] = []
+    kind = "child"
+    failure: type[ChildFailed] = ChildFailed
 
-    def _spawn(self) -> BaseProcess:
+    def __init__(self, target: Any, args: tuple[Any, ...], count: int) -> None:
+        self.target, self.args, self.count = target, args, count
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: list[tuple[BaseProcess, Any]] = []
+
+    def _spawn(self, slot: int) -> tuple[BaseProcess, Any]:
+        ready = self.context.Event()
         process = self.context.Process(
-            target=_serve_one, args=(self.settings, os.getpid()), daemon=False
+            target=self.target, args=(*self.args, slot, os.getpid(), ready), daemon=False
         )
         process.start()
-        return process
+        return process, ready
 
-    def start(self) -> ApiProcesses:
-        """Spawn the processes (they serve once their app started)."""
-        self.processes = [self._spawn() for _ in range(self.count)]
-        log.info("api.processes", count=self.count, pids=[p.pid for p in self.processes])
+    @property
+    def pids(self) -> list[int | None]:
+        """The children's process ids."""
+        return [p.pid for p, _ in self.processes]
+
+    def start(self) -> Children:
+        """Spawn the processes."""
+        self.processes = [self._spawn(slot) for slot in range(self.count)]
+        log.info(f"{self.kind}.processes", count=self.count, pids=self.pids)
         return self
 
     def check(self) -> None:
-        """Replace a process that died; raise if one could not start."""
-        for i, process in enumerate(self.processes):
+        """Replace a process that died after it was ready; raise if one never was."""
+        for i, (process, ready) in enumerate(self.processes):
             if process.is_alive():
                 continue
-            if process.exitcode == STARTUP_FAILURE:
-                raise ApiProcessFailed(f"API process {process.pid} could not start; see its log")
-            log.warning("api.process_died", pid=process.pid, exitcode=process.exitcode)
-            self.processes[i] = self._spawn()
+            if not ready.is_set():
+                raise self.failure(
+                    f"{self.kind} process {process.pid} exited with {process.exitcode} "
+                    "before it was ready; see its log"
+                )
+            log.warning(f"{self.kind}.process_died", pid=process.pid, exitcode=process.exitcode)
+            self.processes[i] = self._spawn(i)
 
     def stop(self) -> None:
         """SIGTERM every process; kill those still running after ``STOP_GRACE_S``."""
-        for process in self.processes:
+        for process, _ in self.processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for process in self.processes:
+        for process, _ in self.processes:
             process.join(max(deadline - time.monotonic(), 0))
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+class _ReadyServer(uvicorn.Server):
+    """An API process's server: tells its supervisor once it serves."""
+
+    def __init__(self, config: uvicorn.Config, ready: Any) -> None:
+        super().__init__(config)
+        self.ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+
+def _serve_one(settings: Settings, slot: int, parent: int, ready: Any) -> None:
+    """One API process: its own socket in the port group, its own app."""
+    die_with(parent, "cdp-api")
+    config = uvicorn_config(settings, partial(process_app, settings), factory=True)
+    _ReadyServer(config, ready).run(sockets=[shared_socket(settings.api.host, settings.api.port)])
+
+
+class ApiProcesses(Children):
+    """Spawned API processes serving the port beside each other (and beside this process).
+
+    Each builds its own app (Kafka producer, Redis pool) from ``settings``.
+    """
+
+    kind = "api"
+    failure = ApiProcessFailed
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        super().__init__(_serve_one, (settings,), count)
+        self.settings = settings
 
 
 def serve(settings: Settings, workers: int) -> int:
@@ -241,15 +291,31 @@ def attach_api(app: faust.App, settings: Settings, workers: int) -> None:
                 if self.serving.done():
                     raise RuntimeError(f"API could not start on port {settings.api.port}")
                 await asyncio.sleep(0.05)
-            if others.count:
-                others.start()
-
-        @mode.Service.timer(1.0)
-        async def _keep_processes(self) -> None:
-            others.check()  # ApiProcessFailed stops the worker: the fault would repeat
 
         async def on_stop(self) -> None:
-            await asyncio.to_thread(others.stop)
             server.should_exit = True
             if self.serving is not None:
                 await self.serving
+
+    if others.count:
+        supervise(app, others)
+
+
+def supervise(app: faust.App, children: Children) -> None:
+    """Start ``children`` with ``app``, keep them running, stop them before it stops.
+
+    A child that dies before it was ready stops the app (``ChildFailed``): the fault would
+    repeat; one that dies later is restarted.
+    """
+
+    @app.service
+    class Supervisor(mode.Service):
+        async def on_start(self) -> None:
+            children.start()
+
+        @mode.Service.timer(1.0)
+        async def _keep(self) -> None:
+            children.check()
+
+        async def on_stop(self) -> None:
+            await asyncio.to_thread(children.stop)

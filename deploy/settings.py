@@ -132,6 +132,9 @@ class WorkerSettings(BaseModel):
     #: Sets per day of the retry window: about a day's events / 400 keeps each an 8-byte
     #: intset (see identity/store.py).
     identity_retry_buckets: int = Field(default=RETRY_BUCKETS, ge=1)
+    #: Stream processor processes ``cdp run`` starts beside its own (one consumer group;
+    #: up to one per partition of ``cdp.events.raw`` do work).
+    processes: int = Field(default=1, ge=1)
     #: Keep faust's per-event Monitor sensor (off: it costs CPU on every message).
     faust_monitor: bool = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
 from deploy.logs import quiet_libraries
+from deploy.serve import ChildFailed, Children, die_with
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
@@ -94,8 +96,14 @@ def build_deps(settings: Settings, roles: list[str]) -> Deps:
     )
 
 
-def build_app(settings: Settings, roles: list[str]) -> faust.App:
-    """Return the faust app with the agents of ``roles``."""
+def build_app(
+    settings: Settings, roles: list[str], ready: Any = None, instance: str | None = None
+) -> faust.App:
+    """Return the faust app with the agents of ``roles``.
+
+    ``ready`` (an event of a supervising process) is set once the app's services started;
+    ``instance`` makes the app a static member of its consumer group under that id.
+    """
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
@@ -115,6 +123,7 @@ def build_app(settings: Settings, roles: list[str]) -> faust.App:
         broker_commit_interval=1.0,
         # faust keeps a small data directory per app; not in the current directory.
         datadir=str(datadir),
+        consumer_group_instance_id=instance,
     )
     deps = build_deps(settings, roles)
     catalog = deps.tags.catalog if deps.tags else load_catalog(settings.tags.catalog)
@@ -149,6 +158,8 @@ def build_app(settings: Settings, roles: list[str]) -> faust.App:
                 # message; consumer lag comes from `cdp lag` instead.
                 app.sensors.remove(app.monitor)
             freeze_startup_heap()
+            if ready is not None:
+                ready.set()
 
         async def on_stop(self) -> None:
             for hook in deps.on_stop:
@@ -165,3 +176,34 @@ def run(app: faust.App, loglevel: str = "warn") -> None:
     worker.spinner = None  # its cursor escape codes end up in logs and piped output
     quiet_libraries()
     worker.execute_from_commandline()
+
+
+#: The roles of the stream processor ``cdp run`` starts beside its own process.
+STREAM_ROLES = ["identity", "profiles"]
+
+
+class WorkerProcessFailed(ChildFailed):
+    """A stream worker process exited before it was consuming."""
+
+
+def _work_one(settings: Settings, roles: list[str], slot: int, parent: int, ready: Any) -> None:
+    """One worker process with ``roles`` (``cdp run``'s stream processor).
+
+    A static member of its group (KIP-345): restarted after a crash under the same instance
+    id, it takes its partitions back at once, instead of after the session timeout it would
+    take the group to give up on the dead member and rebalance.
+    """
+    die_with(parent, "cdp-stream")
+    instance = f"{socket.gethostname()}-{slot}"
+    run(build_app(settings, roles, ready, instance), settings.log_level_faust())
+
+
+class WorkerProcesses(Children):
+    """Spawned worker processes with the same roles: one consumer group, its partitions
+    shared between them."""
+
+    kind = "worker"
+    failure = WorkerProcessFailed
+
+    def __init__(self, settings: Settings, roles: list[str], count: int) -> None:
+        super().__init__(_work_one, (settings, sorted(roles)), count)

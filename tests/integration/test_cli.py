@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import httpx
 
 from deploy.local.kafka import free_port, port_open
 from runtime.auth import hash_token
+from tests.support.keys import key_of, known_sources, known_tokens
 from tests.support.services import Services
 
 
@@ -180,3 +182,115 @@ def test_api_processes_stop_with_their_supervisor_even_after_sigkill(
     while port_open(port) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not port_open(port), "API processes outlived their supervisor"
+
+
+def _descendants_named(pid: int, name: str) -> list[int]:
+    """Processes below ``pid`` whose /proc comm is ``name``."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                continue
+            for kid in kids:
+                todo.append(kid)
+                try:
+                    if Path(f"/proc/{kid}/comm").read_text().strip() == name:
+                        found.append(kid)
+                except FileNotFoundError:
+                    continue
+    return found
+
+
+def test_run_restarts_its_stream_process_after_a_kill_and_loses_nothing(
+    services: Services, prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
+        "CDP_KAFKA__TOPIC_PREFIX": prefix,
+        "CDP_REDIS__URL": services.redis_url,
+        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
+        "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
+        "CDP_API__PORT": str(port),
+        "CDP_INGEST__SOURCES": json.dumps([s.model_dump(mode="json") for s in known_sources()]),
+        "CDP_API__TOKENS": json.dumps([t.model_dump(mode="json") for t in known_tokens()]),
+        "CDP_LOG_LEVEL": "warning",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy", "run", "--api-workers", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    auth = {
+        "Authorization": "Basic " + base64.b64encode(f"{key_of('test-pos')}:".encode()).decode()
+    }
+
+    def wait(what: str, cond: object) -> object:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{what}\n{log.read_text()[-3000:]}"
+            try:
+                found = cond()  # type: ignore[operator]
+            except httpx.TransportError:
+                found = None
+            if found:
+                return found
+            time.sleep(0.1)
+
+    def order(n: int) -> None:
+        r = httpx.post(
+            base + "/v1/track",
+            json={
+                "userId": "M-9",
+                "event": "Order Completed",
+                "messageId": f"o{n}",
+                "properties": {"order_id": f"O-{n}", "total": 10},
+            },
+            headers=auth,
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+
+    def orders() -> int:
+        r = httpx.get(
+            base + "/v1/profiles/lookup",
+            params={"type": "member_id", "value": "M-9"},
+            headers={"Authorization": "Bearer tk_reader"},
+            timeout=30,
+        )
+        return int(r.json()["order_count"]) if r.status_code == 200 else 0
+
+    try:
+        wait("API up", lambda: httpx.get(base + "/healthz", timeout=5).status_code == 200)
+        stream = wait("a stream process", lambda: _descendants_named(proc.pid, "cdp-stream"))
+        order(1)
+        wait("the first order folded", lambda: orders() == 1)
+        for pid in stream:  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        order(2)  # accepted while no stream process runs: waits in Kafka
+        wait("the second order folded by a new stream process", lambda: orders() == 2)
+        assert set(_descendants_named(proc.pid, "cdp-stream")).isdisjoint(stream)  # type: ignore[arg-type]
+        # Killed without a word, `cdp run` leaves no process behind.
+        children = _descendants_named(proc.pid, "cdp-stream") + _descendants_named(
+            proc.pid, "cdp-api"
+        )
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{c}").exists() for c in children):
+            assert time.monotonic() < deadline, "children outlived `cdp run`"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

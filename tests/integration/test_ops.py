@@ -87,6 +87,41 @@ def _om(offset: int) -> object:
     return OffsetAndMetadata(offset, "", -1)
 
 
+def test_a_legacy_groups_offsets_go_to_the_groups_that_replace_it(settings: Settings) -> None:
+    from deploy.lag import adopt_offsets
+
+    raw = settings.kafka.topic("cdp.events.raw")
+    resolved = settings.kafka.topic("cdp.events.resolved")
+    bootstrap = settings.kafka.bootstrap_servers
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for i in range(12):
+        producer.send(raw if i % 2 else resolved, b"x", partition=i % 3)
+    producer.flush()
+    producer.close()
+    p = settings.kafka.topic_prefix
+    legacy, stream, history = f"{p}all", f"{p}stream", f"{p}history"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=legacy, enable_auto_commit=False)
+    parts = [TopicPartition(t, n) for t in (raw, resolved) for n in range(3)]
+    consumer.assign(parts)
+    consumer.commit({tp: _om(1 + n) for n, tp in enumerate(parts)})
+    consumer.close()
+    heirs = {stream: [raw], history: [resolved]}
+
+    assert adopt_offsets(settings.kafka, legacy, heirs) == 6
+
+    rows = {(r.group, r.topic, r.partition): r.committed for r in consumer_lag(settings.kafka)}
+    assert {k: v for k, v in rows.items() if k[0] in (legacy, stream, history)} == {
+        (stream, raw, 0): 1,
+        (stream, raw, 1): 2,
+        (stream, raw, 2): 3,
+        (history, resolved, 0): 4,
+        (history, resolved, 1): 5,
+        (history, resolved, 2): 6,
+    }
+    # Once adopted, the legacy group is gone: a second start hands nothing over.
+    assert adopt_offsets(settings.kafka, legacy, heirs) == 0
+
+
 def test_healthz_checks_all_three_services(settings: Settings) -> None:
     with running_api(settings, owns_history=True) as api:  # as in `cdp run`
         answer = httpx.get(api + "/healthz")

@@ -1,0 +1,67 @@
+"""The supervisor of child processes (API and stream processes of `cdp run`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.serve import ChildFailed, Children, die_with
+
+
+def _fails_at_start(slot: int, parent: int, ready: Any) -> None:
+    raise SystemExit(2)
+
+
+def _ready_then_gone(slot: int, parent: int, ready: Any) -> None:
+    die_with(parent, "cdp-test")
+    ready.set()
+
+
+def _ready_and_named(marker: str, slot: int, parent: int, ready: Any) -> None:
+    die_with(parent, "cdp-test")
+    Path(marker).write_text(f"{slot} {Path('/proc/self/comm').read_text().strip()}")
+    ready.set()
+    time.sleep(60)
+
+
+def _wait_dead(children: Children) -> None:
+    deadline = time.monotonic() + 30
+    while any(p.is_alive() for p, _ in children.processes):
+        assert time.monotonic() < deadline, "child did not exit"
+        time.sleep(0.05)
+
+
+def test_a_child_that_dies_before_it_is_ready_stops_the_supervisor() -> None:
+    children = Children(_fails_at_start, (), 1).start()
+    try:
+        _wait_dead(children)
+        with pytest.raises(ChildFailed, match="exited with 2 before it was ready"):
+            children.check()
+    finally:
+        children.stop()
+
+
+def test_a_child_that_dies_after_it_was_ready_is_replaced() -> None:
+    children = Children(_ready_then_gone, (), 2).start()
+    try:
+        first = children.pids
+        _wait_dead(children)
+        children.check()
+        assert len(children.pids) == 2
+        assert set(children.pids).isdisjoint(first)
+    finally:
+        children.stop()
+
+
+def test_children_are_named_and_stopped(tmp_path: Path) -> None:
+    marker = tmp_path / "comm"
+    children = Children(_ready_and_named, (str(marker),), 1).start()
+    process, ready = children.processes[0]
+    assert ready.wait(30)
+    assert marker.read_text() == "0 cdp-test"
+    children.stop()  # SIGTERM: a sleeping child ends at once
+    assert not process.is_alive()
+    assert process.exitcode == -15
