@@ -25,3 +25,24 @@ def children(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
     return found
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the process alone (threads included, children not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def named_children(pid: int) -> dict[str, list[int]]:
+    """Direct children of ``pid`` by their name (``cdp run`` names them cdp-api, cdp-stream)."""
+    found: dict[str, list[int]] = {}
+    for child in children(pid):
+        try:
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        found.setdefault(name, []).append(child)
+    return found

@@ -38,7 +38,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from kafka.errors import KafkaError
 from namespace import drop  # bench/namespace.py
-from proc import cpu_seconds  # bench/proc.py
+from proc import cpu_seconds, named_children, own_cpu_seconds  # bench/proc.py
 
 from deploy import topics
 from deploy.demo import demo_key, demo_sources
@@ -207,6 +207,26 @@ async def bare_consume(settings: Settings) -> float:
     return n / (time.perf_counter() - started - 1.0)
 
 
+def watch(commands: dict[str, int]) -> dict[str, list[int]]:
+    """What to count CPU of: each command's process tree, except that a process with named
+    children (``cdp run``: cdp-stream, cdp-api) is counted apart from each kind of child.
+    A negative pid stands for the process alone, without its children."""
+    watched: dict[str, list[int]] = {}
+    for name, pid in commands.items():
+        kinds = {k: v for k, v in named_children(pid).items() if k.startswith("cdp-")}
+        if not kinds:
+            watched[name] = [pid]
+            continue
+        watched[f"{name} (history, API)"] = [-pid]
+        watched |= {f"{name}: {kind}": pids for kind, pids in kinds.items()}
+    return watched
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of process trees (a negative pid: that process alone)."""
+    return sum(own_cpu_seconds(-p) if p < 0 else cpu_seconds(p) for p in pids)
+
+
 def service_pids(settings: Settings) -> dict[str, int]:
     """The pids of the local stack's Kafka and Redis, when `cdp up` started them here."""
     found = {}
@@ -333,11 +353,13 @@ def main() -> None:
             while not 0 <= lag(settings, groups[0][0], raw) < events:
                 time.sleep(0.2)  # the processors are still starting
             started = time.monotonic()  # their first commit (commits are 1 s apart)
-        watched = {" ".join(commands[n]): p.pid for n, p in enumerate(procs) if p.poll() is None}
-        watched |= service_pids(settings)
-        cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        watched = watch(
+            {" ".join(commands[n]): p.pid for n, p in enumerate(procs) if p.poll() is None}
+        )
+        watched |= {name: [pid] for name, pid in service_pids(settings).items()}
+        cpu_before = {name: cpu_of(pids) for name, pids in watched.items()}
         drained = max(wait_drained(settings, g, t) for g, t in groups)
-        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
+        cpu = {name: cpu_of(pids) - cpu_before[name] for name, pids in watched.items()}
         e2e = events / (drained - started)
         timing += f", all processed {drained - started:.1f}s after " + (
             "the processors' first commit" if args.prefill else "the first POST"
