@@ -9,6 +9,7 @@ from typing import Any
 import faust
 import mode
 import redis.asyncio as aioredis
+import structlog
 
 from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.app import freeze_startup_heap
@@ -22,6 +23,7 @@ from identity.store import IdentityStore
 from profiles import agents as profile_agents
 from profiles.store import ProfileStore
 from runtime.publisher import Publisher
+from runtime.retry import until_done
 from segments.agents import LiveMembership, register_refresh
 from segments.store import SegmentStore
 from sinks import agents as sink_agents
@@ -136,6 +138,15 @@ def build_app(
             deps.topic(SEGMENTS_MEMBERSHIP.name),
             settings.segments.live_reload_s,
         )
+    if "identity" in roles:
+
+        @app.task
+        async def identity_graph_upgrade() -> None:
+            """Move profiles stored in the older graph layout (once per namespace)."""
+            moved = await until_done("identity.upgrade", deps.identity.upgrade_graphs)
+            if moved:
+                structlog.get_logger().info("identity.graphs_upgraded", profiles=moved)
+
     if {"identity", "profiles"} <= set(roles):
         # One pass: resolve, fold and tag each raw batch in one agent (stream/agents.py).
         stream_agents.register(app, deps)

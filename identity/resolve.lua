@@ -13,9 +13,9 @@
 --
 -- Keys (all under the namespace; not Redis Cluster safe, see docs/architecture.md):
 --   i:<type:value>  SET of profile ids holding the identifier
---   p:<pid>:ids     SET of identifiers of a profile
---   p:<pid>:cnt     HASH type -> number of identifiers of that type
---   p:<pid>:uq      HASH unique type -> its value
+--   p:<pid>:g       HASH of the profile's identity graph (see identity/graph.lua):
+--                   "=<type:value>" its identifiers, "#<type>" counts, "!<type>" unique values
+--   graph:v2        set once no profile is left in the older three-key layout
 --   alias           HASH merged pid -> survivor
 --   seq             profile id counter (lower = older)
 --   ev:held:<partition>  HASH raw offset -> outcome, until the processor has published the
@@ -38,6 +38,7 @@ local today = tonumber(ARGV[7])
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
+local legacy = graph_legacy(ns)
 
 local function rule_of(t)
   local r = rules[t] or custom
@@ -49,8 +50,11 @@ local function value_of(id) return string.sub(id, #type_of(id) + 2) end
 
 local function resolve(pid) return follow_alias(alias_key, pid) end
 
-local function uq(pid) return redis.call('HGETALL', k('p', pid, 'uq')) end
-local function cnt(pid) return redis.call('HGETALL', k('p', pid, 'cnt')) end
+-- A profile's graph, moved to the one-hash layout first if it was stored before it.
+local function graph(pid)
+  if legacy then graph_upgrade(ns, pid) end
+  return graph_read(ns, pid)
+end
 
 local function seen(fingerprint, bucket)
   for day = today - window + 1, today do
@@ -135,21 +139,19 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   -- 2. merge every candidate compatible with the group into the oldest
   local group_uq, group_cnt = {}, {}
   local function absorb(pid)
-    local u = uq(pid)
-    for j = 1, #u, 2 do group_uq[u[j]] = u[j + 1] end
-    local c = cnt(pid)
-    for j = 1, #c, 2 do group_cnt[c[j]] = (group_cnt[c[j]] or 0) + tonumber(c[j + 1]) end
+    local _, u, c = graph(pid)
+    for t, v in pairs(u) do group_uq[t] = v end
+    for t, n in pairs(c) do group_cnt[t] = (group_cnt[t] or 0) + n end
   end
 
   local function conflict(pid)
-    local u = uq(pid)
-    for j = 1, #u, 2 do
-      if group_uq[u[j]] and group_uq[u[j]] ~= u[j + 1] then return 'unique_conflict' end
+    local _, u, c = graph(pid)
+    for t, v in pairs(u) do
+      if group_uq[t] and group_uq[t] ~= v then return 'unique_conflict' end
     end
-    local c = cnt(pid)
-    for j = 1, #c, 2 do
-      local _, cap = rule_of(c[j])
-      if (group_cnt[c[j]] or 0) + tonumber(c[j + 1]) > cap then return 'cap' end
+    for t, n in pairs(c) do
+      local _, cap = rule_of(t)
+      if (group_cnt[t] or 0) + n > cap then return 'cap' end
     end
     return nil
   end
@@ -192,19 +194,20 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   end
 
   local function merge(gone, into)
-    for _, id in ipairs(redis.call('SMEMBERS', k('p', gone, 'ids'))) do
+    local gone_ids, gone_uq = graph(gone)
+    local into_key = graph_key(ns, into)
+    for _, id in ipairs(gone_ids) do
       redis.call('SREM', k('i', id), gone)
       redis.call('SADD', k('i', id), into)
-      if redis.call('SADD', k('p', into, 'ids'), id) == 1 then
-        redis.call('HINCRBY', k('p', into, 'cnt'), type_of(id), 1)
+      if redis.call('HSETNX', into_key, '=' .. id, '1') == 1 then
+        redis.call('HINCRBY', into_key, '#' .. type_of(id), 1)
       end
     end
-    local u = uq(gone)
-    for j = 1, #u, 2 do redis.call('HSETNX', k('p', into, 'uq'), u[j], u[j + 1]) end
+    for t, v in pairs(gone_uq) do redis.call('HSETNX', into_key, '!' .. t, v) end
     for _, line in ipairs(redis.call('LRANGE', k('p', gone, 'log'), 0, -1)) do
       redis.call('RPUSH', k('p', into, 'log'), line)
     end
-    redis.call('DEL', k('p', gone, 'ids'), k('p', gone, 'cnt'), k('p', gone, 'uq'), k('p', gone, 'log'))
+    redis.call('DEL', graph_key(ns, gone), k('p', gone, 'log'))
     redis.call('HSET', alias_key, gone, into)
     -- the bridge: the identifier that brought in the profile not found by the event's strongest
     local bridge = via[gone]
@@ -217,23 +220,25 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
     for n = 2, #group do merge(group[n], pid) end
 
     -- 3. link the event's identifiers to the profile, within the rules
+    if legacy then graph_upgrade(ns, pid) end
+    local g = graph_key(ns, pid)
     for _, id in ipairs(ids) do
       local t = type_of(id)
       if supernode[id] then
         refuse(pid, nil, id, 'supernode')
-      elseif redis.call('SISMEMBER', k('p', pid, 'ids'), id) == 0 then
+      elseif redis.call('HEXISTS', g, '=' .. id) == 0 then
         local unique, cap = rule_of(t)
-        local held = redis.call('HGET', k('p', pid, 'uq'), t)
-        local count = tonumber(redis.call('HGET', k('p', pid, 'cnt'), t) or '0')
+        local held = redis.call('HGET', g, '!' .. t)
+        local count = tonumber(redis.call('HGET', g, '#' .. t) or '0')
         if unique and held and held ~= value_of(id) then
           refuse(pid, nil, id, 'unique_conflict')
         elseif count >= cap then
           refuse(pid, nil, id, 'cap')
         else
           redis.call('SADD', k('i', id), pid)
-          redis.call('SADD', k('p', pid, 'ids'), id)
-          redis.call('HINCRBY', k('p', pid, 'cnt'), t, 1)
-          if unique then redis.call('HSET', k('p', pid, 'uq'), t, value_of(id)) end
+          redis.call('HSET', g, '=' .. id, '1')
+          redis.call('HINCRBY', g, '#' .. t, 1)
+          if unique then redis.call('HSET', g, '!' .. t, value_of(id)) end
         end
       end
     end

@@ -11,6 +11,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 _PRELUDE = (Path(__file__).parent / "survivor.lua").read_text()
+#: Helpers of the scripts that read or write a profile's identity graph.
+GRAPH = Path(__file__).parent / "graph.lua"
 #: Items per script call: big enough to amortise the call, small enough not to stall Redis
 #: (other clients, such as profile reads from the API, run between two calls).
 CHUNK = 100

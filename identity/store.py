@@ -18,7 +18,7 @@ from contracts.events import Event, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
 from identity.aliases import survivor
 from identity.rules import IdentityRules, ordered
-from identity.scripts import BatchScript, chunks
+from identity.scripts import CHUNK, GRAPH, BatchScript, chunks, load
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,9 @@ class IdentityStore:
         self._ns = namespace
         self._window_days = max(math.ceil(retry_window_s / 86_400), 1)
         self._buckets = retry_buckets
-        self._script = BatchScript(client, Path(__file__).parent / "resolve.lua")
+        here = Path(__file__).parent
+        self._script = BatchScript(client, here / "resolve.lua", [GRAPH])
+        self._upgrade = client.register_script(load(here / "graph_upgrade.lua", [GRAPH]))
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
@@ -186,5 +188,32 @@ class IdentityStore:
     async def identifiers(self, profile_id: str) -> list[str]:
         """Return the identifiers of a profile (after following aliases)."""
         pid = await self.survivor(profile_id)
-        members = await self._redis.smembers(f"{self._ns}:p:{pid}:ids")
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        fields = await self._redis.hkeys(f"{self._ns}:p:{pid}:g")
+        names = [f.decode() if isinstance(f, bytes) else f for f in fields]
+        found = [n[1:] for n in names if n.startswith("=")]
+        if not found:  # stored before the one-hash layout and not moved yet
+            members = await self._redis.smembers(f"{self._ns}:p:{pid}:ids")
+            found = [m.decode() if isinstance(m, bytes) else m for m in members]
+        return sorted(found)
+
+    async def upgrade_graphs(self) -> int:
+        """Move every profile stored in the older three-key graph layout into its hash.
+
+        Resolving moves a profile the first time it touches it; this sweeps the rest, then
+        marks the namespace so the scripts stop looking for the older keys. Idempotent, and
+        safe beside running workers of this version. Returns how many profiles moved.
+        """
+        flag = f"{self._ns}:graph:v2"
+        if await self._redis.exists(flag):
+            return 0
+        moved, pids = 0, []
+        async for key in self._redis.scan_iter(match=f"{self._ns}:p:*:ids", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            pids.append(name[len(self._ns) + 3 : -4])
+            if len(pids) >= CHUNK:
+                moved += int(await self._upgrade(args=[self._ns, *pids]))
+                pids = []
+        if pids:
+            moved += int(await self._upgrade(args=[self._ns, *pids]))
+        await self._redis.set(flag, "1")
+        return moved

@@ -8,6 +8,7 @@
 local ns = ARGV[1]
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
+local legacy = graph_legacy(ns)
 
 local outs = {}
 for n = 2, #ARGV do
@@ -37,7 +38,7 @@ for n = 2, #ARGV do
       end
     end
     table.insert(outs, cjson.encode({
-      pid, main, traits, redis.call('SMEMBERS', k('p', pid, 'ids')), sets, counts,
+      pid, main, traits, graph_ids(ns, pid, legacy), sets, counts,
     }))
   end
 end

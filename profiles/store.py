@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange
 from identity.aliases import survivor
-from identity.scripts import BatchScript, chunks
+from identity.scripts import GRAPH, BatchScript, chunks
 from profiles.fold import PARTS_OF_DAY, FoldRules, fold
 
 #: The sets a profile can hold (see profiles/fold.py).
@@ -77,7 +77,7 @@ class ProfileStore:
         self._ns = namespace
         here = Path(__file__).parent
         self._fold = BatchScript(client, here / "fold.lua", [_BITS])
-        self._read = BatchScript(client, here / "read.lua")
+        self._read = BatchScript(client, here / "read.lua", [GRAPH])
         #: Tag bitmap (hex) -> tag ids; set when a tag catalog is loaded.
         self.tag_names: Callable[[str], list[str]] | None = None
 

@@ -10,6 +10,7 @@ from itertools import count
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from contracts.events import Event, Identifier
@@ -290,3 +291,59 @@ def test_a_batch_resolves_in_order_in_one_round_trip(graph: Graph) -> None:
     out = graph.batch([("member_id:Q1",), ("email:q@x.com",), ("member_id:Q1", "email:q@x.com")])
     assert out[2].resolved.merged == [out[1].resolved.profile_id]
     assert out[2].resolved.profile_id == out[0].resolved.profile_id
+
+
+def _legacy_profile(client: Any, ns: str, pid: str, ids: list[str], unique: dict[str, str]) -> None:
+    """A profile as the three-key layout stored it (identifier set, counts, unique values)."""
+    counts: dict[str, int] = {}
+    for i in ids:
+        client.sadd(f"{ns}:i:{i}", pid)
+        counts[i.split(":")[0]] = counts.get(i.split(":")[0], 0) + 1
+    client.sadd(f"{ns}:p:{pid}:ids", *ids)
+    client.hset(f"{ns}:p:{pid}:cnt", mapping=counts)
+    if unique:
+        client.hset(f"{ns}:p:{pid}:uq", mapping=unique)
+    client.set(f"{ns}:seq", max(int(client.get(f"{ns}:seq") or 0), int(pid)))
+
+
+def test_profiles_of_the_three_key_layout_resolve_and_move_to_one_hash(
+    graph: Graph, services: Services
+) -> None:
+    ns = graph.store._ns
+    client = redis.Redis.from_url(services.redis_url, decode_responses=True)
+    _legacy_profile(client, ns, "7", ["member_id:M7", "phone:+8613800000007"], {"member_id": "M7"})
+    _legacy_profile(client, ns, "8", ["email:b@x.com"], {})
+    _legacy_profile(client, ns, "9", ["email:untouched@x.com"], {})
+    # Before any sweep: an event bridging two old profiles merges them, with their unique
+    # values still enforced; both are moved to the hash as they are touched.
+    out = graph.send("phone:+8613800000007", "email:b@x.com", "email:new@x.com")
+    assert (out.resolved.profile_id, out.resolved.merged) == ("7", ["8"])
+    assert graph.ids("7") == [
+        "email:b@x.com",
+        "email:new@x.com",
+        "member_id:M7",
+        "phone:+8613800000007",
+    ]
+    refused = graph.send("member_id:M8", "phone:+8613800000007")
+    assert refused.resolved.profile_id != "7"  # another member id: a different person
+    assert client.hgetall(f"{ns}:p:7:g") == {
+        "=member_id:M7": "1",
+        "=phone:+8613800000007": "1",
+        "=email:b@x.com": "1",
+        "=email:new@x.com": "1",
+        "#member_id": "1",
+        "#phone": "1",
+        "#email": "2",
+        "!member_id": "M7",
+    }
+    assert not client.exists(f"{ns}:p:7:ids", f"{ns}:p:8:ids", f"{ns}:p:8:g")
+    # An untouched old profile is still read, then moved by the sweep, which marks the
+    # namespace so the scripts stop looking for the older keys.
+    assert graph.ids("9") == ["email:untouched@x.com"]
+    assert graph.run(graph.store.upgrade_graphs()) == 1
+    assert client.hgetall(f"{ns}:p:9:g") == {"=email:untouched@x.com": "1", "#email": "1"}
+    assert not client.exists(f"{ns}:p:9:ids", f"{ns}:p:9:cnt")
+    assert client.get(f"{ns}:graph:v2") == "1"
+    assert graph.run(graph.store.upgrade_graphs()) == 0
+    assert graph.send("email:untouched@x.com").resolved.profile_id == "9"
+    client.close()
