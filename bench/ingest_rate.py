@@ -33,6 +33,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
+from namespace import drop_topics  # bench/namespace.py
 from proc import cpu_seconds  # bench/proc.py
 
 from deploy import topics
@@ -305,6 +306,7 @@ def main() -> None:
     ceiling = len(values) / asyncio.run(
         bare_producer(settings.kafka.bootstrap_servers, ceiling_topic, values)
     )
+    drop_topics(settings.kafka.bootstrap_servers, prefix)
     print(
         f"\nPOST /v1/batch, {args.events} events/rep in batches of {args.batch} "
         f"({body_bytes / args.events:.0f} bytes/event in the body), {args.concurrency} clients, "

@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer
 from kafka.errors import KafkaError
-from namespace import drop  # bench/namespace.py
+from namespace import drop, drop_topics  # bench/namespace.py
 from proc import cpu_seconds, named_children, own_cpu_seconds  # bench/proc.py
 
 from deploy import topics
@@ -388,6 +388,7 @@ def main() -> None:
             shutil.rmtree(f"{env['CDP_CLICKHOUSE__PATH']}-{n}", ignore_errors=True)
         drop(settings.redis.url.get_secret_value(), settings.worker.namespace)
     ceiling = asyncio.run(bare_consume(settings))
+    drop_topics(settings.kafka.bootstrap_servers, prefix)
     print("CPU per event while processing (µs), by process:")
     for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<45} {seconds / events * 1e6:8.1f}")
