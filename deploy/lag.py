@@ -94,7 +94,13 @@ def adopt_offsets(kafka: KafkaSettings, legacy: str, heirs: dict[str, list[str]]
     """
     client = admin(kafka)
     try:
-        if legacy not in {g["group_id"] for g in client.list_groups()}:
+        state = {g["group_id"]: g.get("group_state") for g in client.list_groups()}
+        if legacy not in state:
+            return 0
+        if state[legacy] not in ("Empty", "Dead", None):
+            # Something still consumes as the legacy group (a `cdp worker` with every role):
+            # its offsets are its own, and the new groups start as new groups do.
+            structlog.get_logger().warning("groups.legacy_active", legacy=legacy)
             return 0
         old = _committed(client, [legacy]).get(legacy, {})
         if not old:

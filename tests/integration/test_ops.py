@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -120,6 +121,29 @@ def test_a_legacy_groups_offsets_go_to_the_groups_that_replace_it(settings: Sett
     }
     # Once adopted, the legacy group is gone: a second start hands nothing over.
     assert adopt_offsets(settings.kafka, legacy, heirs) == 0
+
+
+def test_offsets_of_a_group_still_consuming_are_left_to_it(settings: Settings) -> None:
+    from deploy.lag import adopt_offsets
+
+    raw = settings.kafka.topic("cdp.events.raw")
+    bootstrap = settings.kafka.bootstrap_servers
+    p = settings.kafka.topic_prefix
+    legacy, heir = f"{p}busy", f"{p}heir"
+    consumer = KafkaConsumer(
+        raw, bootstrap_servers=bootstrap, group_id=legacy, enable_auto_commit=False
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not consumer.assignment():  # a member of the group, with its partitions
+            assert time.monotonic() < deadline, "the consumer never joined its group"
+            consumer.poll(timeout_ms=500)
+        consumer.commit({tp: _om(0) for tp in consumer.assignment()})
+        assert adopt_offsets(settings.kafka, legacy, {heir: [raw]}) == 0
+        groups = {r.group for r in consumer_lag(settings.kafka)}
+        assert legacy in groups and heir not in groups
+    finally:
+        consumer.close()
 
 
 def test_healthz_checks_all_three_services(settings: Settings) -> None:
