@@ -93,11 +93,15 @@ def test_run_demo_feeds_the_api_and_prints_what_arrived(
     assert "phone=+8613800138000" in out  # three spellings of one number, normalised
 
 
-def test_run_serves_one_port_from_several_processes_and_each_answers_history(
-    services: Services, prefix: str, tmp_path: Path
-) -> None:
-    port = free_port()
-    token = {"name": "t", "sha256": hash_token("tk_seg"), "scopes": ["segments:read"]}
+def start_run(
+    services: Services,
+    prefix: str,
+    tmp_path: Path,
+    port: int,
+    api_workers: int,
+    extra: dict[str, str],
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start `cdp run` on the session's services; its output goes to the returned log."""
     env = {
         **os.environ,
         "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
@@ -106,18 +110,29 @@ def test_run_serves_one_port_from_several_processes_and_each_answers_history(
         "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
         "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
         "CDP_API__PORT": str(port),
-        "CDP_API__TOKENS": json.dumps([token]),
         "CDP_LOG_LEVEL": "warning",
         "XDG_STATE_HOME": str(tmp_path / "state"),
+        **extra,
     }
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "deploy", "run", "--api-workers", "2"],
+            [sys.executable, "-m", "deploy", "run", "--api-workers", str(api_workers)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return proc, log
+
+
+def test_run_serves_one_port_from_several_processes_and_each_answers_history(
+    services: Services, prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    token = {"name": "t", "sha256": hash_token("tk_seg"), "scopes": ["segments:read"]}
+    proc, log = start_run(
+        services, prefix, tmp_path, port, 2, {"CDP_API__TOKENS": json.dumps([token])}
+    )
     # Only the worker's own process can open the embedded history; the other forwards to it.
     history = {"definition": {"event": "order_completed", "op": "gte", "value": 1}}
     answered: dict[int, dict[str, object]] = {}
@@ -208,27 +223,16 @@ def test_run_restarts_its_stream_process_after_a_kill_and_loses_nothing(
     services: Services, prefix: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
-        "CDP_KAFKA__TOPIC_PREFIX": prefix,
-        "CDP_REDIS__URL": services.redis_url,
-        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
-        "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
-        "CDP_API__PORT": str(port),
-        "CDP_INGEST__SOURCES": json.dumps([s.model_dump(mode="json") for s in known_sources()]),
-        "CDP_API__TOKENS": json.dumps([t.model_dump(mode="json") for t in known_tokens()]),
-        "CDP_LOG_LEVEL": "warning",
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-    }
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "deploy", "run", "--api-workers", "1"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    sources = json.dumps([s.model_dump(mode="json") for s in known_sources()])
+    tokens = json.dumps([t.model_dump(mode="json") for t in known_tokens()])
+    proc, log = start_run(
+        services,
+        prefix,
+        tmp_path,
+        port,
+        1,
+        {"CDP_INGEST__SOURCES": sources, "CDP_API__TOKENS": tokens},
+    )
     base = f"http://127.0.0.1:{port}"
     auth = {
         "Authorization": "Basic " + base64.b64encode(f"{key_of('test-pos')}:".encode()).decode()
