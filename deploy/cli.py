@@ -254,7 +254,8 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
     """Run stream processors; workers with the same roles share the partitions."""
     chosen = sorted(roles or ROLES)
     click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
-    run_worker(build_app(settings, chosen), settings.log_level_faust())
+    app = build_app(settings, chosen, instance=settings.worker.instance_id)
+    run_worker(app, settings.log_level_faust())
 
 
 @cli.command()

@@ -135,6 +135,11 @@ class WorkerSettings(BaseModel):
     #: Stream processor processes ``cdp run`` starts beside its own (one consumer group;
     #: up to one per partition of ``cdp.events.raw`` do work).
     processes: int = Field(default=1, ge=1)
+    #: A stable name for this worker in its consumer group (KIP-345 static membership, e.g.
+    #: a StatefulSet's pod name): restarted under the same name it takes its partitions back
+    #: at once instead of after the session timeout. Must differ between running workers of
+    #: a group. ``cdp run`` names its stream processes ``<this or the host name>-<slot>``.
+    instance_id: str | None = None
     #: Keep faust's per-event Monitor sensor (off: it costs CPU on every message).
     faust_monitor: bool = False
 

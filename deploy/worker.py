@@ -205,7 +205,7 @@ def _work_one(settings: Settings, roles: list[str], slot: int, parent: int, read
     take the group to give up on the dead member and rebalance.
     """
     die_with(parent, "cdp-stream")
-    instance = f"{socket.gethostname()}-{slot}"
+    instance = f"{settings.worker.instance_id or socket.gethostname()}-{slot}"
     run(build_app(settings, roles, ready, instance), settings.log_level_faust())
 
 

@@ -241,3 +241,30 @@ def test_two_workers_in_one_group_split_partitions_and_agree(
     assert profiles == 200  # one per customer: no split brain across the two workers
     logs = [w.log.read_text() for w in workers]
     assert all(w.proc is not None and w.proc.poll() is None for w in workers), logs
+
+
+def test_a_named_worker_is_a_static_member_of_its_group(
+    settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    worker = WorkerProcess(settings, tmp_path, ["identity", "profiles"])
+    worker.env["CDP_WORKER__INSTANCE_ID"] = "shop-7"
+    workers.append(worker.start())
+    named: list[str] = []
+
+    def joined() -> bool:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+        try:
+            described = admin.describe_groups([worker.group])
+        except KafkaError:  # the group coordinator is still being elected
+            return False
+        finally:
+            admin.close()
+        members = described.get(worker.group, {}).get("members", [])
+        named[:] = [m["group_instance_id"] for m in members]
+        return bool(named)
+
+    worker.wait_for(joined, "the worker in its group")
+    assert named == ["shop-7"]
