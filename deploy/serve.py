@@ -218,7 +218,6 @@ class ApiProcesses(Children):
 
     def __init__(self, settings: Settings, count: int) -> None:
         super().__init__(_serve_one, (settings,), count)
-        self.settings = settings
 
 
 def serve(settings: Settings, workers: int) -> int:

@@ -40,6 +40,10 @@ ROLES: dict[str, Callable[[Any, Deps], None]] = {
 }
 
 
+#: The roles of the one-pass stream processor (``cdp run`` starts it beside its own process).
+STREAM_ROLES = ["identity", "profiles"]
+
+
 def group_id(settings: Settings, roles: list[str]) -> str:
     """Workers with the same roles share one consumer group (and split its partitions)."""
     return f"{settings.kafka.topic_prefix}{settings.worker.app_id}-{'_'.join(sorted(roles))}"
@@ -147,7 +151,7 @@ def build_app(
             if moved:
                 structlog.get_logger().info("identity.graphs_upgraded", profiles=moved)
 
-    if {"identity", "profiles"} <= set(roles):
+    if set(STREAM_ROLES) <= set(roles):
         # One pass: resolve, fold and tag each raw batch in one agent (stream/agents.py).
         stream_agents.register(app, deps)
         profile_agents.register(app, deps, consume=False)
@@ -187,10 +191,6 @@ def run(app: faust.App, loglevel: str = "warn") -> None:
     worker.spinner = None  # its cursor escape codes end up in logs and piped output
     quiet_libraries()
     worker.execute_from_commandline()
-
-
-#: The roles of the stream processor ``cdp run`` starts beside its own process.
-STREAM_ROLES = ["identity", "profiles"]
 
 
 class WorkerProcessFailed(ChildFailed):

@@ -11,6 +11,7 @@ import structlog
 from contracts.events import Event
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
 from identity.store import Located, Outcome
+from runtime.agents import batch_agent
 from runtime.publisher import Record
 from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
@@ -54,16 +55,13 @@ class IdentityStep:
             ]
         return batch, outcomes, records
 
+    async def run(self, events: list[Any]) -> None:
+        """Resolve one batch, publish its records (acked), then release its held outcomes."""
+        batch, _, records = await self.resolve(events, datetime.now(UTC))
+        await until_done("identity.publish", partial(self.deps.publisher.publish, records))
+        await until_done("identity.settle", partial(self.deps.identity.settle, batch))
+
 
 def register(app: Any, deps: Any) -> None:
     """Add the identity agent to ``app``."""
-    source = app.topic(deps.topic(EVENTS_RAW.name), key_serializer="raw", value_serializer="raw")
-    conf = deps.settings.worker
-    step = IdentityStep(deps)
-
-    @app.agent(source, name="identity")
-    async def identity(stream: Any) -> None:
-        async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            batch, _, records = await step.resolve(list(events), datetime.now(UTC))
-            await until_done("identity.publish", partial(deps.publisher.publish, records))
-            await until_done("identity.settle", partial(deps.identity.settle, batch))
+    batch_agent(app, deps, EVENTS_RAW.name, "identity", IdentityStep(deps).run)

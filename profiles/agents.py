@@ -12,6 +12,7 @@ from contracts.events import ResolvedEvent
 from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
 from profiles.store import Applied
+from runtime.agents import batch_agent
 from runtime.publisher import Record
 from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
@@ -133,14 +134,7 @@ def register(app: Any, deps: Any, *, consume: bool = True) -> None:
         return change_records(step.changes_topic, changes)
 
     if consume:
-        source = app.topic(
-            deps.topic(EVENTS_RESOLVED.name), key_serializer="raw", value_serializer="raw"
-        )
-
-        @app.agent(source, name="profiles")
-        async def profiles(stream: Any) -> None:
-            async for events in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-                await step.run(list(events))
+        batch_agent(app, deps, EVENTS_RESOLVED.name, "profiles", step.run)
 
     if deps.tags is None:
         return

@@ -19,6 +19,7 @@ from typing import Any
 from contracts.topics import EVENTS_RAW
 from identity.agents import IdentityStep
 from profiles.agents import ProfileStep
+from runtime.agents import batch_agent
 from runtime.retry import until_done
 
 
@@ -44,11 +45,4 @@ class StreamStep:
 
 def register(app: Any, deps: Any) -> None:
     """Add the one-pass agent on ``cdp.events.raw`` to ``app``."""
-    source = app.topic(deps.topic(EVENTS_RAW.name), key_serializer="raw", value_serializer="raw")
-    conf = deps.settings.worker
-    step = StreamStep(deps)
-
-    @app.agent(source, name="stream")
-    async def stream(events: Any) -> None:
-        async for batch in events.take_events(conf.batch_size, within=conf.batch_within_s):
-            await step.run(list(batch))
+    batch_agent(app, deps, EVENTS_RAW.name, "stream", StreamStep(deps).run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ def _ready_and_named(marker: str, slot: int, parent: int, ready: Any) -> None:
     die_with(parent, "cdp-test")
     Path(marker).write_text(f"{slot} {Path('/proc/self/comm').read_text().strip()}")
     ready.set()
-    time.sleep(60)
+    signal.pause()  # until the supervisor's SIGTERM
 
 
 def _wait_dead(children: Children) -> None:
