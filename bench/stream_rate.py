@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer
 from kafka.errors import KafkaError
 from namespace import drop, drop_topics  # bench/namespace.py
@@ -47,6 +48,8 @@ from deploy.lag import total_lag
 from deploy.local.kafka import free_port
 from deploy.settings import Settings
 from deploy.worker import ROLES, group_id
+from privacy.crypto import MasterKeys
+from runtime.auth import Token, hash_token
 
 SOURCE = "demo-pos"
 TOPICS = ["cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"]
@@ -237,6 +240,46 @@ def service_pids(settings: Settings) -> dict[str, int]:
     return found
 
 
+#: Read tokens the benchmark's API accepts (the names are the tokens: bench data only).
+READ_TOKENS = [
+    Token(
+        name="tk_bench_pii",
+        sha256=hash_token("tk_bench_pii"),
+        scopes=frozenset({"profiles:read", "pii:read"}),
+    ),
+    Token(
+        name="tk_bench_reader",
+        sha256=hash_token("tk_bench_reader"),
+        scopes=frozenset({"profiles:read"}),
+    ),
+]
+
+
+async def time_reads(url: str, settings: Settings, n: int) -> dict[str, list[float]]:
+    """Seconds per profile read, by token, alternating tokens over the same random ids."""
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        top = int(await client.get(f"{settings.worker.namespace}:seq") or 0)
+    finally:
+        await client.aclose()
+    rng = random.Random(5)
+    ids = [rng.randint(1, top) for _ in range(n)]
+    took: dict[str, list[float]] = {t.name: [] for t in READ_TOKENS}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for pid in ids[:50]:  # warm-up: connections, caches
+            await http.get(f"/v1/profiles/{pid}", headers={"Authorization": "Bearer tk_bench_pii"})
+        for pid in ids:
+            for token in took:
+                started = time.perf_counter()
+                answer = await http.get(
+                    f"/v1/profiles/{pid}", headers={"Authorization": f"Bearer {token}"}
+                )
+                took[token].append(time.perf_counter() - started)
+                if answer.status_code not in (200, 404):
+                    raise RuntimeError(f"profile read: {answer.status_code} {answer.text[:200]}")
+    return took
+
+
 def pct(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of values."""
     ordered = sorted(values)
@@ -271,6 +314,18 @@ def main() -> None:
         "how fast they drain the backlog (the stream core without HTTP ingest competing for "
         "the CPUs); skips the freshness run",
     )
+    parser.add_argument(
+        "--privacy",
+        action="store_true",
+        help="field encryption on (fresh master keys): the API seals sensitive values",
+    )
+    parser.add_argument(
+        "--reads",
+        type=int,
+        default=0,
+        help="after the drain, time this many GET /v1/profiles/{id} with a pii:read token "
+        "and as many with a token without it (p50/p99, one keep-alive client)",
+    )
     args = parser.parse_args()
 
     base = Settings()
@@ -293,6 +348,10 @@ def main() -> None:
         "CDP_CLICKHOUSE__PATH": str(Path(settings.local.state_dir) / f"bench-{tag}-chdb"),
     }
     env["CDP_INGEST__SOURCES"] = json.dumps([s.model_dump(mode="json") for s in demo_sources()])
+    env["CDP_API__TOKENS"] = json.dumps([t.model_dump(mode="json") for t in READ_TOKENS])
+    if args.privacy:
+        env["CDP_PRIVACY__ENABLED"] = "true"
+        env["CDP_PRIVACY__MASTER_KEYS"] = MasterKeys.generate().dumps()
     layouts = {
         "one": [["run"]],
         "split": [["api"], ["worker"]],
@@ -380,6 +439,7 @@ def main() -> None:
             for g, t in groups:
                 wait_drained(settings, g, t)
             fresh = asyncio.run(freshness(settings, ids))
+        reads = asyncio.run(time_reads(url, settings, args.reads)) if args.reads else {}
     finally:
         for proc in procs:
             proc.kill()
@@ -403,6 +463,11 @@ def main() -> None:
             f"freshness at {args.paced_rate:,.0f} events/s for {args.paced_seconds:.0f}s "
             f"({len(fresh)} events): p50 {statistics.median(fresh) * 1000:,.0f} ms, "
             f"p99 {pct(fresh, 0.99) * 1000:,.0f} ms, max {max(fresh) * 1000:,.0f} ms"
+        )
+    for token, took in reads.items():
+        print(
+            f"GET /v1/profiles/{{id}} with {token} ({len(took)} reads): "
+            f"p50 {statistics.median(took) * 1000:.2f} ms, p99 {pct(took, 0.99) * 1000:.2f} ms"
         )
     print(
         f"bare aiokafka consumer on the raw topic: {ceiling:,.0f} events/s; "

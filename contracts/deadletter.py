@@ -48,3 +48,6 @@ class DeadLetter(BaseModel):
     raw: str | None = None
     raw_truncated: bool = False
     raw_sha256: str | None = None
+    #: With field encryption on: ``{"payload", "raw"}`` sealed under the day's dead-letter key
+    #: (payload and raw are then empty; docs/privacy.md).
+    sealed: str | None = None

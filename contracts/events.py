@@ -110,10 +110,25 @@ class Identifier(BaseModel):
     #: False when the value could not be normalised (e.g. an unparseable phone); identity
     #: never links profiles through such an identifier (its ledger says ``invalid``).
     normalized: bool = True
+    #: With field encryption on, ``value`` is the blind index of the normalised value
+    #: (``~`` + 22 characters) and this is the value sealed under the identifier's own key
+    #: (docs/privacy.md); None when the value is kept as it is.
+    sealed: str | None = None
 
     def key(self) -> str:
         """Return ``type:value``, the identifier's stable string form."""
         return f"{self.type}:{self.value}"
+
+
+class IdentifierIn(BaseModel):
+    """An identifier as a channel posts it (ingest normalises, and may seal, it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: IdentifierTypeName
+    value: IdentifierValue
+    #: Accepted for compatibility and ignored: ingest decides after normalising.
+    normalized: bool = True
 
 
 def _aware(value: datetime) -> datetime:
@@ -218,7 +233,7 @@ class EventIn(BaseModel):
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     type: EventType
     name: Annotated[str, StringConstraints(max_length=200)] | None = None
-    identifiers: Annotated[list[Identifier], Field(min_length=1, max_length=64)]
+    identifiers: Annotated[list[IdentifierIn], Field(min_length=1, max_length=64)]
     previous_id: str | None = None
     group_id: str | None = None
     traits: JsonObject = Field(default_factory=dict)

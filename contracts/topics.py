@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
+from contracts.keys import WrappedKey
 from contracts.segments import MembershipChange, SavedSegment
 
 
@@ -31,7 +32,7 @@ class Topic:
 
 EVENTS_RAW = Topic(
     "cdp.events.raw",
-    key="strongest identifier as type:value",
+    key="strongest identifier as type:value (value: its blind index with field encryption)",
     value_model=Event,
     description="Every accepted event, as ingest validated and normalised it.",
     configs={"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": "1"},
@@ -79,6 +80,24 @@ SEGMENTS_DEFINITIONS = Topic(
     configs={"cleanup.policy": "compact", "retention.ms": "-1"},
 )
 
+KEYS = Topic(
+    "cdp.keys",
+    key="key id (kid) of one subject's data key",
+    value_model=WrappedKey,
+    description="Every subject's data key, wrapped under a key-encryption key; a shredded "
+    "key is a tombstone. Compacted and kept forever: the durable copy that Redis caches (and "
+    "is restored from). Destroying a key makes every value sealed under it unreadable.",
+    # Segments roll hourly and the cleaner runs at 1% dirt, so a shredded key's older record
+    # is compacted away within hours, not whenever a 1 GiB segment fills.
+    configs={
+        "cleanup.policy": "compact",
+        "retention.ms": "-1",
+        "segment.ms": str(3600 * 1000),
+        "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": str(24 * 3600 * 1000),
+    },
+)
+
 REGISTRY: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -89,5 +108,6 @@ REGISTRY: dict[str, Topic] = {
         PROFILES_CHANGES,
         SEGMENTS_MEMBERSHIP,
         SEGMENTS_DEFINITIONS,
+        KEYS,
     )
 }

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
 from deploy.forward import Forward
+from deploy.privacy import build as build_privacy
 from deploy.settings import Settings
 from identity.store import IdentityStore
 from ingest.api import IngestConfig, build_router, json_response
@@ -133,6 +134,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         lifespan=lifespan,
         description="Segment-compatible and native event ingest into Kafka.",
     )
+    privacy = build_privacy(settings, redis_client, publisher)
     config = IngestConfig(
         registry=SourceRegistry(settings.ingest.all_sources()),
         publisher=publisher,
@@ -140,6 +142,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
         limits=settings.ingest.limits,
         default_region=settings.ingest.default_region,
+        sealer=privacy.sealer if privacy else None,
     )
     app.include_router(build_router(config))
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
@@ -157,6 +160,8 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             settings.ingest.default_region,
             read_profiles=require(settings.api.tokens, "profiles:read"),
             read_identity=require(settings.api.tokens, "identity:read"),
+            revealer=privacy.revealer if privacy else None,
+            blind=privacy.sealer.blind if privacy else None,
         )
     )
 
@@ -177,6 +182,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         profile_store,
         bind=lambda: tag_store.ensure_bound(redis_url),
         query_timeout_s=settings.segments.query_timeout_s,
+        reveal=privacy.revealer.document if privacy else None,
     )
     tokens = settings.api.tokens
     app.include_router(

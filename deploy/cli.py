@@ -19,6 +19,7 @@ from deploy import topics as topics_mod
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
+from deploy.keys_cli import register as register_key_commands
 from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
@@ -285,7 +286,10 @@ def migrate(settings: Settings) -> None:
 
 @cli.group()
 def keys() -> None:
-    """Write keys for sources."""
+    """Write keys for sources; master and data keys of field encryption."""
+
+
+register_key_commands(keys)
 
 
 @keys.command("new")
@@ -332,8 +336,8 @@ def tokens() -> None:
     "scopes",
     multiple=True,
     required=True,
-    help="profiles:read, identity:read, segments:read, segments:write, segments:admin "
-    "(repeat for several).",
+    help="profiles:read, identity:read, segments:read, segments:write, segments:admin, "
+    "pii:read (sensitive values in clear; repeat for several).",
 )
 def tokens_new(name: str, scopes: tuple[str, ...]) -> None:
     """Mint a token; print it once and the entry (hash only) for CDP_API__TOKENS."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,19 @@ def tag_counts(settings: Settings, tags: tuple[str, ...] = HEADLINE_TAGS) -> dic
         client.close()
 
 
-def measure(settings: Settings, feed: Feed, group: str, seconds: float) -> DemoResult:
-    """Compare what the platform made of the feed with the ground truth."""
+def measure(
+    settings: Settings,
+    feed: Feed,
+    group: str,
+    seconds: float,
+    stored: Callable[[str], str] | None = None,
+) -> DemoResult:
+    """Compare what the platform made of the feed with the ground truth.
+
+    ``stored`` maps a ``type:value`` the feed sent to the identifier as stored (its blind
+    index with field encryption on).
+    """
+    junk = {stored(k) for k in feed.junk} if stored else feed.junk
     wanted = set(feed.truth)
     resolved = _read(settings, EVENTS_RESOLVED.name, wanted)
     if len({r["event"]["event_id"] for r in resolved}) != len(wanted):
@@ -147,10 +159,10 @@ def measure(settings: Settings, feed: Feed, group: str, seconds: float) -> DemoR
         r["event"]["event_id"]: [f"{i['type']}:{i['value']}" for i in r["event"]["identifiers"]]
         for r in resolved
     }
-    _, linkable_recall = pairwise(predicted, linkable(feed, ids))
+    _, linkable_recall = pairwise(predicted, linkable(feed, ids, junk))
     ledger = _read(settings, IDENTITY_MERGES.name, wanted)
     decisions = Counter(f"{e['decision']}:{e['rule']}" for e in ledger)
-    junk = sum(1 for e in ledger if e["decision"] == "merged" and e["identifier"] in feed.junk)
+    junk_merges = sum(1 for e in ledger if e["decision"] == "merged" and e["identifier"] in junk)
     identifiers = {f"{i['type']}:{i['value']}" for r in resolved for i in r["event"]["identifiers"]}
     return DemoResult(
         events=len(resolved),
@@ -162,7 +174,7 @@ def measure(settings: Settings, feed: Feed, group: str, seconds: float) -> DemoR
         recall=recall,
         linkable_recall=linkable_recall,
         decisions=decisions,
-        junk_merges=junk,
+        junk_merges=junk_merges,
         lag=render_table(consumer_lag(settings.kafka, group)),
         tag_counts=tag_counts(settings) if settings.tags.enabled else {},
     )

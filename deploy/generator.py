@@ -412,7 +412,9 @@ def pairwise(predicted: dict[str, str], truth: dict[str, str]) -> tuple[float, f
     return precision, recall
 
 
-def linkable(feed: Feed, identifiers: dict[str, list[str]]) -> dict[str, str]:
+def linkable(
+    feed: Feed, identifiers: dict[str, list[str]], junk: set[str] | None = None
+) -> dict[str, str]:
     """Ground truth restricted to what the data can prove.
 
     Two events of one person are in the same cluster only if a chain of shared identifiers
@@ -435,7 +437,7 @@ def linkable(feed: Feed, identifiers: dict[str, list[str]]) -> dict[str, str]:
     first: dict[str, str] = {}
     for event_id, keys in identifiers.items():
         for key in keys:
-            if key in feed.junk or len(owners[key]) > 1:
+            if key in (feed.junk if junk is None else junk) or len(owners[key]) > 1:
                 continue
             if key in first:
                 parent[find(event_id)] = find(first[key])

@@ -187,6 +187,23 @@ class LocalSettings(BaseModel):
     startup_timeout_s: float = 90.0
 
 
+class PrivacySettings(BaseModel):
+    """Field encryption: blind indexes and per-subject keys (docs/privacy.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Seal sensitive values at ingest; reads mask them unless the token has ``pii:read``.
+    enabled: bool = False
+    #: The master keys as JSON (index key and key-encryption keys); wins over the file.
+    master_keys: SecretStr | None = None
+    #: The master key file (``cdp keys init`` writes it); default ``<state_dir>/master-keys.json``.
+    master_key_file: Path | None = None
+    #: Which fields are sensitive; default: contracts/sensitive.yaml.
+    classification: Path | None = None
+    #: How long a process keeps an unwrapped data key: a shred reaches every process within it.
+    cache_ttl_s: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of the platform; ``CDP_KAFKA__BOOTSTRAP_SERVERS`` and so on."""
 
@@ -205,6 +222,7 @@ class Settings(BaseSettings):
     profiles: FoldRules = FoldRules()
     tags: TagSettings = TagSettings()
     segments: SegmentSettings = SegmentSettings()
+    privacy: PrivacySettings = PrivacySettings()
     log_level: str = "info"
     log_json: bool = False
 
@@ -216,6 +234,10 @@ class Settings(BaseSettings):
     def log_level_faust(self) -> str:
         """Return the log level in faust's vocabulary."""
         return {"warning": "warn", "critical": "crit"}.get(self.log_level, self.log_level)
+
+    def master_key_path(self) -> Path:
+        """Where the master key file is (``cdp keys init`` writes it there)."""
+        return self.privacy.master_key_file or self.local.state_dir / "master-keys.json"
 
     def chdb_path(self) -> Path:
         """Return the embedded ClickHouse data directory."""

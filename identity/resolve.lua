@@ -3,7 +3,9 @@
 -- ARGV[1] namespace   ARGV[2] retry window (days)   ARGV[3] supernode limit
 -- ARGV[4] rules JSON {type: [unique 0/1, cap]}, ARGV[5] custom rule JSON [unique, cap]
 -- ARGV[6] the batch JSON: [[event id, raw partition, raw offset, [ids], [blocked ids],
---         [invalid ids], source, fingerprint, bucket], ...], identifiers as "type:value",
+--         [invalid ids], source, fingerprint, bucket, {id: sealed value}], ...], identifiers
+--         as "type:value" (value: a blind index with field encryption, and the sealed value
+--         is what the graph keeps for the read API; "1" without),
 --         strongest first; blocked (junk) and invalid (failed validation) identifiers never
 --         link profiles; fingerprint: a signed 64-bit hash of (source, event id), in decimal
 -- ARGV[7] today (days since the epoch)
@@ -14,7 +16,8 @@
 -- Keys (all under the namespace; not Redis Cluster safe, see docs/architecture.md):
 --   i:<type:value>  SET of profile ids holding the identifier
 --   p:<pid>:g       HASH of the profile's identity graph (see identity/graph.lua):
---                   "=<type:value>" its identifiers, "#<type>" counts, "!<type>" unique values
+--                   "=<type:value>" its identifiers (-> sealed value or 1), "#<type>" counts,
+--                   "!<type>" unique values
 --   graph:v2        set once no profile is left in the older three-key layout
 --   alias           HASH merged pid -> survivor
 --   seq             profile id counter (lower = older)
@@ -63,7 +66,7 @@ local function seen(fingerprint, bucket)
   return false
 end
 
-local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket)
+local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed)
   -- A redelivered offset whose records were not yet published: the same outcome again.
   local held_key = k('ev', 'held', part)
   local held = redis.call('HGET', held_key, off)
@@ -195,11 +198,12 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
 
   local function merge(gone, into)
     local gone_ids, gone_uq = graph(gone)
-    local into_key = graph_key(ns, into)
+    local into_key, gone_key = graph_key(ns, into), graph_key(ns, gone)
     for _, id in ipairs(gone_ids) do
       redis.call('SREM', k('i', id), gone)
       redis.call('SADD', k('i', id), into)
-      if redis.call('HSETNX', into_key, '=' .. id, '1') == 1 then
+      local held = redis.call('HGET', gone_key, '=' .. id) or '1'
+      if redis.call('HSETNX', into_key, '=' .. id, held) == 1 then
         redis.call('HINCRBY', into_key, '#' .. type_of(id), 1)
       end
     end
@@ -236,7 +240,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
           refuse(pid, nil, id, 'cap')
         else
           redis.call('SADD', k('i', id), pid)
-          redis.call('HSET', g, '=' .. id, '1')
+          redis.call('HSET', g, '=' .. id, sealed[id] or '1')
           redis.call('HINCRBY', g, '#' .. t, 1)
           if unique then redis.call('HSET', g, '!' .. t, value_of(id)) end
         end
@@ -248,6 +252,6 @@ end
 
 local outs = {}
 for n, e in ipairs(batch) do
-  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9])
+  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10] or {})
 end
 return '[' .. table.concat(outs, ',') .. ']'

@@ -124,7 +124,10 @@ class IdentityStore:
             ids: list[str] = []
             blocked: list[str] = []
             invalid: list[str] = []
+            sealed: dict[str, str] = {}
             for ident in ordered(item.event.identifiers):
+                if ident.sealed is not None:
+                    sealed[ident.key()] = ident.sealed
                 if not ident.normalized:
                     invalid.append(ident.key())
                 elif self._rules.blocked(ident):
@@ -133,7 +136,7 @@ class IdentityStore:
                     ids.append(ident.key())
             fp = fingerprint(item.event.source, item.event.event_id)
             entry = [item.event.event_id, str(item.partition), str(item.offset), ids, blocked]
-            batch.append([*entry, invalid, item.event.source, str(fp), fp % self._buckets])
+            batch.append([*entry, invalid, item.event.source, str(fp), fp % self._buckets, sealed])
         return [
             self._ns,
             self._window_days,
@@ -195,6 +198,18 @@ class IdentityStore:
             members = await self._redis.smembers(f"{self._ns}:p:{pid}:ids")
             found = [m.decode() if isinstance(m, bytes) else m for m in members]
         return sorted(found)
+
+    async def sealed(self, profile_id: str) -> dict[str, str]:
+        """A profile's identifiers (``type:~blind``) -> their sealed values, where sealed."""
+        pid = await self.survivor(profile_id)
+        flat = await self._redis.hgetall(f"{self._ns}:p:{pid}:g")
+        out: dict[str, str] = {}
+        for f, v in flat.items():
+            name = f.decode() if isinstance(f, bytes) else f
+            value = v.decode() if isinstance(v, bytes) else v
+            if name.startswith("=") and value != "1":
+                out[name[1:]] = value
+        return out
 
     async def upgrade_graphs(self) -> int:
         """Move every profile stored in the older three-key graph layout into its hash.

@@ -14,14 +14,16 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from redis.exceptions import RedisError
 
 from contracts.deadletter import DeadLetter, DeadLetterReason
-from contracts.events import SEGMENT_CALL_TYPES, EventType
+from contracts.events import SEGMENT_CALL_TYPES, Event, EventType
 from ingest import intake as take
 from ingest.body import decode, parse_json, read_capped, too_large
 from ingest.exceptions import Rejected
 from ingest.limits import Limits
 from ingest.sources import Source, SourceRegistry
+from privacy.seal import Sealer
 from runtime.exceptions import KafkaUnavailable
 from runtime.publisher import Publisher, Record
 
@@ -40,6 +42,9 @@ class IngestConfig:
     deadletter_topic: str
     limits: Limits
     default_region: str
+    #: With field encryption on: seals accepted events and dead letters before they are
+    #: published (creating data keys, durably, first).
+    sealer: Sealer | None = None
 
 
 @dataclass
@@ -139,7 +144,9 @@ class IngestEndpoints:
         assert call is not None
         return take.segment_single(ctx.body, stamp, call)
 
-    def _dead_letter(self, ctx: _Request, rejected: Rejected, payload: Any, status: int) -> Record:
+    def _dead_letter(
+        self, ctx: _Request, rejected: Rejected, payload: Any, status: int
+    ) -> DeadLetter:
         limit = self.config.limits.deadletter_raw_bytes
         unparsed = not ctx.parsed
         letter = DeadLetter(
@@ -157,8 +164,23 @@ class IngestEndpoints:
             raw_truncated=unparsed and len(ctx.raw) > limit,
             raw_sha256=hashlib.sha256(ctx.raw).hexdigest() if unparsed else None,
         )
+        return letter
+
+    async def _records(
+        self, ctx: _Request, events: list[Event], letters: list[DeadLetter]
+    ) -> list[Record]:
+        sealer = self.config.sealer
+        if sealer is not None:
+            events = await sealer.seal(events) if events else events
+            letters = [await sealer.seal_letter(letter) for letter in letters]
         key = (ctx.source.name if ctx.source else "unknown").encode()
-        return Record(self.config.deadletter_topic, key, letter.model_dump_json().encode())
+        return [
+            Record(self.config.raw_topic, e.partition_key(), e.model_dump_json().encode())
+            for e in events
+        ] + [
+            Record(self.config.deadletter_topic, key, letter.model_dump_json().encode())
+            for letter in letters
+        ]
 
     async def handle(self, request: Request, kind: str, call: EventType | None = None) -> Any:
         """Authenticate, read, validate, publish; answer only after Kafka acknowledged."""
@@ -172,7 +194,7 @@ class IngestEndpoints:
         except Rejected as rejected:
             payload = ctx.body if ctx.parsed else None
             letter = self._dead_letter(ctx, rejected, payload, rejected.status)
-            if not await self._publish([letter], ctx):
+            if not await self._publish(ctx, [], [letter]):
                 return self._unavailable(ctx)
             bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
             body = _error_body(rejected, ctx.request_id)
@@ -181,12 +203,8 @@ class IngestEndpoints:
 
     async def _answer(self, result: take.Intake, ctx: _Request, bound: Any) -> Any:
         status = result.status
-        records = [
-            Record(self.config.raw_topic, e.partition_key(), e.model_dump_json().encode())
-            for e in result.events
-        ]
-        records += [self._dead_letter(ctx, r, p, status) for r, p in result.rejections]
-        if not await self._publish(records, ctx):
+        letters = [self._dead_letter(ctx, r, p, status) for r, p in result.rejections]
+        if not await self._publish(ctx, result.events, letters):
             return self._unavailable(ctx)
         errors = [_error_body(r, ctx.request_id) for r, _ in result.rejections]
         body: dict[str, Any] = {
@@ -213,10 +231,14 @@ class IngestEndpoints:
         )
         return json_response(body, status_code=status)
 
-    async def _publish(self, records: list[Record], ctx: _Request) -> bool:
+    async def _publish(self, ctx: _Request, events: list[Event], letters: list[DeadLetter]) -> bool:
         try:
+            records = await self._records(ctx, events, letters)
             await self.config.publisher.publish(records)
         except KafkaUnavailable:
+            return False
+        except RedisError as exc:  # data keys unreachable: nothing can be sealed
+            log.warning("ingest.keys_unavailable", error=type(exc).__name__)
             return False
         return True
 

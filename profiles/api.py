@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from contracts.events import Identifier
 from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
+from privacy.reveal import PII_READ, Revealer
 from profiles.store import ProfileStore
+from runtime.auth import Token
 
 
 def not_found(field: str, message: str) -> HTTPException:
@@ -38,27 +42,44 @@ def build_router(
     region: str,
     read_profiles: Any,
     read_identity: Any,
+    revealer: Revealer | None = None,
+    blind: Callable[[Identifier], Identifier] | None = None,
 ) -> APIRouter:
-    """Return the read routes; the ``read_*`` dependencies enforce token scopes."""
+    """Return the read routes; the ``read_*`` dependencies enforce token scopes.
+
+    With field encryption (``revealer`` and ``blind``), lookups compare blind indexes and
+    answers carry sensitive values masked, or in clear for a token with ``pii:read``.
+    """
     router = APIRouter(tags=["profiles"])
+    # Defaults, not annotations: these annotations are strings resolved at module level.
+    profile_reader, identity_reader = Depends(read_profiles), Depends(read_identity)
+
+    async def reveal(doc: dict[str, Any], token: Token) -> Any:
+        if revealer is None:
+            return doc
+        pid = doc.get("profile_id")
+        ids = await identity.sealed(pid) if isinstance(pid, str) else {}
+        return await revealer.document(doc, PII_READ in token.scopes, ids)
 
     @router.get(
         "/v1/profiles/lookup",
-        dependencies=[Depends(read_profiles)],
         summary="Find a profile by any identifier (normalised like ingest)",
     )
     async def lookup(
         type: Annotated[str, Query(min_length=1, max_length=48)],
         value: Annotated[str, Query(min_length=1, max_length=256)],
+        token: Token = profile_reader,
     ) -> Any:
         try:
             ident = parse_identifier(type, value, region)
         except BadIdentifier as bad:
             detail = {"code": "invalid_identifier", "message": str(bad), "field": bad.field}
             raise HTTPException(400, detail) from None
+        if blind is not None:
+            ident = blind(ident)
         holders = await identity.holders(ident.key())
         if not holders:
-            raise not_found("value", f"no profile holds {ident.key()}")
+            raise not_found("value", f"no profile holds this {ident.type}")
         if len(holders) > 1:
             raise HTTPException(
                 409,
@@ -66,34 +87,38 @@ def build_router(
                     "code": "ambiguous",
                     "field": "value",
                     "profile_ids": holders,
-                    "message": f"{ident.key()} is shared by {len(holders)} profiles",
+                    "message": f"this {ident.type} is shared by {len(holders)} profiles",
                 },
             )
         found = await profiles.get(holders[0])
         if found is None:
             raise not_found("value", f"profile {holders[0]} has no events yet")
-        return found.model_dump(mode="json")
+        return await reveal(found.model_dump(mode="json"), token)
 
     @router.get(
         "/v1/profiles/{profile_id}",
-        dependencies=[Depends(read_profiles)],
         summary="A unified profile; a merged id answers with its survivor",
     )
-    async def get_profile(profile_id: str) -> Any:
+    async def get_profile(
+        profile_id: str,
+        token: Token = profile_reader,
+    ) -> Any:
         found = await profiles.get(profile_id)
         if found is None:
             raise not_found("profile_id", f"no profile {profile_id}")
-        return found.model_dump(mode="json")
+        return await reveal(found.model_dump(mode="json"), token)
 
     @router.get(
         "/v1/identity/explain",
-        dependencies=[Depends(read_identity)],
         summary="A profile's identifiers and the merges (and refusals) that built it",
     )
-    async def explain(profile_id: Annotated[str, Query(min_length=1)]) -> Any:
+    async def explain(
+        profile_id: Annotated[str, Query(min_length=1)],
+        token: Token = identity_reader,
+    ) -> Any:
         found = await explanation(identity, profiles, profile_id)
         if found is None:
             raise not_found("profile_id", f"no profile {profile_id}")
-        return found
+        return await reveal(found, token)
 
     return router

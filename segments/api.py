@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from contracts.segments import SegmentDefinition, error_path
+from privacy.reveal import PII_READ
 from runtime.auth import Token
 from runtime.exceptions import KafkaUnavailable
 from segments.service import (
@@ -135,7 +136,8 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             include_unconsented: Unconsented = False,
         ) -> Any:
             enforce = consent(token, include_unconsented)
-            rows = await run(segments.preview, seg, fields or [], limit, enforce)
+            clear = PII_READ in token.scopes
+            rows = await run(segments.preview, seg, fields or [], limit, enforce, clear)
             return {"count": len(rows), "profiles": rows}
 
         @add(f"{prefix}/export", summary=f"All members of {what}: CSV, JSONL or Parquet")
@@ -146,16 +148,17 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             fields: Fields = None,
             include_unconsented: Unconsented = False,
         ) -> Any:
-            return await _export(seg, format, fields, consent(token, include_unconsented))
+            enforce = consent(token, include_unconsented)
+            return await _export(seg, format, fields, enforce, PII_READ in token.scopes)
 
         @add(f"{prefix}/explain", summary=f"The SQL or tag-index program of {what}")
         async def explain(seg: Seg, token: Reader, include_unconsented: Unconsented = False) -> Any:
             return await run(segments.explain, seg, consent(token, include_unconsented))
 
     async def _export(
-        seg: SegmentDefinition, fmt: Format, fields: list[str] | None, enforce: bool
+        seg: SegmentDefinition, fmt: Format, fields: list[str] | None, enforce: bool, clear: bool
     ) -> Response:
-        found = await run(segments.export, seg, fields or [], fmt, enforce)
+        found = await run(segments.export, seg, fields or [], fmt, enforce, clear)
         chunks: Iterator[bytes] | AsyncIterator[bytes] = found.chunks
         suffix = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[fmt.value]
         name = f"{seg.id or 'segment'}.{suffix}"

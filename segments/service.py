@@ -100,6 +100,10 @@ def profile_field(profile: Profile, name: str) -> Any:
     return _plain(getattr(profile, name))
 
 
+#: Opens sealed values in rows: masked, or in clear when the flag says so.
+Reveal = Callable[[list[dict[str, Any]], bool], Awaitable[list[dict[str, Any]]]]
+
+
 @dataclass
 class Export:
     """A consistent export: its row count, and its bytes (iterate once)."""
@@ -120,8 +124,11 @@ class Segments:
         profiles: ProfileStore,
         bind: Callable[[], Awaitable[None]],
         query_timeout_s: float = 30.0,
+        reveal: Reveal | None = None,
     ) -> None:
         self._clickhouse = clickhouse
+        #: With field encryption: opens sealed values in result rows, masked unless ``clear``.
+        self._reveal = reveal
         #: Every segment query stops at the time limit: one ClickHouse serves the history
         #: writer and every other query, one query at a time when embedded.
         self._settings = {
@@ -172,27 +179,43 @@ class Segments:
         fields: list[str],
         limit: int = 20,
         enforce_consent: bool = True,
+        clear: bool = False,
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` members with ``fields``."""
+        """Up to ``limit`` members with ``fields`` (sensitive ones masked unless ``clear``)."""
         fields = self._fields(fields)
         if is_live(seg.definition):
             await self._bind()
             prog = self.live_program(seg, enforce_consent)
             ids = [pid async for chunk in self._live.members(prog, limit) for pid in chunk]
-            return await self._profile_rows(ids, fields)
-        q = self.compiler.members(seg, datetime.now(UTC), fields, enforce_consent, limit)
-        return [self._row(fields, r) for r in await self._query(q)]
+            rows = await self._profile_rows(ids, fields)
+        else:
+            q = self.compiler.members(seg, datetime.now(UTC), fields, enforce_consent, limit)
+            rows = [self._row(fields, r) for r in await self._query(q)]
+        return await self._opened(rows, clear)
+
+    async def _opened(self, rows: list[dict[str, Any]], clear: bool) -> list[dict[str, Any]]:
+        if self._reveal is None or not rows:
+            return rows
+        return await self._reveal(rows, clear)
 
     async def export(
-        self, seg: SegmentDefinition, fields: list[str], fmt: Format, enforce_consent: bool = True
+        self,
+        seg: SegmentDefinition,
+        fields: list[str],
+        fmt: Format,
+        enforce_consent: bool = True,
+        clear: bool = False,
     ) -> Export:
-        """All members, consistently: the set is fixed first, so the count is the row count."""
+        """All members, consistently: the set is fixed first, so the count is the row count.
+
+        Sensitive values are masked unless ``clear``.
+        """
         fields = self._fields(fields)
         if is_live(seg.definition):
             await self._bind()
             prog = self.live_program(seg, enforce_consent)
             ids = [pid async for chunk in self._live.members(prog) for pid in chunk]
-            return Export(len(ids), self._live_chunks(ids, fields, fmt))
+            return Export(len(ids), self._live_chunks(ids, fields, fmt, clear))
         q = self.compiler.members(seg, datetime.now(UTC), fields, enforce_consent)
         table = f"{self._db}.export_{uuid.uuid4().hex}"  # hex only: safe as an identifier
         client = await self._client()
@@ -209,7 +232,8 @@ class Segments:
         except BaseException:
             await asyncio.to_thread(client.command, f"DROP TABLE IF EXISTS {table}")
             raise
-        return Export(n, self._table_chunks(client, table, fields, fmt))
+        loop = asyncio.get_running_loop()
+        return Export(n, self._table_chunks(client, table, fields, fmt, clear, loop))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -259,7 +283,7 @@ class Segments:
         return rows
 
     async def _live_chunks(
-        self, ids: list[str], fields: list[str], fmt: Format
+        self, ids: list[str], fields: list[str], fmt: Format, clear: bool
     ) -> AsyncIterator[bytes]:
         writer = _Writer(fields, fmt)
         for start in range(0, len(ids), PAGE):
@@ -267,14 +291,21 @@ class Segments:
             if fields == ["profile_id"]:
                 rows = [{"profile_id": pid} for pid in part]
             else:
-                rows = await self._profile_rows(part, fields)
+                rows = await self._opened(await self._profile_rows(part, fields), clear)
             yield writer.rows(rows)
         yield writer.close()
 
     def _table_chunks(
-        self, client: Any, table: str, fields: list[str], fmt: Format
+        self,
+        client: Any,
+        table: str,
+        fields: list[str],
+        fmt: Format,
+        clear: bool,
+        loop: asyncio.AbstractEventLoop,
     ) -> Iterator[bytes]:
-        """Keyset pages of the export table (blocking: iterate in a thread)."""
+        """Keyset pages of the export table (blocking: iterate in a thread; sealed values are
+        opened on the event loop ``loop``, where the key store lives)."""
         writer = _Writer(fields, fmt)
         last = ""
         try:
@@ -288,6 +319,9 @@ class Segments:
                 if not rows:
                     break
                 last = rows[-1]["profile_id"]
+                if self._reveal is not None:
+                    opening = asyncio.run_coroutine_threadsafe(self._opened(rows, clear), loop)
+                    rows = opening.result()
                 yield writer.rows(rows)
             yield writer.close()
         finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 from contracts.events import Channel
 from contracts.profiles import Profile
+from privacy.crypto import is_sealed
 from profiles.fold import PARTS_OF_DAY
 from tagging.rules import Facts, Kind
 
@@ -171,6 +172,10 @@ def _moment(kind: Kind, value: Any) -> int | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
+    if kind == Kind.DATE and len(text) == 7 and text.startswith("--"):
+        # A month and day without the year ("--06-30", ISO 8601): what is kept in clear of a
+        # sealed birthday. Year 2000 is a leap year, so "--02-29" reads too.
+        text = "2000" + text[1:]
     try:
         if kind == Kind.DATE:
             day = date.fromisoformat(text[:10])
@@ -255,6 +260,9 @@ def profile_facts(profile: Profile, declared: dict[str, Kind]) -> Facts:
         for key, value in values.items():
             name = prefix + key
             kind = declared.get(name)
+            if kind is not None and is_sealed(value):
+                # A sealed date reads as the month and day kept beside it, if any.
+                value = values.get(f"{key}_md") if kind == Kind.DATE else None
             if kind is not None and (fact := coerce(kind, value)) is not None:
                 f[name] = fact
     # A None value reads like a missing fact in every rule (sets are never None).

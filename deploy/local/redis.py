@@ -63,6 +63,8 @@ class RedisServer:
             "",
             "--daemonize",
             "no",
+            "--hash-max-listpack-value",
+            "128",
             "--protected-mode",
             "yes",
             "--logfile",

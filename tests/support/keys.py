@@ -8,8 +8,10 @@ from runtime.auth import Token, hash_token
 #: Bearer tokens of the read API in tests, by the scopes they carry.
 TOKENS = {
     "tk_reader": frozenset({"profiles:read", "identity:read"}),
+    "tk_pii": frozenset({"profiles:read", "identity:read", "pii:read"}),
     "tk_profiles_only": frozenset({"profiles:read"}),
     "tk_segments": frozenset({"segments:read"}),
+    "tk_segments_pii": frozenset({"segments:read", "pii:read"}),
     "tk_segments_rw": frozenset({"segments:read", "segments:write"}),
     "tk_segments_admin": frozenset({"segments:read", "segments:admin"}),
 }
