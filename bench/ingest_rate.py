@@ -40,6 +40,7 @@ from deploy import topics
 from deploy.local.kafka import free_port
 from deploy.settings import Settings
 from ingest.sources import hash_key
+from privacy.crypto import MasterKeys
 
 KEY = "wk_bench_" + uuid.uuid4().hex
 #: RudderStack's open-source gateway (rudder-server v1.70.2, gateway only, every event durable
@@ -195,8 +196,11 @@ def kafka_pid(settings: Settings) -> int | None:
     return int(pid_file.read_text().strip()) if pid_file.exists() else None
 
 
-def start_api(settings: Settings, port: int, workers: int) -> subprocess.Popen[bytes]:
-    """Start `cdp api --workers N` as its own process tree with a bench source."""
+def start_api(
+    settings: Settings, port: int, workers: int, sealed: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `cdp api --workers N` as its own process tree with a bench source; ``sealed``:
+    field encryption on, with fresh master keys (else explicitly off)."""
     source = {"name": "bench", "channel": "web", "key_sha256": hash_key(KEY)}
     env = {
         **os.environ,
@@ -205,7 +209,10 @@ def start_api(settings: Settings, port: int, workers: int) -> subprocess.Popen[b
         "CDP_INGEST__SOURCES": json.dumps([source]),
         "CDP_LOG_LEVEL": "warning",
         "CDP_CLICKHOUSE__PATH": str(Path(settings.local.state_dir) / "bench-chdb"),
+        "CDP_PRIVACY__ENABLED": "true" if sealed else "false",
     }
+    if sealed:
+        env["CDP_PRIVACY__MASTER_KEYS"] = MasterKeys.generate().dumps()
     args = [sys.executable, "-m", "deploy", "api", "--workers", str(workers)]
     proc = subprocess.Popen(args, env=env)
     deadline = time.monotonic() + 90
@@ -239,6 +246,12 @@ def main() -> None:
         "--paced-rate", type=float, default=5000, help="events/s offered for the latency run"
     )
     parser.add_argument("--paced-seconds", type=float, default=10)
+    parser.add_argument(
+        "--privacy",
+        choices=["off", "on", "both"],
+        default="off",
+        help="field encryption of the API (both: alternate APIs with it off and on)",
+    )
     args = parser.parse_args()
 
     base_settings = Settings()
@@ -248,11 +261,12 @@ def main() -> None:
     )
     topics.create_all(settings.kafka)
     raw_topic = settings.kafka.topic("cdp.events.raw")
-    counts = [int(w) for w in args.workers.split(",")]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.privacy]
+    counts = [(int(w), sealed) for w in args.workers.split(",") for sealed in modes]
     reps = [build_batches(args.events, args.batch, rep + 1) for rep in range(args.repeats)]
     body_bytes = sum(len(b) for b in reps[0])
     ports = {w: free_port() for w in counts}
-    apis = {w: start_api(settings, port, w) for w, port in ports.items()}
+    apis = {w: start_api(settings, port, w[0], w[1]) for w, port in ports.items()}
     broker = kafka_pid(settings)
     rates: dict[int, list[float]] = {w: [] for w in counts}
     cpu: dict[int, dict[str, float]] = {
@@ -281,14 +295,15 @@ def main() -> None:
                 total_failed += failed
                 rates[w].append(accepted / seconds)
                 print(
-                    f"rep {rep + 1}, {w} API process(es): {accepted} events in {seconds:.2f}s"
+                    f"rep {rep + 1}, {w[0]} API process(es){', encrypted' if w[1] else ''}: "
+                    f"{accepted} events in {seconds:.2f}s"
                     f" = {accepted / seconds:,.0f} events/s ({failed} non-200)",
                     flush=True,
                 )
         for w in counts:
             url = f"http://127.0.0.1:{ports[w]}"
             n = int(args.paced_rate * args.paced_seconds)
-            bodies = build_batches(n, args.batch, args.repeats + 1 + w)
+            bodies = build_batches(n, args.batch, args.repeats + 1 + w[0] + 10 * w[1])
             accepted, failed, latency[w] = asyncio.run(
                 paced(url, bodies, args.paced_rate, args.batch)
             )
@@ -317,7 +332,8 @@ def main() -> None:
         per = {k: 1e6 * v / max(measured[w], 1) for k, v in cpu[w].items()}
         lat = latency[w]
         print(
-            f"{w} API process(es): median {median:,.0f} events/s "
+            f"{w[0]} API process(es){', encryption on' if w[1] else ''}: "
+            f"median {median:,.0f} events/s "
             f"(min {min(rates[w]):,.0f}, max {max(rates[w]):,.0f}); CPU per event: "
             f"API {per['api']:.1f} us, Kafka {per['kafka']:.1f} us, "
             f"load client {per['client']:.1f} us; at {args.paced_rate:,.0f} events/s offered: "

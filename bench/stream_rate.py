@@ -255,6 +255,24 @@ READ_TOKENS = [
 ]
 
 
+async def redis_memory(settings: Settings) -> int:
+    """Redis's ``used_memory`` in bytes."""
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        return int((await client.info("memory"))["used_memory"])
+    finally:
+        await client.aclose()
+
+
+async def profile_count(settings: Settings) -> int:
+    """Profiles created in the run's namespace (merged ones included)."""
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        return int(await client.get(f"{settings.worker.namespace}:seq") or 0)
+    finally:
+        await client.aclose()
+
+
 async def time_reads(url: str, settings: Settings, n: int) -> dict[str, list[float]]:
     """Seconds per profile read, by token, alternating tokens over the same random ids."""
     client = redis.Redis.from_url(settings.redis.url.get_secret_value())
@@ -401,6 +419,7 @@ def main() -> None:
         else:
             bulk = batches("b" + tag, args.events, args.customers)
         events = sum(c[3] for c in bulk)
+        memory_before = asyncio.run(redis_memory(settings))
         started = time.monotonic()
         asyncio.run(post(url, bulk, None))
         timing = f"posted in {time.monotonic() - started:.1f}s"
@@ -439,6 +458,8 @@ def main() -> None:
             for g, t in groups:
                 wait_drained(settings, g, t)
             fresh = asyncio.run(freshness(settings, ids))
+        memory = asyncio.run(redis_memory(settings)) - memory_before
+        profiles = asyncio.run(profile_count(settings))
         reads = asyncio.run(time_reads(url, settings, args.reads)) if args.reads else {}
     finally:
         for proc in procs:
@@ -464,6 +485,10 @@ def main() -> None:
             f"({len(fresh)} events): p50 {statistics.median(fresh) * 1000:,.0f} ms, "
             f"p99 {pct(fresh, 0.99) * 1000:,.0f} ms, max {max(fresh) * 1000:,.0f} ms"
         )
+    print(
+        f"Redis memory after the drain: {memory / 2**20:,.1f} MiB for {profiles:,} profiles = "
+        f"{memory / max(profiles, 1):,.0f} B per profile (all keys of the run, data keys included)"
+    )
     for token, took in reads.items():
         print(
             f"GET /v1/profiles/{{id}} with {token} ({len(took)} reads): "

@@ -6,6 +6,8 @@ import asyncio
 import json
 import secrets
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 from contracts import schema
 from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
+from deploy import privacy
 from deploy import topics as topics_mod
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
@@ -39,9 +42,11 @@ from deploy.worker import run as run_worker
 from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
+from privacy.crypto import MasterKeyError, MasterKeys
 from profiles.api import explanation
 from profiles.store import ProfileStore
 from runtime.auth import Token, hash_token
+from runtime.publisher import Publisher
 from segments.cli import segments as segments_group
 from tagging.catalog import load as load_catalog
 from tagging.cli import run_guarded
@@ -76,6 +81,13 @@ def up(settings: Settings) -> None:
         verb = "started" if started.get(name) else "already running"
         verb = "embedded" if name == "clickhouse" else verb
         click.echo(f"  {name:10} {verb:15} {info['address']}  log: {info['log']}")
+    keys = settings.master_key_path()
+    if settings.privacy.enabled is not False and settings.privacy.master_keys is None:
+        verb = "present"
+        if not keys.exists():
+            MasterKeys.generate().save(keys)
+            verb = "created"
+        click.echo(f"  {'keys':10} {verb:15} {keys}  (field encryption on: docs/privacy.md)")
 
 
 @cli.command()
@@ -175,8 +187,10 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
         raise click.ClickException(f"{exc} (is `cdp run --demo` running?)") from exc
     group = group_id(settings, sorted(ROLES))
     wait_processed(settings, group)
+    blinding = privacy.blinding(settings) if settings.privacy_enabled() else None
+    stored = blinding.stored_key if blinding else None
     try:
-        click.echo(render(measure(settings, feed, group, seconds)))
+        click.echo(render(measure(settings, feed, group, seconds, stored)))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -212,6 +226,7 @@ def run(
     """
     if demo:
         settings = _with_demo(settings)
+    _check_keys(settings)
     topics_mod.create_all(settings.kafka)
     if not settings.ingest.all_sources():
         click.echo("warning: no write keys configured; see `cdp keys new`", err=True)
@@ -225,9 +240,29 @@ def run(
     supervise(app, WorkerProcesses(settings, STREAM_ROLES, count))
     base = f"http://{settings.api.host}:{settings.api.port}"
     click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
+    sealing = settings.privacy_enabled()
+    click.echo(
+        "field encryption: "
+        + (f"on (master keys: {_key_source(settings)})" if sealing else "off (docs/privacy.md)")
+    )
     if demo:
         add_demo_task(app, settings, base, exit_after_demo)
     run_worker(app, settings.log_level_faust())
+
+
+def _check_keys(settings: Settings) -> None:
+    """Refuse to start when field encryption is on and its master keys cannot be read."""
+    if settings.privacy_enabled():
+        try:
+            privacy.wrapper(settings)
+        except MasterKeyError as exc:
+            raise click.ClickException(f"field encryption is on but {exc}") from None
+
+
+def _key_source(settings: Settings) -> str:
+    if settings.privacy.master_keys is not None:
+        return "CDP_PRIVACY__MASTER_KEYS"
+    return str(settings.master_key_path())
 
 
 def _adopt_one_group_offsets(settings: Settings) -> None:
@@ -269,6 +304,7 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
 @click.pass_obj
 def api(settings: Settings, workers: int | None) -> None:
     """Run only the HTTP API (scale-out deployments)."""
+    _check_keys(settings)
     try:
         code = serve_api(settings, workers or api_processes(settings))
     except PortInUse as exc:
@@ -369,15 +405,16 @@ def profiles() -> None:
 @click.argument("profile_id", required=False)
 @click.option("--type", "id_type", help="Look up by identifier type instead of id.")
 @click.option("--value", help="Identifier value (normalised like ingest).")
+@click.option("--clear", is_flag=True, help="Sensitive values in clear, not masked.")
 @click.pass_obj
 def profiles_get(
-    settings: Settings, profile_id: str | None, id_type: str | None, value: str | None
+    settings: Settings, profile_id: str | None, id_type: str | None, value: str | None, clear: bool
 ) -> None:
     """Print a profile as JSON, by id or by identifier; exit 1 when unknown."""
 
     async def main() -> Any:
         client, store, ids = _stores(settings)
-        try:
+        async with _revealing(settings, client, ids, clear) as reveal:
             pid = profile_id
             if pid is None:
                 if not (id_type and value):
@@ -386,18 +423,42 @@ def profiles_get(
                     ident = parse_identifier(id_type, value, settings.ingest.default_region)
                 except BadIdentifier as bad:
                     raise click.UsageError(f"--{bad.field}: {bad}") from None
+                if settings.privacy_enabled():
+                    ident = privacy.blinding(settings).blind(ident)
                 holders = await ids.holders(ident.key())
                 if len(holders) > 1:
-                    raise click.ClickException(f"{ident.key()} is shared by {holders}")
+                    raise click.ClickException(f"this {ident.type} is shared by {holders}")
                 pid = holders[0] if holders else None
-            return await store.get(pid) if pid else None
-        finally:
-            await client.aclose()
+            found = await store.get(pid) if pid else None
+            return await reveal(found.model_dump(mode="json")) if found else None
 
     found = asyncio.run(main())
     if found is None:
         raise click.ClickException("no such profile")
-    _echo_json(found.model_dump(mode="json"))
+    _echo_json(found)
+
+
+@asynccontextmanager
+async def _revealing(
+    settings: Settings, client: Any, ids: IdentityStore, clear: bool
+) -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[Any]]]:
+    """A function opening a profile's (or explanation's) sealed values, masked unless
+    ``clear``; closes the Redis client at the end."""
+    publisher = Publisher(settings.kafka.bootstrap_servers)
+    built = privacy.build(settings, client, publisher)
+
+    async def reveal(doc: dict[str, Any]) -> Any:
+        if built is None:
+            return doc
+        pid = doc.get("profile_id")
+        sealed = await ids.sealed(pid) if isinstance(pid, str) else {}
+        return await built.revealer.document(doc, clear, sealed)
+
+    try:
+        yield reveal
+    finally:
+        await publisher.stop()
+        await client.aclose()
 
 
 @cli.group()
@@ -407,16 +468,16 @@ def identity() -> None:
 
 @identity.command("explain")
 @click.argument("profile_id")
+@click.option("--clear", is_flag=True, help="Sensitive values in clear, not masked.")
 @click.pass_obj
-def identity_explain(settings: Settings, profile_id: str) -> None:
+def identity_explain(settings: Settings, profile_id: str, clear: bool) -> None:
     """Show a profile's identifiers and the merges and refusals that built it."""
 
     async def main() -> dict[str, Any] | None:
         client, store, ids = _stores(settings)
-        try:
-            return await explanation(ids, store, profile_id)
-        finally:
-            await client.aclose()
+        async with _revealing(settings, client, ids, clear) as reveal:
+            found = await explanation(ids, store, profile_id)
+            return await reveal(found) if found else None
 
     found = asyncio.run(main())
     if found is None:

@@ -179,8 +179,11 @@ def read_back(settings: Settings, topic_name: str, wanted: Any) -> list[Any]:
     return [v for v in read_to_end(settings.kafka.bootstrap_servers, topic) if wanted(v)]
 
 
-def report(settings: Settings, results: list[Posted], sent: set[str]) -> str:
-    """Describe what was sent and what arrived in Kafka."""
+def report(
+    settings: Settings, results: list[Posted], sent: set[str], raw: list[dict[str, Any]]
+) -> str:
+    """Describe what was sent and what arrived in Kafka (``raw``: the feed's raw events, with
+    sealed identifiers already opened and masked when field encryption is on)."""
     requests = {r.answer.get("request_id") for r in results}
     accepted = sum(r.answer.get("accepted", 0) for r in results)
     rejected = sum(r.answer.get("rejected", 0) for r in results)
@@ -190,12 +193,13 @@ def report(settings: Settings, results: list[Posted], sent: set[str]) -> str:
         f" rejected={r.answer.get('rejected')}"
         for r in results
     ]
-    raw = read_back(settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent)
     dead = read_back(settings, EVENTS_DEADLETTER.name, lambda d: d["request_id"] in requests)
     lines.append(f"the API took {accepted} events and refused {rejected}")
     lines.append(f"arrived in {settings.kafka.topic(EVENTS_RAW.name)}: {len(raw)} events")
     for event in raw:
-        ids = ", ".join(f"{i['type']}={i['value']}" for i in event["identifiers"])
+        ids = ", ".join(
+            f"{i['type']}={i.get('sealed') or i['value']}" for i in event["identifiers"]
+        )
         lines.append(f"  {event['channel']:13} {event['type']:16} {ids}")
     lines.append(
         f"arrived in {settings.kafka.topic(EVENTS_DEADLETTER.name)}: {len(dead)} dead letters"
@@ -263,20 +267,38 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
     import redis.asyncio as aioredis
 
     from contracts.events import Identifier
+    from contracts.profiles import Profile
     from deploy.lag import render_table
+    from deploy.privacy import build as build_privacy
+    from identity.store import IdentityStore
     from profiles.store import ProfileStore
+    from runtime.publisher import Publisher
 
     @app.task
     async def demo() -> None:
         await asyncio.to_thread(wait_healthy, base_url)
         results, sent = await asyncio.to_thread(run_feed, base_url)
-        print(await asyncio.to_thread(report, settings, results, sent), flush=True)
-        lag = await asyncio.to_thread(wait_caught_up, settings, app.conf.id)
         client = aioredis.from_url(settings.redis.url.get_secret_value())
-        store = ProfileStore(client, settings.profiles, settings.worker.namespace)
+        publisher = Publisher(settings.kafka.bootstrap_servers)
+        sealing = build_privacy(settings, client, publisher)
+        identity = IdentityStore(client, settings.identity, settings.worker.namespace)
+
+        async def shown(doc: Any, pid: str | None = None) -> Any:
+            # What an operator may see: sealed values opened, masked.
+            if sealing is None:
+                return doc
+            ids = await identity.sealed(pid) if pid else None
+            return await sealing.revealer.document(doc, False, ids)
+
         raw = await asyncio.to_thread(
             read_back, settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent
         )
+        print(
+            await asyncio.to_thread(report, settings, results, sent, await shown(raw)),
+            flush=True,
+        )
+        lag = await asyncio.to_thread(wait_caught_up, settings, app.conf.id)
+        store = ProfileStore(client, settings.profiles, settings.worker.namespace)
         keys = {Identifier.model_validate(i).key() for e in raw for i in e["identifiers"]}
         pids = set()
         for key in keys:
@@ -284,7 +306,11 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
             pids |= {
                 await store.survivor(m.decode() if isinstance(m, bytes) else m) for m in members
             }
-        profiles = [p for p in [await store.get(pid) for pid in sorted(pids)] if p]
+        found = [p for p in [await store.get(pid) for pid in sorted(pids)] if p]
+        profiles = [
+            Profile.model_validate(await shown(p.model_dump(mode="json"), p.profile_id))
+            for p in found
+        ]
         ledger = await asyncio.to_thread(
             read_back, settings, "cdp.identity.merges", lambda e: e["event_id"] in sent
         )
@@ -294,6 +320,7 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
         print(f"raw identifiers: {len(keys)} across {len(raw)} events", flush=True)
         print(profiles_report(profiles, decisions), flush=True)
         print(render_table(lag), flush=True)
+        await publisher.stop()
         await client.aclose()
         if exit_after:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -14,10 +14,8 @@ from deploy import privacy
 from deploy.settings import Settings
 from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
-from privacy.classification import Classification
 from privacy.crypto import MasterKeyError, MasterKeys, is_blind, kid_of
 from privacy.keystore import KeyStore
-from privacy.seal import Sealer
 from runtime.publisher import Publisher
 
 T = TypeVar("T")
@@ -134,10 +132,7 @@ def register(keys: click.Group) -> None:
                     parsed = parse_identifier(type_name, value, settings.ingest.default_region)
                 except BadIdentifier as bad:
                     raise click.BadParameter(str(bad), param_hint=f"--{bad.field}") from None
-                keys = privacy.wrapper(settings)
-                classes = Classification.load(settings.privacy.classification)
-                sealer = Sealer(store, keys, classes, settings.identity)
-                subjects = [sealer.blind(parsed).value]
+                subjects = [privacy.blinding(settings).blind(parsed).value]
             kids = [kid_of(s) for s in subjects if is_blind(s)]
             return len(kids), await store.shred(kids)
 

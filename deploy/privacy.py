@@ -13,7 +13,7 @@ from privacy.crypto import MasterKeys
 from privacy.keystore import KeyStore
 from privacy.master import LocalWrapper
 from privacy.reveal import Revealer
-from privacy.seal import Sealer
+from privacy.seal import Blinding, Sealer
 from runtime.publisher import Publisher
 from runtime.readback import read_records
 
@@ -55,9 +55,15 @@ def key_store(
     )
 
 
+def blinding(settings: Settings) -> Blinding:
+    """Blind indexes of this deployment, without any data key (lookups, demo scoring)."""
+    classes = Classification.load(settings.privacy.classification)
+    return Blinding(wrapper(settings), classes, settings.identity)
+
+
 def build(settings: Settings, client: aioredis.Redis, publisher: Publisher) -> Privacy | None:
     """Everything field encryption needs, or None when it is off."""
-    if not settings.privacy.enabled:
+    if not settings.privacy_enabled():
         return None
     keys = wrapper(settings)
     store = key_store(settings, client, publisher, keys)

@@ -193,7 +193,10 @@ class PrivacySettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     #: Seal sensitive values at ingest; reads mask them unless the token has ``pii:read``.
-    enabled: bool = False
+    #: Unset: on when master keys are configured (``master_keys``, or the key file exists:
+    #: ``cdp up`` creates one for the local stack). False: off even then. True: on, and a
+    #: process without master keys refuses to start.
+    enabled: bool | None = None
     #: The master keys as JSON (index key and key-encryption keys); wins over the file.
     master_keys: SecretStr | None = None
     #: The master key file (``cdp keys init`` writes it); default ``<state_dir>/master-keys.json``.
@@ -238,6 +241,12 @@ class Settings(BaseSettings):
     def master_key_path(self) -> Path:
         """Where the master key file is (``cdp keys init`` writes it there)."""
         return self.privacy.master_key_file or self.local.state_dir / "master-keys.json"
+
+    def privacy_enabled(self) -> bool:
+        """Whether sensitive values are sealed (see ``PrivacySettings.enabled``)."""
+        if self.privacy.enabled is not None:
+            return self.privacy.enabled
+        return self.privacy.master_keys is not None or self.master_key_path().exists()
 
     def chdb_path(self) -> Path:
         """Return the embedded ClickHouse data directory."""

@@ -56,3 +56,20 @@ local function graph_ids(ns, pid, legacy)
   if #ids == 0 and legacy then ids = redis.call('SMEMBERS', ns .. ':p:' .. pid .. ':ids') end
   return ids
 end
+
+-- A profile's identifiers and, for those stored sealed (field encryption), identifier ->
+-- sealed value: what the read API opens. Old layout included (never sealed).
+local function graph_ids_sealed(ns, pid, legacy)
+  local ids, sealed = {}, {}
+  local flat = redis.call('HGETALL', graph_key(ns, pid))
+  for j = 1, #flat, 2 do
+    local f = flat[j]
+    if string.sub(f, 1, 1) == '=' then
+      local id = string.sub(f, 2)
+      table.insert(ids, id)
+      if flat[j + 1] ~= '1' then sealed[id] = flat[j + 1] end
+    end
+  end
+  if #ids == 0 and legacy then ids = redis.call('SMEMBERS', ns .. ':p:' .. pid .. ':ids') end
+  return ids, sealed
+end

@@ -39,17 +39,10 @@ def month_day(value: Any) -> str | None:
     return f"--{day.month:02d}-{day.day:02d}"
 
 
-class Sealer:
-    """Turns accepted events (and dead letters) into their sealed form."""
+class Blinding:
+    """Which identifiers are sealed, and the form they are stored and looked up in."""
 
-    def __init__(
-        self,
-        keys: KeyStore,
-        master: Blinder,
-        classes: Classification,
-        rules: IdentityRules,
-    ) -> None:
-        self.keys = keys
+    def __init__(self, master: Blinder, classes: Classification, rules: IdentityRules) -> None:
         self.master = master
         self.classes = classes
         self.rules = rules
@@ -65,6 +58,25 @@ class Sealer:
         if not self.sealable(ident):
             return ident
         return ident.model_copy(update={"value": self.master.blind(ident.type, ident.value)})
+
+    def stored_key(self, key: str) -> str:
+        """``type:value`` as stored (``type:~blind`` for a sensitive value)."""
+        type_name, _, value = key.partition(":")
+        return self.blind(Identifier(type=type_name, value=value)).key()
+
+
+class Sealer(Blinding):
+    """Turns accepted events (and dead letters) into their sealed form."""
+
+    def __init__(
+        self,
+        keys: KeyStore,
+        master: Blinder,
+        classes: Classification,
+        rules: IdentityRules,
+    ) -> None:
+        super().__init__(master, classes, rules)
+        self.keys = keys
 
     async def seal(self, events: list[Event]) -> list[Event]:
         """Every event with its sensitive values sealed (keys created durably first)."""

@@ -54,12 +54,21 @@ def build_router(
     # Defaults, not annotations: these annotations are strings resolved at module level.
     profile_reader, identity_reader = Depends(read_profiles), Depends(read_identity)
 
-    async def reveal(doc: dict[str, Any], token: Token) -> Any:
+    async def reveal(doc: dict[str, Any], token: Token, ids: dict[str, str] | None = None) -> Any:
         if revealer is None:
             return doc
-        pid = doc.get("profile_id")
-        ids = await identity.sealed(pid) if isinstance(pid, str) else {}
+        if ids is None:
+            pid = doc.get("profile_id")
+            ids = await identity.sealed(pid) if isinstance(pid, str) else {}
         return await revealer.document(doc, PII_READ in token.scopes, ids)
+
+    async def profile(profile_id: str, token: Token) -> Any:
+        """The profile as the token may see it; None when unknown. One Redis call, with the
+        sealed values of its identifiers, plus one for data keys not in this process's cache."""
+        stored = (await profiles.read([profile_id]))[0]
+        if stored is None:
+            return None
+        return await reveal(stored.profile.model_dump(mode="json"), token, stored.sealed)
 
     @router.get(
         "/v1/profiles/lookup",
@@ -90,10 +99,10 @@ def build_router(
                     "message": f"this {ident.type} is shared by {len(holders)} profiles",
                 },
             )
-        found = await profiles.get(holders[0])
+        found = await profile(holders[0], token)
         if found is None:
             raise not_found("value", f"profile {holders[0]} has no events yet")
-        return await reveal(found.model_dump(mode="json"), token)
+        return found
 
     @router.get(
         "/v1/profiles/{profile_id}",
@@ -103,10 +112,10 @@ def build_router(
         profile_id: str,
         token: Token = profile_reader,
     ) -> Any:
-        found = await profiles.get(profile_id)
+        found = await profile(profile_id, token)
         if found is None:
             raise not_found("profile_id", f"no profile {profile_id}")
-        return await reveal(found.model_dump(mode="json"), token)
+        return found
 
     @router.get(
         "/v1/identity/explain",

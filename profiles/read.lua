@@ -2,8 +2,9 @@
 --
 -- ARGV[1] namespace   ARGV[2..] profile ids (merged ids are followed to their survivor)
 -- Returns a JSON array, one item per id: false when unknown, else
--- [survivor, {main fields}, {traits}, [identifiers], {set name: [members]}, {entry: count}]
--- (the profile hash's fields split by prefix, see fold.lua).
+-- [survivor, {main fields}, {traits}, [identifiers], {set name: [members]}, {entry: count},
+--  {identifier: sealed value}] (the profile hash's fields split by prefix, see fold.lua; the
+-- sealed values of identifiers under field encryption, for the read API to open).
 
 local ns = ARGV[1]
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
@@ -37,9 +38,8 @@ for n = 2, #ARGV do
         main[f] = v
       end
     end
-    table.insert(outs, cjson.encode({
-      pid, main, traits, graph_ids(ns, pid, legacy), sets, counts,
-    }))
+    local ids, sealed = graph_ids_sealed(ns, pid, legacy)
+    table.insert(outs, cjson.encode({pid, main, traits, ids, sets, counts, sealed}))
   end
 end
 return '[' .. table.concat(outs, ',') .. ']'

@@ -51,6 +51,8 @@ class Stored:
     profile: Profile
     version: str
     tags: str
+    #: Identifier (``type:~blind``) -> its sealed value, for identifiers stored sealed.
+    sealed: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,12 @@ class ProfileStore:
             if not answer:
                 out.append(None)
                 continue
-            pid, main, traits, ids, sets, counts = answer
+            pid, main, traits, ids, sets, counts, sealed = answer
             tags = main.get("_tg", "")
             names = self.tag_names(tags) if self.tag_names and tags else []
             profile = self._profile(pid, main, traits, ids, sets, counts, names)
-            out.append(Stored(profile, main.get("_v", "0"), tags))
+            # cjson encodes an empty Lua table as {}; a list only if it had array items.
+            out.append(Stored(profile, main.get("_v", "0"), tags, sealed or {}))
         return out
 
     @staticmethod

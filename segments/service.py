@@ -12,7 +12,7 @@ import csv
 import io
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -125,6 +125,7 @@ class Segments:
         bind: Callable[[], Awaitable[None]],
         query_timeout_s: float = 30.0,
         reveal: Reveal | None = None,
+        sealed_traits: Collection[str] = (),
     ) -> None:
         self._clickhouse = clickhouse
         #: With field encryption: opens sealed values in result rows, masked unless ``clear``.
@@ -142,7 +143,9 @@ class Segments:
         self._profiles = profiles
         #: Binds the catalog to the stored tag ordinals (the index bits) before a live query.
         self._bind = bind
-        self.compiler = Compiler(database, tags=list(self.catalog.by_id), purposes=self.purposes)
+        self.compiler = Compiler(
+            database, tags=list(self.catalog.by_id), purposes=self.purposes, sealed=sealed_traits
+        )
 
     # -- planning -------------------------------------------------------------------------
 

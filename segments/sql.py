@@ -103,6 +103,8 @@ class _Build:
     tags: Collection[str] | None
     purposes: Collection[str] | None
     params: dict[str, Any] = field(default_factory=dict)
+    #: Traits stored sealed (field encryption): their values compare with nothing.
+    sealed: Collection[str] = ()
     ctes: list[str] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
     #: Event aggregates read only the events of candidate profiles (and their merged ids).
@@ -203,6 +205,12 @@ def _trait(b: _Build, c: TraitCondition, path: str) -> str:
         return present
     if c.op == Op.NOT_EXISTS:
         return f"NOT {present}"
+    if c.trait in b.sealed:
+        raise SegmentError(
+            f"{path}.op",
+            f"trait {c.trait} is encrypted, so only exists and not_exists apply to it; "
+            "find a person by an identifier with GET /v1/profiles/lookup",
+        )
     values = _values(c)
     if all(isinstance(v, bool) for v in values) and c.op in (Op.EQ, Op.NE):
         return f"{raw} {_CMP[c.op]} {b.bind('true' if values[0] else 'false', 'String')}"
@@ -407,6 +415,8 @@ class Compiler:
     tags: Collection[str] | None = None
     #: Known consent purposes (None: not checked).
     purposes: Collection[str] | None = None
+    #: Traits stored sealed (field encryption on): conditions may only test their presence.
+    sealed: Collection[str] = ()
 
     def members(
         self,
@@ -423,7 +433,7 @@ class Compiler:
         top-level ``all`` select candidates first; event aggregates then read only the events
         of candidates and of the ids merged into them, instead of grouping all history.
         """
-        b = _Build(self.db, now.astimezone(UTC), self.tags, self.purposes)
+        b = _Build(self.db, now.astimezone(UTC), self.tags, self.purposes, sealed=self.sealed)
         plain, historic = _split(segment.definition)
         base = ["p.merged_into = ''"]  # merged-away ids have a tombstone (sinks/history.py)
         base += [_node(b, c, self._path(segment.definition, c)) for c in plain] if historic else []

@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 
 from deploy.local.kafka import free_port, port_open
+from privacy.crypto import MasterKeys
 from runtime.auth import hash_token
+from runtime.readback import read_to_end
 from tests.support.keys import key_of, known_sources, known_tokens
 from tests.support.services import Services
 
@@ -63,6 +65,12 @@ def test_up_status_down_manage_only_our_services(tmp_path: Path) -> None:
         status = cdp(env, "status")
         assert status.returncode == 0 and status.stdout.count("ready") == 3
         assert (tmp_path / "redis" / "appendonlydir").is_dir()  # AOF on
+        # The local stack holds master keys, so field encryption is on by default there.
+        keys = tmp_path / "master-keys.json"
+        assert re.search(rf"keys\s+created\s+{re.escape(str(keys))}", first.stdout)
+        assert re.search(r"keys\s+present", again.stdout)
+        assert keys.stat().st_mode & 0o777 == 0o600
+        assert MasterKeys.load(keys).current == "k1"
     finally:
         down = cdp(env, "down")
     assert down.returncode == 0
@@ -91,6 +99,50 @@ def test_run_demo_feeds_the_api_and_prints_what_arrived(
     assert f"arrived in {prefix}cdp.events.raw: {accepted} events" in out
     assert f"arrived in {prefix}cdp.events.deadletter: {rejected} dead letters" in out
     assert "phone=+8613800138000" in out  # three spellings of one number, normalised
+    assert "field encryption: off" in out
+
+
+def test_run_demo_with_master_keys_seals_and_shows_masked_values(
+    services: Services, prefix: str, tmp_path: Path
+) -> None:
+    MasterKeys.generate().save(tmp_path / "state" / "cdp" / "master-keys.json")
+    env = {
+        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
+        "CDP_KAFKA__TOPIC_PREFIX": prefix,
+        "CDP_REDIS__URL": services.redis_url,
+        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
+        "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
+        "CDP_API__PORT": str(free_port()),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    result = cdp(env, "run", "--demo", "--exit-after-demo")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "field encryption: on (master keys: " in out
+    assert "phone=138****8000" in out and "+8613800138000" not in out
+    raw = read_to_end(services.kafka_bootstrap, f"{prefix}cdp.events.raw")
+    assert raw and all(
+        i["value"].startswith("~") for e in raw for i in e["identifiers"] if i["type"] == "phone"
+    )
+    assert "8613800138000" not in json.dumps(raw)
+    # The operator's CLI masks too, and shows the value with --clear.
+    found = cdp(env, "profiles", "get", "--type", "phone", "--value", "138 0013 8000")
+    assert found.returncode == 0, found.stderr
+    assert "phone:138****8000" in found.stdout and "8613800138000" not in found.stdout
+    clear = cdp(env, "profiles", "get", "--type", "phone", "--value", "138 0013 8000", "--clear")
+    assert "phone:+8613800138000" in clear.stdout
+
+
+def test_an_api_with_encryption_on_and_no_master_keys_refuses_to_start(tmp_path: Path) -> None:
+    env = {
+        "CDP_PRIVACY__ENABLED": "true",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "CDP_API__PORT": str(free_port()),
+    }
+    result = cdp(env, "api", "--workers", "1")
+    assert result.returncode == 1
+    assert "field encryption is on but no master key file at" in result.stderr
+    assert "cdp keys init" in result.stderr
 
 
 def start_run(

@@ -27,21 +27,19 @@ import redis.asyncio as aioredis
 from kafka import KafkaAdminClient
 from pydantic import SecretStr
 
-from contracts.events import Identifier
 from deploy import topics
 from deploy.demo import demo_sources
-from deploy.demo_run import measure, push
+from deploy.demo_run import measure, push, tag_counts
 from deploy.generator import Feed, generate
-from deploy.privacy import key_store, wrapper
+from deploy.privacy import blinding, key_store, wrapper
 from deploy.settings import PrivacySettings, Settings
 from identity.normalize import normalize_email, normalize_phone
-from identity.rules import DEFAULT_BLOCKLIST, IdentityRules
-from privacy.classification import Classification
+from identity.rules import DEFAULT_BLOCKLIST
 from privacy.crypto import MasterKeys
 from privacy.reveal import ERASED, Revealer
-from privacy.seal import Sealer
 from runtime.publisher import Publisher
 from runtime.readback import read_records
+from tagging.catalog import load as load_catalog
 from tests.conftest import make_settings
 from tests.support.keys import key_of
 from tests.support.server import running_api
@@ -234,13 +232,7 @@ def test_demo_feed_rests_encrypted_everywhere_and_resolves_as_in_clear(
     settings = private(one_partition(make_settings(services, f"t{uuid.uuid4().hex[:10]}.")))
     topics.create_all(settings.kafka)
     worker = process(settings, fed, tmp_path / "sealed", workers)
-    sealer = Sealer(None, wrapper(settings), Classification.load(), IdentityRules())  # type: ignore[arg-type]
-
-    def stored(key: str) -> str:
-        type_name, _, value = key.partition(":")
-        return sealer.blind(Identifier(type=type_name, value=value)).key()
-
-    sealed = measure(settings, fed, worker.group, 1.0, stored=stored)
+    sealed = measure(settings, fed, worker.group, 1.0, stored=blinding(settings).stored_key)
     assert (sealed.events, sealed.profiles) == (in_clear.events, in_clear.profiles)
     assert (sealed.precision, sealed.recall, sealed.linkable_recall) == (
         in_clear.precision,
@@ -249,6 +241,12 @@ def test_demo_feed_rests_encrypted_everywhere_and_resolves_as_in_clear(
     )
     assert sealed.junk_merges == in_clear.junk_merges
     assert sealed.decisions == in_clear.decisions
+    every = tuple(load_catalog(settings.tags.catalog).by_id)
+    counts = tag_counts(settings, every)
+    assert counts == tag_counts(
+        clear, every
+    )  # birthday tags too: a sealed birthday keeps its month
+    assert sum(counts.values()) > 100
 
     # Reads: masked without pii:read, in clear with it, for the same profile.
     with running_api(settings) as base:

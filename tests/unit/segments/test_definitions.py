@@ -183,3 +183,18 @@ def test_times_outside_what_the_history_holds_are_refused_with_their_path() -> N
     with pytest.raises(SegmentError) as info:
         COMPILER.count(seg, NOW)
     assert info.value.path == "definition" and "outside 1900-2299" in str(info.value)
+
+
+def test_an_encrypted_trait_can_only_be_tested_for_presence() -> None:
+    sealed = Compiler("cdp", sealed={"email"})
+    seg = SegmentDefinition.model_validate(
+        {"definition": {"all": [{"trait": "email", "op": "eq", "value": "a@b.cn"}]}}
+    )
+    with pytest.raises(SegmentError) as caught:
+        sealed.count(seg, NOW)
+    assert caught.value.path == "definition.all.0.op"
+    assert "encrypted" in str(caught.value)
+    present = SegmentDefinition.model_validate({"definition": {"trait": "email", "op": "exists"}})
+    assert "mapContains" in sealed.count(present, NOW).sql
+    # Without encryption the same condition compiles.
+    assert '"a@b.cn"' in COMPILER.count(seg, NOW).params.values()
