@@ -52,14 +52,20 @@ USER_AGENT = (
 )
 
 
+#: Whether each event brings an anonymousId never seen before (the default, as measured
+#: since the first figures) or each customer keeps one, as a browser's cookie does.
+ANONYMOUS_PER_EVENT = True
+
+
 def message(i: int, customer: int, now: str) -> dict[str, object]:
     """One realistic Segment message (~640 bytes): an identify or an order, three ids."""
+    anonymous = uuid.uuid4().hex[:12] if ANONYMOUS_PER_EVENT else "cookie"
     return {
         "type": "track" if i % 4 else "identify",
         "event": "Order Completed",
         "messageId": f"bench-{i}-{uuid.uuid4().hex[:8]}",
         "userId": f"M-{customer:06d}",
-        "anonymousId": f"anon-{customer}-{uuid.uuid4().hex[:12]}",
+        "anonymousId": f"anon-{customer}-{anonymous}",
         "timestamp": now,
         "traits": {
             "email": f"User{customer}@Example.com",
@@ -252,7 +258,16 @@ def main() -> None:
         default="off",
         help="field encryption of the API (both: alternate APIs with it off and on)",
     )
+    parser.add_argument(
+        "--anonymous",
+        choices=["per-event", "per-customer"],
+        default="per-event",
+        help="a new anonymousId in every event (with encryption: a new data key per event, the "
+        "worst case), or one per customer as a browser cookie",
+    )
     args = parser.parse_args()
+    global ANONYMOUS_PER_EVENT
+    ANONYMOUS_PER_EVENT = args.anonymous == "per-event"
 
     base_settings = Settings()
     prefix = f"bench{uuid.uuid4().hex[:8]}."

@@ -21,6 +21,7 @@ the formats:
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -43,9 +44,12 @@ KID_LENGTH = 12
 DATA_KEY_BYTES = 64
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def b64(data: bytes) -> str:
     """base64url without padding."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def unb64(text: str) -> bytes:

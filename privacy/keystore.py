@@ -36,7 +36,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from cachetools import TTLCache
 
 from privacy.crypto import (
     DATA_KEY_BYTES,
@@ -68,30 +67,77 @@ return 0
 """
 
 
-#: ARGV: namespace, kid...: {cache restored (0/1), stored value or false per kid}.
+# The two scripts below take their kids (and values) packed in one argument: redis-py packs
+# every argument in Python, which for a request bringing a thousand new identifiers cost
+# more than the work itself.
+
+#: ARGV: namespace, the kids concatenated (12 characters each):
+#: {cache restored (0/1), stored value or false per kid}.
 _FETCH = """
-local ns = ARGV[1]
+local ns, kids = ARGV[1], ARGV[2]
 local out = {redis.call('EXISTS', ns .. ':dek:restored')}
-for i = 2, #ARGV do
-  out[i] = redis.call('HGET', ns .. ':dek:' .. string.sub(ARGV[i], 1, 2), ARGV[i])
+for at = 1, #kids, 12 do
+  local kid = string.sub(kids, at, at + 11)
+  out[#out + 1] = redis.call('HGET', ns .. ':dek:' .. string.sub(kid, 1, 2), kid)
 end
 return out
 """
 
-#: ARGV: namespace, then kid, value pairs; ARGV[2] is 'nx' (claim: 1/0 per kid) or 'set'.
+#: ARGV: namespace, 'nx' (claim: 1/0 per kid) or 'set', then kid (12 bytes) + value length
+#: (1 byte) + value, repeated.
 _STORE = """
-local ns, nx = ARGV[1], ARGV[2] == 'nx'
-local out = {}
-for i = 3, #ARGV, 2 do
-  local key = ns .. ':dek:' .. string.sub(ARGV[i], 1, 2)
+local ns, nx, packed = ARGV[1], ARGV[2] == 'nx', ARGV[3]
+local out, at = {}, 1
+while at <= #packed do
+  local kid = string.sub(packed, at, at + 11)
+  local n = string.byte(packed, at + 12)
+  local value = string.sub(packed, at + 13, at + 12 + n)
+  at = at + 13 + n
+  local key = ns .. ':dek:' .. string.sub(kid, 1, 2)
   if nx then
-    out[#out + 1] = redis.call('HSETNX', key, ARGV[i], ARGV[i + 1])
+    out[#out + 1] = redis.call('HSETNX', key, kid, value)
   else
-    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    redis.call('HSET', key, kid, value)
   end
 end
 return out
 """
+
+
+class _Expiring:
+    """kid -> data key for ``ttl_s``, at most ``size`` of them: a dict and a clock read.
+
+    (cachetools' TTLCache keeps a linked list in order: ~16 us per insertion, which ingest
+    paid per new identifier.) Expired entries are dropped when read, and all of them when
+    the dict is full; if it is still full, it is cleared.
+    """
+
+    def __init__(self, size: int, ttl_s: float) -> None:
+        self._items: dict[str, tuple[DataKey, float]] = {}
+        self._size, self._ttl = size, ttl_s
+
+    def get(self, kid: str) -> DataKey | None:
+        item = self._items.get(kid)
+        if item is None:
+            return None
+        if item[1] < time.monotonic():
+            del self._items[kid]
+            return None
+        return item[0]
+
+    def put(self, kid: str, key: DataKey) -> None:
+        if len(self._items) >= self._size and kid not in self._items:
+            now = time.monotonic()
+            self._items = {k: v for k, v in self._items.items() if v[1] >= now}
+            if len(self._items) >= self._size:
+                self._items.clear()
+        self._items[kid] = (key, time.monotonic() + self._ttl)
+
+    def drop(self, kid: str) -> None:
+        self._items.pop(kid, None)
+
+    def __contains__(self, kid: str) -> bool:
+        return self.get(kid) is not None
 
 
 def _bucket(kid: str) -> str:
@@ -129,7 +175,7 @@ class KeyStore:
         self._read_topic = read_topic
         self._ns = namespace
         self._restored = f"{namespace}:dek:restored"
-        self._cache: TTLCache[str, DataKey | None] = TTLCache(cache_size, cache_ttl_s)
+        self._cache = _Expiring(cache_size, cache_ttl_s)
         self._restore_lock = asyncio.Lock()
         self._cas = client.register_script(_CAS)
         self._fetch_script = client.register_script(_FETCH)
@@ -148,26 +194,26 @@ class KeyStore:
     async def _fetch(self, kids: list[str]) -> tuple[bool, dict[str, bytes | None]]:
         """(cache restored?, kid -> stored value) in one script call (a pipeline of HGETs
         costs redis-py ~20 us per command, which ingest pays for every new identifier)."""
-        answers = await self._fetch_script(args=[self._ns, *kids])
+        answers = await self._fetch_script(args=[self._ns, "".join(kids)])
         values = [a or None for a in answers[1:]]
         values += [None] * (len(kids) - len(values))  # Lua drops trailing nils
         return bool(answers[0]), dict(zip(kids, values, strict=True))
 
     async def _store(self, claim: bool, items: list[tuple[str, bytes]]) -> list[int]:
-        args: list[str | bytes] = [self._ns, "nx" if claim else "set"]
-        for kid, value in items:
-            args += [kid, value]
-        return [int(n) for n in await self._store_script(args=args)]
+        packed = b"".join(kid.encode() + bytes([len(value)]) + value for kid, value in items)
+        answer = await self._store_script(args=[self._ns, "nx" if claim else "set", packed])
+        return [int(n) for n in answer]
 
     async def keys(self, kids: Iterable[str]) -> dict[str, DataKey | None]:
         """The data keys of these kids; None for a key that does not exist (or was shredded)."""
         found: dict[str, DataKey | None] = {}
         missing: list[str] = []
         for kid in dict.fromkeys(kids):
-            try:
-                found[kid] = self._cache[kid]
-            except KeyError:
+            cached = self._cache.get(kid)
+            if cached is None:
                 missing.append(kid)
+            else:
+                found[kid] = cached
         if missing:
             restored, stored = await self._fetch(missing)
             if not restored:
@@ -177,8 +223,15 @@ class KeyStore:
                 key = await self._usable(kid, raw) if raw is not None else None
                 found[kid] = key
                 if key is not None:  # an absent key may be created any moment: not cached
-                    self._cache[kid] = key
+                    self._cache.put(kid, key)
         return found
+
+    async def adopt(self, stored: dict[str, bytes]) -> None:
+        """Take data keys read from Redis by another script (a profile read fetches the keys
+        of its sealed values with it): cached like keys this store fetched itself."""
+        for kid, raw in stored.items():
+            if kid not in self._cache:
+                self._cache.put(kid, await self._usable(kid, raw))
 
     async def _usable(self, kid: str, raw: bytes) -> DataKey:
         state, kek, wrapped = _decode(raw)
@@ -227,7 +280,7 @@ class KeyStore:
                 else:
                     out[kid] = await self._usable(kid, raw)
         for kid, key in out.items():
-            self._cache[kid] = key
+            self._cache.put(kid, key)
         return out
 
     async def _publish(self, keys: list[tuple[str, str, bytes]]) -> None:
@@ -261,7 +314,7 @@ class KeyStore:
                 pipe.hdel(self._key(kid), kid)
             await pipe.execute()
         for kid in kids:
-            self._cache.pop(kid, None)
+            self._cache.drop(kid)
         await self._publisher.publish([Record(self._topic, k.encode(), None) for k in kids])
         return sum(1 for k in have.values() if k is not None)
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from contracts.events import Identifier
 from identity.normalize import BadIdentifier, parse_identifier
@@ -34,6 +35,15 @@ async def explanation(
     if not ids and not history and await profiles.get(survivor) is None:
         return None
     return {"profile_id": survivor, "asked": profile_id, "identifiers": ids, "history": history}
+
+
+class LookupBody(BaseModel):
+    """``POST /v1/profiles/lookup``: the identifier to find."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=48)]
+    value: Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 def build_router(
@@ -65,9 +75,11 @@ def build_router(
     async def profile(profile_id: str, token: Token) -> Any:
         """The profile as the token may see it; None when unknown. One Redis call, with the
         sealed values of its identifiers, plus one for data keys not in this process's cache."""
-        stored = (await profiles.read([profile_id]))[0]
+        stored = (await profiles.read([profile_id], with_keys=revealer is not None))[0]
         if stored is None:
             return None
+        if revealer is not None:
+            await revealer.keys.adopt(stored.keys)
         return await reveal(stored.profile.model_dump(mode="json"), token, stored.sealed)
 
     @router.get(
@@ -79,6 +91,17 @@ def build_router(
         value: Annotated[str, Query(min_length=1, max_length=256)],
         token: Token = profile_reader,
     ) -> Any:
+        return await find(type, value, token)
+
+    @router.post(
+        "/v1/profiles/lookup",
+        summary="Find a profile by any identifier given in the body (so that the value stays "
+        "out of URLs and the access logs of proxies)",
+    )
+    async def lookup_by_body(body: LookupBody, token: Token = profile_reader) -> Any:
+        return await find(body.type, body.value, token)
+
+    async def find(type: str, value: str, token: Token) -> Any:
         try:
             ident = parse_identifier(type, value, region)
         except BadIdentifier as bad:

@@ -1,18 +1,39 @@
 -- Read whole profiles in one call: the survivor of each id and all its fields, consistently.
 --
--- ARGV[1] namespace   ARGV[2..] profile ids (merged ids are followed to their survivor)
+-- ARGV[1] namespace   ARGV[2] 'k': also the data keys of the sealed values, '-': not
+-- ARGV[3..] profile ids (merged ids are followed to their survivor)
 -- Returns a JSON array, one item per id: false when unknown, else
 -- [survivor, {main fields}, {traits}, [identifiers], {set name: [members]}, {entry: count},
---  {identifier: sealed value}] (the profile hash's fields split by prefix, see fold.lua; the
--- sealed values of identifiers under field encryption, for the read API to open).
+--  {identifier: sealed value}, {kid: stored data key, hex}] (the profile hash's fields split
+-- by prefix, see fold.lua; under field encryption the sealed values of identifiers and, with
+-- 'k', the data keys that open them and the sealed traits: a read opens a profile in one call).
 
 local ns = ARGV[1]
+local with_keys = ARGV[2] == 'k'
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
 local legacy = graph_legacy(ns)
 
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+-- kid -> stored data key (hex) for every envelope ("v1.<kid>.<...>", a trait JSON-quoted).
+local function data_keys(values, into)
+  for _, v in pairs(values) do
+    local at = (string.sub(v, 1, 1) == '"') and 2 or 1
+    if string.sub(v, at, at + 2) == 'v1.' then
+      local kid = string.sub(v, at + 3, at + 14)
+      if not into[kid] then
+        local raw = redis.call('HGET', ns .. ':dek:' .. string.sub(kid, 1, 2), kid)
+        if raw then into[kid] = hex(raw) end
+      end
+    end
+  end
+end
+
 local outs = {}
-for n = 2, #ARGV do
+for n = 3, #ARGV do
   local pid = follow_alias(alias_key, ARGV[n])
   local flat = redis.call('HGETALL', k('pf', pid))
   if #flat == 0 then
@@ -39,7 +60,12 @@ for n = 2, #ARGV do
       end
     end
     local ids, sealed = graph_ids_sealed(ns, pid, legacy)
-    table.insert(outs, cjson.encode({pid, main, traits, ids, sets, counts, sealed}))
+    local keys = {}
+    if with_keys then
+      data_keys(sealed, keys)
+      data_keys(traits, keys)
+    end
+    table.insert(outs, cjson.encode({pid, main, traits, ids, sets, counts, sealed, keys}))
   end
 end
 return '[' .. table.concat(outs, ',') .. ']'

@@ -53,6 +53,9 @@ class Stored:
     tags: str
     #: Identifier (``type:~blind``) -> its sealed value, for identifiers stored sealed.
     sealed: dict[str, str]
+    #: With ``read(with_keys=True)``: kid -> the stored data key (as the key store keeps it)
+    #: of the profile's sealed values, for those Redis holds.
+    keys: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -164,20 +167,23 @@ class ProfileStore:
         """
         return [s.profile if s else None for s in await self.read(profile_ids)]
 
-    async def read(self, profile_ids: list[str]) -> list[Stored | None]:
-        """Like ``get_many``, with each profile's version and stored tag bitmap."""
-        calls = [[self._ns, *chunk] for chunk in chunks(profile_ids)]
+    async def read(self, profile_ids: list[str], with_keys: bool = False) -> list[Stored | None]:
+        """Like ``get_many``, with each profile's version and stored tag bitmap (and the
+        data keys of its sealed values, for a reader that opens them)."""
+        flag = "k" if with_keys else "-"
+        calls = [[self._ns, flag, *chunk] for chunk in chunks(profile_ids)]
         out: list[Stored | None] = []
         for answer in await self._read.run(calls):
             if not answer:
                 out.append(None)
                 continue
-            pid, main, traits, ids, sets, counts, sealed = answer
+            pid, main, traits, ids, sets, counts, sealed, keys = answer
             tags = main.get("_tg", "")
             names = self.tag_names(tags) if self.tag_names and tags else []
             profile = self._profile(pid, main, traits, ids, sets, counts, names)
             # cjson encodes an empty Lua table as {}; a list only if it had array items.
-            out.append(Stored(profile, main.get("_v", "0"), tags, sealed or {}))
+            stored = {kid: bytes.fromhex(raw) for kid, raw in (keys or {}).items()}
+            out.append(Stored(profile, main.get("_v", "0"), tags, sealed or {}, stored))
         return out
 
     @staticmethod

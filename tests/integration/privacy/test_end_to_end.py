@@ -388,6 +388,18 @@ def test_shredding_a_person_makes_their_values_unreadable_even_replayed_from_off
         worker.wait_caught_up(TOPICS)
         before = lookup(base, a[0], PII)
         assert f"phone:{a[1]}" in before["identifiers"]
+        # The same lookup with the value in the body, out of URLs and proxy logs.
+        by_body = httpx.post(
+            base + "/v1/profiles/lookup",
+            json={"type": "phone", "value": "138 0013 8101"},
+            headers=PII,
+            timeout=10,
+        )
+        assert by_body.status_code == 200 and by_body.json() == before
+        bad = httpx.post(
+            base + "/v1/profiles/lookup", json={"type": "phone"}, headers=PII, timeout=10
+        )
+        assert bad.status_code == 400 and bad.json()["field"] == "value"
         assert before["traits"]["email"] == a[2]
 
     said = cli(settings, "keys", "shred", "--profile", before["profile_id"])
