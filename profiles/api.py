@@ -78,9 +78,14 @@ def build_router(
         stored = (await profiles.read([profile_id], with_keys=revealer is not None))[0]
         if stored is None:
             return None
-        if revealer is not None:
-            await revealer.keys.adopt(stored.keys)
-        return await reveal(stored.profile.model_dump(mode="json"), token, stored.sealed)
+        doc = stored.profile.model_dump(mode="json")
+        if revealer is None:
+            return doc
+        await revealer.keys.adopt(stored.keys)
+        # Only identifiers and traits can hold sealed values: the rest need no walk.
+        sealable = {"identifiers": doc["identifiers"], "traits": doc["traits"]}
+        doc.update(await reveal(sealable, token, stored.sealed))
+        return doc
 
     @router.get(
         "/v1/profiles/lookup",

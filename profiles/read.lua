@@ -14,9 +14,7 @@ local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
 local legacy = graph_legacy(ns)
 
-local function hex(s)
-  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
-end
+local function hex(s) return string.format(string.rep('%02x', #s), string.byte(s, 1, -1)) end
 
 -- kid -> stored data key (hex) for every envelope ("v1.<kid>.<...>", a trait JSON-quoted).
 local function data_keys(values, into)
