@@ -184,6 +184,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         query_timeout_s=settings.segments.query_timeout_s,
         reveal=privacy.revealer.document if privacy else None,
         sealed_traits=privacy.sealer.classes.traits if privacy else (),
+        sealed_properties=privacy.sealer.classes.properties if privacy else (),
     )
     tokens = settings.api.tokens
     app.include_router(

@@ -126,6 +126,7 @@ class Segments:
         query_timeout_s: float = 30.0,
         reveal: Reveal | None = None,
         sealed_traits: Collection[str] = (),
+        sealed_properties: Collection[str] = (),
     ) -> None:
         self._clickhouse = clickhouse
         #: With field encryption: opens sealed values in result rows, masked unless ``clear``.
@@ -144,7 +145,11 @@ class Segments:
         #: Binds the catalog to the stored tag ordinals (the index bits) before a live query.
         self._bind = bind
         self.compiler = Compiler(
-            database, tags=list(self.catalog.by_id), purposes=self.purposes, sealed=sealed_traits
+            database,
+            tags=list(self.catalog.by_id),
+            purposes=self.purposes,
+            sealed=sealed_traits,
+            sealed_properties=sealed_properties,
         )
 
     # -- planning -------------------------------------------------------------------------

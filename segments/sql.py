@@ -105,6 +105,8 @@ class _Build:
     params: dict[str, Any] = field(default_factory=dict)
     #: Traits stored sealed (field encryption): their values compare with nothing.
     sealed: Collection[str] = ()
+    #: Event properties stored sealed, likewise.
+    sealed_properties: Collection[str] = ()
     ctes: list[str] = field(default_factory=list)
     joins: list[str] = field(default_factory=list)
     #: Event aggregates read only the events of candidate profiles (and their merged ids).
@@ -258,6 +260,11 @@ def _where(b: _Build, w: Where, path: str) -> str:
     if w.field is not None:
         expr, kind = _EVENT_FIELD_SQL[w.field]
     else:
+        if w.property in b.sealed_properties and w.op not in (Op.EXISTS, Op.NOT_EXISTS):
+            raise SegmentError(
+                f"{path}.op",
+                f"property {w.property} is encrypted, so only exists and not_exists apply to it",
+            )
         key = b.bind(w.property, "String")
         values = _values(w)
         numeric = w.value is not None and all(_is_number(v) for v in values)
@@ -290,6 +297,8 @@ def _event(b: _Build, c: EventCondition, path: str) -> str:
         _is_number(v) for v in _values(c)
     )
     value = ""
+    if c.property is not None and c.property in b.sealed_properties:
+        raise SegmentError(f"{path}.property", f"property {c.property} is encrypted")
     if c.property == "amount":
         value = "toFloat64(amount)"
     elif c.property is not None:
@@ -417,6 +426,8 @@ class Compiler:
     purposes: Collection[str] | None = None
     #: Traits stored sealed (field encryption on): conditions may only test their presence.
     sealed: Collection[str] = ()
+    #: Event properties stored sealed, likewise.
+    sealed_properties: Collection[str] = ()
 
     def members(
         self,
@@ -433,7 +444,14 @@ class Compiler:
         top-level ``all`` select candidates first; event aggregates then read only the events
         of candidates and of the ids merged into them, instead of grouping all history.
         """
-        b = _Build(self.db, now.astimezone(UTC), self.tags, self.purposes, sealed=self.sealed)
+        b = _Build(
+            self.db,
+            now.astimezone(UTC),
+            self.tags,
+            self.purposes,
+            sealed=self.sealed,
+            sealed_properties=self.sealed_properties,
+        )
         plain, historic = _split(segment.definition)
         base = ["p.merged_into = ''"]  # merged-away ids have a tombstone (sinks/history.py)
         base += [_node(b, c, self._path(segment.definition, c)) for c in plain] if historic else []

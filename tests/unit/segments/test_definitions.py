@@ -198,3 +198,25 @@ def test_an_encrypted_trait_can_only_be_tested_for_presence() -> None:
     assert "mapContains" in sealed.count(present, NOW).sql
     # Without encryption the same condition compiles.
     assert '"a@b.cn"' in COMPILER.count(seg, NOW).params.values()
+
+
+def test_an_encrypted_property_can_only_be_tested_for_presence() -> None:
+    sealed = Compiler("cdp", sealed_properties={"receiver_phone"})
+    where = {"property": "receiver_phone", "op": "eq", "value": "13800138000"}
+    seg = SegmentDefinition.model_validate(
+        {"definition": {"event": "order_completed", "op": "gte", "value": 1, "where": [where]}}
+    )
+    with pytest.raises(SegmentError) as caught:
+        sealed.count(seg, NOW)
+    assert caught.value.path == "definition.where.0.op"
+    present = SegmentDefinition.model_validate(
+        {
+            "definition": {
+                "event": "order_completed",
+                "op": "gte",
+                "value": 1,
+                "where": [{"property": "receiver_phone", "op": "exists"}],
+            }
+        }
+    )
+    assert "JSONHas" in sealed.count(present, NOW).sql
