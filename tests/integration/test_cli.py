@@ -79,18 +79,24 @@ def test_up_status_down_manage_only_our_services(tmp_path: Path) -> None:
     assert re.search(r"kafka\s+was not running", cdp(env, "down").stdout)
 
 
-def test_run_demo_feeds_the_api_and_prints_what_arrived(
-    services: Services, prefix: str, tmp_path: Path
-) -> None:
-    env = {
+def run_env(services: Services, prefix: str, tmp_path: Path) -> dict[str, str]:
+    """Settings of a `cdp run` on the session's services, with a state of its own: a machine
+    that never ran `cdp up`, so it holds no master keys unless the test writes them."""
+    return {
         "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
         "CDP_KAFKA__TOPIC_PREFIX": prefix,
         "CDP_REDIS__URL": services.redis_url,
+        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
         "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
         "CDP_API__PORT": str(free_port()),
-        "XDG_STATE_HOME": str(tmp_path / "never-used"),  # a machine that never ran `cdp up`
+        "XDG_STATE_HOME": str(tmp_path / "state"),
     }
-    result = cdp(env, "run", "--demo", "--exit-after-demo")
+
+
+def test_run_demo_feeds_the_api_and_prints_what_arrived(
+    services: Services, prefix: str, tmp_path: Path
+) -> None:
+    result = cdp(run_env(services, prefix, tmp_path), "run", "--demo", "--exit-after-demo")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     accepted = sum(int(n) for n in re.findall(r"accepted=(\d+)", out))
@@ -106,15 +112,7 @@ def test_run_demo_with_master_keys_seals_and_shows_masked_values(
     services: Services, prefix: str, tmp_path: Path
 ) -> None:
     MasterKeys.generate().save(tmp_path / "state" / "cdp" / "master-keys.json")
-    env = {
-        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
-        "CDP_KAFKA__TOPIC_PREFIX": prefix,
-        "CDP_REDIS__URL": services.redis_url,
-        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
-        "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
-        "CDP_API__PORT": str(free_port()),
-        "XDG_STATE_HOME": str(tmp_path / "state"),
-    }
+    env = run_env(services, prefix, tmp_path)
     result = cdp(env, "run", "--demo", "--exit-after-demo")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -156,14 +154,9 @@ def start_run(
     """Start `cdp run` on the session's services; its output goes to the returned log."""
     env = {
         **os.environ,
-        "CDP_KAFKA__BOOTSTRAP_SERVERS": services.kafka_bootstrap,
-        "CDP_KAFKA__TOPIC_PREFIX": prefix,
-        "CDP_REDIS__URL": services.redis_url,
-        "CDP_WORKER__NAMESPACE": prefix.rstrip("."),
-        "CDP_CLICKHOUSE__PATH": str(tmp_path / "chdb"),
+        **run_env(services, prefix, tmp_path),
         "CDP_API__PORT": str(port),
         "CDP_LOG_LEVEL": "warning",
-        "XDG_STATE_HOME": str(tmp_path / "state"),
         **extra,
     }
     log = tmp_path / "run.log"
