@@ -43,7 +43,7 @@ from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from privacy.crypto import MasterKeyError, MasterKeys
-from profiles.api import explanation
+from profiles.api import explanation, opened
 from profiles.store import ProfileStore
 from runtime.auth import Token, hash_token
 from runtime.publisher import Publisher
@@ -448,11 +448,7 @@ async def _revealing(
     built = privacy.build(settings, client, publisher)
 
     async def reveal(doc: dict[str, Any]) -> Any:
-        if built is None:
-            return doc
-        pid = doc.get("profile_id")
-        sealed = await ids.sealed(pid) if isinstance(pid, str) else {}
-        return await built.revealer.document(doc, clear, sealed)
+        return await opened(built.revealer if built else None, ids, doc, clear)
 
     try:
         yield reveal

@@ -271,6 +271,7 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
     from deploy.lag import render_table
     from deploy.privacy import build as build_privacy
     from identity.store import IdentityStore
+    from profiles.api import opened
     from profiles.store import ProfileStore
     from runtime.publisher import Publisher
 
@@ -282,19 +283,17 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
         publisher = Publisher(settings.kafka.bootstrap_servers)
         sealing = build_privacy(settings, client, publisher)
         identity = IdentityStore(client, settings.identity, settings.worker.namespace)
+        revealer = sealing.revealer if sealing else None
 
-        async def shown(doc: Any, pid: str | None = None) -> Any:
-            # What an operator may see: sealed values opened, masked.
-            if sealing is None:
-                return doc
-            ids = await identity.sealed(pid) if pid else None
-            return await sealing.revealer.document(doc, False, ids)
+        async def masked(events: list[Any]) -> Any:
+            # What an operator may see of the raw events: sealed values opened, masked.
+            return await revealer.document(events, False) if revealer else events
 
         raw = await asyncio.to_thread(
             read_back, settings, EVENTS_RAW.name, lambda e: e["event_id"] in sent
         )
         print(
-            await asyncio.to_thread(report, settings, results, sent, await shown(raw)),
+            await asyncio.to_thread(report, settings, results, sent, await masked(raw)),
             flush=True,
         )
         lag = await asyncio.to_thread(wait_caught_up, settings, app.conf.id)
@@ -308,7 +307,9 @@ def add_demo_task(app: Any, settings: Settings, base_url: str, exit_after: bool)
             }
         found = [p for p in [await store.get(pid) for pid in sorted(pids)] if p]
         profiles = [
-            Profile.model_validate(await shown(p.model_dump(mode="json"), p.profile_id))
+            Profile.model_validate(
+                await opened(revealer, identity, p.model_dump(mode="json"), False)
+            )
             for p in found
         ]
         ledger = await asyncio.to_thread(

@@ -22,7 +22,6 @@ from runtime.readback import read_records
 class Privacy:
     """What the API needs to seal at ingest and reveal at reads."""
 
-    wrapper: LocalWrapper
     keys: KeyStore
     sealer: Sealer
     revealer: Revealer
@@ -68,4 +67,4 @@ def build(settings: Settings, client: aioredis.Redis, publisher: Publisher) -> P
     keys = wrapper(settings)
     store = key_store(settings, client, publisher, keys)
     classes = Classification.load(settings.privacy.classification)
-    return Privacy(keys, store, Sealer(store, keys, classes, settings.identity), Revealer(store))
+    return Privacy(store, Sealer(store, keys, classes, settings.identity), Revealer(store))

@@ -172,7 +172,7 @@ class IngestEndpoints:
         sealer = self.config.sealer
         if sealer is not None:
             events = await sealer.seal(events) if events else events
-            letters = [await sealer.seal_letter(letter) for letter in letters]
+            letters = await sealer.seal_letters(letters) if letters else letters
         key = (ctx.source.name if ctx.source else "unknown").encode()
         return [
             Record(self.config.raw_topic, e.partition_key(), e.model_dump_json().encode())

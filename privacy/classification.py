@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "contracts" / "sensitive.yaml"
 
@@ -28,7 +28,7 @@ class Classification(BaseModel):
     properties: frozenset[str] = frozenset()
     #: Dotted paths into an event's context.
     context: frozenset[str] = frozenset()
-    keep_month_day: frozenset[str] = Field(default_factory=frozenset)
+    keep_month_day: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, path: Path | None = None) -> Classification:
@@ -39,7 +39,3 @@ class Classification(BaseModel):
     def identifier(self, type_name: str) -> bool:
         """Whether values of an identifier type are sensitive."""
         return type_name not in self.identifiers.clear
-
-    def trait(self, name: str) -> bool:
-        """Whether a trait (by the name the channel sent) is sensitive."""
-        return name in self.traits

@@ -1,4 +1,4 @@
-"""Field encryption primitives: blind indexes, key wrapping, AES-GCM envelopes.
+"""Field encryption primitives: blind indexes, key wrapping, AES-SIV envelopes.
 
 Nothing here is home-made cryptography: HMAC-SHA256 (blind indexes), AES key wrap
 (RFC 3394, wrapping data keys under a key-encryption key) and AES-256-SIV (RFC 5297, values)

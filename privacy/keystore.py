@@ -27,16 +27,15 @@ process that meets a ``P`` publishes the same wrapped key itself before using it
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
+from contracts.keys import WrappedKey
 from privacy.crypto import (
     DATA_KEY_BYTES,
     DataKey,
@@ -184,20 +183,13 @@ class KeyStore:
     def _key(self, kid: str) -> str:
         return f"{self._ns}:dek:{_bucket(kid)}"
 
-    @property
-    def wrapper(self) -> KeyWrapper:
-        """The key-encryption keys in use."""
-        return self._wrapper
-
     # -- reading -------------------------------------------------------------------------
 
     async def _fetch(self, kids: list[str]) -> tuple[bool, dict[str, bytes | None]]:
         """(cache restored?, kid -> stored value) in one script call (a pipeline of HGETs
         costs redis-py ~20 us per command, which ingest pays for every new identifier)."""
         answers = await self._fetch_script(args=[self._ns, "".join(kids)])
-        values = [a or None for a in answers[1:]]
-        values += [None] * (len(kids) - len(values))  # Lua drops trailing nils
-        return bool(answers[0]), dict(zip(kids, values, strict=True))
+        return bool(answers[0]), dict(zip(kids, answers[1:], strict=True))
 
     async def _store(self, claim: bool, items: list[tuple[str, bytes]]) -> list[int]:
         packed = b"".join(kid.encode() + bytes([len(value)]) + value for kid, value in items)
@@ -284,12 +276,12 @@ class KeyStore:
         return out
 
     async def _publish(self, keys: list[tuple[str, str, bytes]]) -> None:
-        at = datetime.now(UTC).isoformat()
+        at = datetime.now(UTC)
         records = [
             Record(
                 self._topic,
                 kid.encode(),
-                json.dumps({"kid": kid, "kek": kek, "wrapped": b64(w), "at": at}).encode(),
+                WrappedKey(kid=kid, kek=kek, wrapped=b64(w), at=at).model_dump_json().encode(),
             )
             for kid, kek, w in keys
         ]
@@ -320,13 +312,13 @@ class KeyStore:
 
     # -- restoring and rewrapping -------------------------------------------------------
 
-    async def durable(self) -> dict[str, dict[str, Any]]:
-        """Every live key as the topic has it: kid -> {"kek", "wrapped"}."""
+    async def durable(self) -> dict[str, WrappedKey]:
+        """Every live key as the topic has it."""
         latest: dict[str, bytes | None] = {}
         for key, value in await asyncio.to_thread(self._read_topic, self._topic):
             if key is not None:
                 latest[key.decode()] = value
-        return {kid: json.loads(v) for kid, v in latest.items() if v is not None}
+        return {kid: WrappedKey.model_validate_json(v) for kid, v in latest.items() if v}
 
     async def ensure_restored(self) -> int:
         """Fill an empty (or lost) Redis cache from the topic; returns the keys written."""
@@ -336,13 +328,9 @@ class KeyStore:
             started = time.monotonic()
             keys = await self.durable()
             written = 0
-            items = list(keys.items())
+            items = [(kid, _encode(_DURABLE, k.kek, unb64(k.wrapped))) for kid, k in keys.items()]
             for start in range(0, len(items), 1000):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for kid, rec in items[start : start + 1000]:
-                        value = _encode(_DURABLE, rec["kek"], unb64(rec["wrapped"]))
-                        pipe.hsetnx(self._key(kid), kid, value)
-                    written += sum(await pipe.execute())
+                written += sum(await self._store(True, items[start : start + 1000]))
             await self._redis.set(self._restored, datetime.now(UTC).isoformat())
             log.info("keys.restored", keys=len(keys), written=written, s=time.monotonic() - started)
             return written
@@ -364,11 +352,11 @@ class KeyStore:
         kek = self._wrapper.current
         moved = 0
         for kid, rec in (await self.durable()).items():
-            if rec["kek"] == kek:
+            if rec.kek == kek:
                 continue
-            before = unb64(rec["wrapped"])
-            old = _encode(_DURABLE, rec["kek"], before)
-            wrapped = self._wrapper.wrap(kek, self._wrapper.unwrap(rec["kek"], before))
+            before = unb64(rec.wrapped)
+            old = _encode(_DURABLE, rec.kek, before)
+            wrapped = self._wrapper.wrap(kek, self._wrapper.unwrap(rec.kek, before))
             new = _encode(_DURABLE, kek, wrapped)
             if not await self._swap(kid, old, new):
                 continue

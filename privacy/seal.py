@@ -63,11 +63,14 @@ class Blinding:
             junk = self._junk[key] = self.rules.blocked(ident)
         return not junk
 
+    def blind_value(self, ident: Identifier) -> str | None:
+        """The blind index an identifier is stored under; None when it stays as it is."""
+        return self.master.blind(ident.type, ident.value) if self.sealable(ident) else None
+
     def blind(self, ident: Identifier) -> Identifier:
         """The identifier as stored and looked up (unsealed when it is not sensitive)."""
-        if not self.sealable(ident):
-            return ident
-        return ident.model_copy(update={"value": self.master.blind(ident.type, ident.value)})
+        value = self.blind_value(ident)
+        return ident if value is None else ident.model_copy(update={"value": value})
 
     def stored_key(self, key: str) -> str:
         """``type:value`` as stored (``type:~blind`` for a sensitive value)."""
@@ -93,10 +96,7 @@ class Sealer(Blinding):
         plans: list[tuple[Event, list[tuple[Identifier, str | None]], str]] = []
         subjects: set[str] = set()
         for event in events:
-            ids = [
-                (i, self.master.blind(i.type, i.value) if self.sealable(i) else None)
-                for i in event.identifiers
-            ]
+            ids = [(i, self.blind_value(i)) for i in event.identifiers]
             blinds = [(identifier_rank(i.type), b) for i, b in ids if b is not None]
             # No sealed identifier (junk or company ids only): the event is its own subject.
             subject = min(blinds)[1] if blinds else self.master.blind("event", event.event_id)
@@ -172,11 +172,17 @@ class Sealer(Blinding):
                 out[head] = inner
         return out
 
-    async def seal_letter(self, letter: DeadLetter) -> DeadLetter:
-        """A dead letter whose payload and raw body are sealed under the day's key."""
-        if letter.payload is None and letter.raw is None:
-            return letter
-        subject = self.master.blind(DEADLETTER, letter.received_at.date().isoformat())
-        key = (await self.keys.for_subjects([subject]))[subject]
-        sealed = key.seal({"payload": letter.payload, "raw": letter.raw})
-        return letter.model_copy(update={"payload": None, "raw": None, "sealed": sealed})
+    async def seal_letters(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Dead letters whose payload and raw body are sealed under their day's key."""
+        days = {letter.received_at.date().isoformat() for letter in letters}
+        subjects = {day: self.master.blind(DEADLETTER, day) for day in days}
+        keys = await self.keys.for_subjects(subjects.values())
+        out = []
+        for letter in letters:
+            if letter.payload is None and letter.raw is None:
+                out.append(letter)
+                continue
+            key = keys[subjects[letter.received_at.date().isoformat()]]
+            sealed = key.seal({"payload": letter.payload, "raw": letter.raw})
+            out.append(letter.model_copy(update={"payload": None, "raw": None, "sealed": sealed}))
+        return out

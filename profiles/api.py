@@ -16,6 +16,26 @@ from profiles.store import ProfileStore
 from runtime.auth import Token
 
 
+async def opened(
+    revealer: Revealer | None,
+    identity: IdentityStore,
+    doc: dict[str, Any],
+    clear: bool,
+    ids: dict[str, str] | None = None,
+) -> Any:
+    """A profile or an explanation with its sealed values opened: masked unless ``clear``.
+
+    ``ids``: its identifiers' sealed values, when the caller read them already (else they are
+    read from the identity graph). Without field encryption (no ``revealer``), ``doc``.
+    """
+    if revealer is None:
+        return doc
+    if ids is None:
+        pid = doc.get("profile_id")
+        ids = await identity.sealed(pid) if isinstance(pid, str) else {}
+    return await revealer.document(doc, clear, ids)
+
+
 def not_found(field: str, message: str) -> HTTPException:
     """Return the JSON 404 of the read API."""
     return HTTPException(404, {"code": "not_found", "message": message, "field": field})
@@ -65,12 +85,7 @@ def build_router(
     profile_reader, identity_reader = Depends(read_profiles), Depends(read_identity)
 
     async def reveal(doc: dict[str, Any], token: Token, ids: dict[str, str] | None = None) -> Any:
-        if revealer is None:
-            return doc
-        if ids is None:
-            pid = doc.get("profile_id")
-            ids = await identity.sealed(pid) if isinstance(pid, str) else {}
-        return await revealer.document(doc, PII_READ in token.scopes, ids)
+        return await opened(revealer, identity, doc, PII_READ in token.scopes, ids)
 
     async def profile(profile_id: str, token: Token) -> Any:
         """The profile as the token may see it; None when unknown. One Redis call, with the
