@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, EventIn, ResolvedEvent
 from contracts.identity import LedgerEntry
+from contracts.privacy import AuditRecord, Erasure
 from contracts.segments import MembershipChange, SavedSegment, SegmentDefinition
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -23,6 +24,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "segment.v1.json": SegmentDefinition,
     "segment-membership.v1.json": MembershipChange,
     "saved-segment.v1.json": SavedSegment,
+    "erasure.v1.json": Erasure,
+    "audit.v1.json": AuditRecord,
 }
 
 

@@ -10,6 +10,7 @@ from contracts.deadletter import DeadLetter
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.keys import WrappedKey
+from contracts.privacy import AuditRecord, Erasure
 from contracts.segments import MembershipChange, SavedSegment
 
 
@@ -98,6 +99,25 @@ KEYS = Topic(
     },
 )
 
+PRIVACY_ERASURES = Topic(
+    "cdp.privacy.erasures",
+    key="erasure id",
+    value_model=Erasure,
+    description="Every erasure of a person: requested, then completed with its receipt (profile "
+    "ids, never values). Downstream consumers erase the same profile ids. Compacted and kept "
+    "forever: the last record of an erasure is its receipt.",
+    configs={"cleanup.policy": "compact", "retention.ms": "-1"},
+)
+
+AUDIT = Topic(
+    "cdp.audit",
+    key="actor (token name, cli:<user> or system)",
+    value_model=AuditRecord,
+    description="Append-only audit log: reads of unmasked personal data, exports, erasures, "
+    "changes of keys and segments. Never carries personal data. Kept forever.",
+    configs={"retention.ms": "-1"},
+)
+
 REGISTRY: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -109,5 +129,7 @@ REGISTRY: dict[str, Topic] = {
         SEGMENTS_MEMBERSHIP,
         SEGMENTS_DEFINITIONS,
         KEYS,
+        PRIVACY_ERASURES,
+        AUDIT,
     )
 }

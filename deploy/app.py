@@ -18,11 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
 from deploy.forward import Forward
 from deploy.privacy import build as build_privacy
+from deploy.privacy import erasures
 from deploy.settings import Settings
 from identity.store import IdentityStore
 from ingest.api import IngestConfig, build_router, json_response
 from ingest.cors import IngestCors
 from ingest.sources import SourceRegistry
+from privacy.api import build_router as privacy_router
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
 from runtime.auth import require
@@ -193,6 +195,16 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             SegmentStore.durable(redis_client, ns, publisher, settings.kafka),
             read=require(tokens, "segments:read"),
             write=require(tokens, "segments:write"),
+        )
+    )
+
+    app.include_router(
+        privacy_router(
+            erasures(settings, redis_client, publisher),
+            IdentityStore(redis_client, settings.identity, ns),
+            settings.ingest.default_region,
+            erase=require(tokens, "privacy:erase"),
+            blind=privacy.sealer.blind if privacy else None,
         )
     )
 

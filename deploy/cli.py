@@ -27,6 +27,7 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
+from deploy.privacy_cli import register as register_privacy_commands
 from deploy.serve import PortInUse, api_processes, attach_api, supervise
 from deploy.serve import serve as serve_api
 from deploy.settings import Settings
@@ -39,7 +40,7 @@ from deploy.worker import (
     history_writer,
 )
 from deploy.worker import run as run_worker
-from identity.normalize import BadIdentifier, parse_identifier
+from identity.normalize import BadIdentifier
 from identity.store import IdentityStore
 from ingest.sources import Source, hash_key, new_key
 from privacy.crypto import MasterKeyError, MasterKeys
@@ -420,11 +421,9 @@ def profiles_get(
                 if not (id_type and value):
                     raise click.UsageError("give PROFILE_ID or --type and --value")
                 try:
-                    ident = parse_identifier(id_type, value, settings.ingest.default_region)
+                    ident = privacy.stored_identifier(settings, id_type, value)
                 except BadIdentifier as bad:
                     raise click.UsageError(f"--{bad.field}: {bad}") from None
-                if settings.privacy_enabled():
-                    ident = privacy.blinding(settings).blind(ident)
                 holders = await ids.holders(ident.key())
                 if len(holders) > 1:
                     raise click.ClickException(f"this {ident.type} is shared by {holders}")
@@ -533,6 +532,7 @@ def contracts_export(check: bool) -> None:
 
 
 cli.add_command(tags_group)
+register_privacy_commands(cli)
 cli.add_command(segments_group)
 
 

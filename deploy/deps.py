@@ -26,6 +26,8 @@ class Deps:
     profiles: ProfileStore
     #: The history writer (owns embedded ClickHouse); None in processes without that role.
     history: Any = None
+    #: The history worker's ClickHouse serialiser (sinks/agents.History); None elsewhere.
+    clickhouse: Any = None
     #: Tags (evaluated by the profiles processor); None in processes without that role.
     tags: TagStore | None = None
     #: Live segment membership (segments/agents.py); None without the profiles role or tags.

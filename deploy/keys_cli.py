@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from deploy import privacy
 from deploy.settings import Settings
-from identity.normalize import BadIdentifier, parse_identifier
+from identity.normalize import BadIdentifier
 from identity.store import IdentityStore
 from privacy.crypto import MasterKeyError, MasterKeys, is_blind, kid_of
 from privacy.keystore import KeyStore
@@ -129,10 +129,10 @@ def register(keys: click.Group) -> None:
             else:
                 assert type_name is not None and value is not None
                 try:
-                    parsed = parse_identifier(type_name, value, settings.ingest.default_region)
+                    parsed = privacy.stored_identifier(settings, type_name, value)
                 except BadIdentifier as bad:
                     raise click.BadParameter(str(bad), param_hint=f"--{bad.field}") from None
-                subjects = [privacy.blinding(settings).blind(parsed).value]
+                subjects = [parsed.value]
             kids = [kid_of(s) for s in subjects if is_blind(s)]
             return len(kids), await store.shred(kids)
 

@@ -6,12 +6,26 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from contracts.topics import KEYS
+from contracts.events import Identifier
+from contracts.topics import (
+    AUDIT,
+    EVENTS_DEADLETTER,
+    EVENTS_RAW,
+    EVENTS_RESOLVED,
+    IDENTITY_MERGES,
+    KEYS,
+    PRIVACY_ERASURES,
+    PROFILES_CHANGES,
+    SEGMENTS_MEMBERSHIP,
+)
 from deploy.settings import Settings
+from identity.normalize import parse_identifier
+from privacy.audit import Audit
 from privacy.classification import Classification
-from privacy.crypto import MasterKeys
+from privacy.crypto import KeyWrapper, MasterKeys
+from privacy.erasure import Erasures
 from privacy.keystore import KeyStore
-from privacy.master import LocalWrapper
+from privacy.master import Absent, LocalWrapper
 from privacy.reveal import Revealer
 from privacy.seal import Blinding, Sealer
 from runtime.publisher import Publisher
@@ -36,7 +50,7 @@ def wrapper(settings: Settings) -> LocalWrapper:
 
 
 def key_store(
-    settings: Settings, client: aioredis.Redis, publisher: Publisher, keys: LocalWrapper
+    settings: Settings, client: aioredis.Redis, publisher: Publisher, keys: KeyWrapper
 ) -> KeyStore:
     """The data keys of this deployment."""
 
@@ -54,6 +68,13 @@ def key_store(
     )
 
 
+def stored_identifier(settings: Settings, type_name: str, value: str) -> Identifier:
+    """An identifier an operator typed, as the identity graph stores it: normalised like
+    ingest, blind-indexed with field encryption. ``BadIdentifier`` names the bad field."""
+    ident = parse_identifier(type_name, value, settings.ingest.default_region)
+    return blinding(settings).blind(ident) if settings.privacy_enabled() else ident
+
+
 def blinding(settings: Settings) -> Blinding:
     """Blind indexes of this deployment, without any data key (lookups, demo scoring)."""
     classes = Classification.load(settings.privacy.classification)
@@ -68,3 +89,37 @@ def build(settings: Settings, client: aioredis.Redis, publisher: Publisher) -> P
     store = key_store(settings, client, publisher, keys)
     classes = Classification.load(settings.privacy.classification)
     return Privacy(store, Sealer(store, keys, classes, settings.identity), Revealer(store))
+
+
+#: Topics that hold people's records, and what an erasure can do about each.
+PERSONAL_TOPICS = (
+    EVENTS_RAW,
+    EVENTS_RESOLVED,
+    IDENTITY_MERGES,
+    PROFILES_CHANGES,
+    SEGMENTS_MEMBERSHIP,
+    EVENTS_DEADLETTER,
+    KEYS,
+)
+
+
+def audit(settings: Settings, publisher: Publisher) -> Audit:
+    """The audit log of this deployment."""
+    return Audit(publisher, settings.kafka.topic(AUDIT.name))
+
+
+def erasures(settings: Settings, client: aioredis.Redis, publisher: Publisher) -> Erasures:
+    """Erasures of this deployment. Their data keys are shredded whether or not this process
+    holds master keys: destroying a key needs none."""
+    keys = key_store(
+        settings, client, publisher, wrapper(settings) if settings.privacy_enabled() else Absent()
+    )
+    return Erasures(
+        client,
+        publisher,
+        settings.kafka.topic(PRIVACY_ERASURES.name),
+        settings.worker.namespace,
+        audit(settings, publisher),
+        keys,
+        [(settings.kafka.topic(t.name), t) for t in PERSONAL_TOPICS],
+    )

@@ -16,10 +16,12 @@ from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
 from deploy.logs import quiet_libraries
+from deploy.privacy import erasures
 from deploy.serve import ChildFailed, Children, die_with
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
+from privacy import agents as privacy_agents
 from profiles import agents as profile_agents
 from profiles.store import ProfileStore
 from runtime.publisher import Publisher
@@ -162,6 +164,7 @@ def build_app(
         ROLES[role](app, deps)
     if "history" in roles:
         deps.refresher = register_refresh(app, deps, catalog)
+        privacy_agents.register(app, deps, erasures(settings, deps.redis, deps.publisher))
 
     @app.service
     class Outputs(mode.Service):

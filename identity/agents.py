@@ -45,7 +45,7 @@ class IdentityStep:
             "identity.resolve", partial(self.deps.identity.resolve, batch, now)
         )
         for o in outcomes:
-            if o.duplicate:
+            if not o.kept:
                 continue
             key = o.resolved.profile_id.encode()
             records.append(Record(self.resolved_topic, key, o.resolved.model_dump_json().encode()))

@@ -9,6 +9,8 @@
 --         strongest first; blocked (junk) and invalid (failed validation) identifiers never
 --         link profiles; fingerprint: a signed 64-bit hash of (source, event id), in decimal
 -- ARGV[7] today (days since the epoch)
+-- Each event entry may end with a consent time: the event's receipt in epoch ms when it
+-- grants a consent, else 0 (see "suppressed" below).
 --
 -- One call per micro-batch (the caller splits big batches into chunks so that Redis answers
 -- other clients between chunks); the events are resolved in order, each as before on its own.
@@ -29,6 +31,10 @@
 --                   redelivery of an offset whose records were published). 64-bit integers
 --                   in sets of a few hundred are Redis intsets, 8 bytes per event.
 --   rf:<pid>:<x>:<rule>  refusals already recorded
+--   suppressed      HASH sha1(type:value) -> when the identifier's person was erased (epoch
+--                   ms): the identifier links nothing and builds no profile, until an event
+--                   received after that time grants a consent with it (the person came back)
+--   suppressed:events  counter of events dropped because all their identifiers were suppressed
 -- Returns a JSON array with one outcome per event: {pid, created, dup, merges, refusals}.
 
 local ns = ARGV[1]
@@ -66,7 +72,25 @@ local function seen(fingerprint, bucket)
   return false
 end
 
-local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed)
+-- The erased persons' identifiers, checked only once anyone was erased.
+local suppressing = redis.call('EXISTS', k('suppressed')) == 1
+
+-- Remove suppressed identifiers from a list; a consent granted after the erasure lifts them.
+local function unsuppressed(list, consent_ms, dropped)
+  local kept = {}
+  for _, id in ipairs(list) do
+    local field = redis.sha1hex(id)
+    local since = redis.call('HGET', k('suppressed'), field)
+    if since and consent_ms > tonumber(since) then
+      redis.call('HDEL', k('suppressed'), field)
+      since = nil
+    end
+    if since then table.insert(dropped, id) else table.insert(kept, id) end
+  end
+  return kept
+end
+
+local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms)
   -- A redelivered offset whose records were not yet published: the same outcome again.
   local held_key = k('ev', 'held', part)
   local held = redis.call('HGET', held_key, off)
@@ -78,6 +102,24 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   -- before in the window: a client's retry, or a redelivery of an offset already published.
   if seen(fp, bucket) then
     return cjson.encode({pid = '', created = 0, dup = 1, merges = {}, refusals = {}})
+  end
+
+  local dropped = {}
+  if suppressing then
+    local given = #ids + #blocked + #invalid
+    ids = unsuppressed(ids, consent_ms, dropped)
+    blocked = unsuppressed(blocked, consent_ms, dropped)
+    invalid = unsuppressed(invalid, consent_ms, dropped)
+    if #dropped > 0 and #dropped == given then
+      -- Only an erased person's identifiers: no profile, no history; counted, not kept.
+      local out = cjson.encode({
+        pid = '', created = 0, dup = 0, suppressed = dropped, merges = {}, refusals = {},
+        event = event_id, source = source,
+      })
+      redis.call('HSET', held_key, off, out)
+      redis.call('INCR', k('suppressed', 'events'))
+      return out
+    end
   end
 
   local refusals, merges = {}, {}
@@ -107,7 +149,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
     end
     local out = cjson.encode({
       pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
-      event = event_id, source = source,
+      event = event_id, source = source, stripped = dropped,
     })
     redis.call('HSET', held_key, off, out)
     local day_key = k('ev', 'w', today, bucket)
@@ -252,6 +294,8 @@ end
 
 local outs = {}
 for n, e in ipairs(batch) do
-  outs[n] = resolve_event(e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10] or {})
+  outs[n] = resolve_event(
+    e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10] or {}, tonumber(e[11] or 0)
+  )
 end
 return '[' .. table.concat(outs, ',') .. ']'

@@ -39,6 +39,13 @@ class Outcome:
     #: True when the event id was already resolved at another offset (a client retry).
     duplicate: bool = False
     created: bool = False
+    #: True when every identifier of the event belongs to an erased person: nothing is kept.
+    suppressed: bool = False
+
+    @property
+    def kept(self) -> bool:
+        """Whether the event goes on (published, folded, stored): not a retry, not erased."""
+        return not (self.duplicate or self.suppressed)
 
 
 def _list(value: Any) -> list[dict[str, Any]]:
@@ -74,14 +81,27 @@ def to_outcome(item: Located, result: dict[str, Any], at: datetime) -> Outcome:
         )
         for r in _list(result["refusals"])
     ]
+    event = item.event
+    dropped = result.get("stripped")
+    stripped = {str(i) for i in dropped} if isinstance(dropped, list) else set()
+    if stripped:
+        # An erased person's identifiers beside others: the event goes on without them.
+        kept = [i for i in event.identifiers if i.key() not in stripped]
+        event = event.model_copy(update={"identifiers": kept})
     resolved = ResolvedEvent(
-        event=item.event,
+        event=event,
         profile_id=result["pid"],
         raw_partition=item.partition,
         raw_offset=item.offset,
         merged=[m["merged"] for m in merges],
     )
-    return Outcome(resolved, ledger, duplicate=bool(result["dup"]), created=bool(result["created"]))
+    return Outcome(
+        resolved,
+        ledger,
+        duplicate=bool(result["dup"]),
+        created=bool(result["created"]),
+        suppressed=bool(_list(result.get("suppressed"))),
+    )
 
 
 #: Sets per day of the retry window. A day's fingerprints spread over them; at 1,000 events/s
@@ -136,7 +156,22 @@ class IdentityStore:
                     ids.append(ident.key())
             fp = fingerprint(item.event.source, item.event.event_id)
             entry = [item.event.event_id, str(item.partition), str(item.offset), ids, blocked]
-            batch.append([*entry, invalid, item.event.source, str(fp), fp % self._buckets, sealed])
+            consent_ms = (
+                int(item.event.received_at.timestamp() * 1000)
+                if any(item.event.consent.values())
+                else 0
+            )
+            batch.append(
+                [
+                    *entry,
+                    invalid,
+                    item.event.source,
+                    str(fp),
+                    fp % self._buckets,
+                    sealed,
+                    consent_ms,
+                ]
+            )
         return [
             self._ns,
             self._window_days,

@@ -218,6 +218,17 @@ class KeyStore:
                     self._cache.put(kid, key)
         return found
 
+    async def held(self, kids: Iterable[str]) -> set[str]:
+        """Which of these data keys exist, without opening them (no master key needed)."""
+        wanted = sorted(set(kids))
+        if not wanted:
+            return set()
+        restored, stored = await self._fetch(wanted)
+        if not restored:
+            await self.ensure_restored()
+            _, stored = await self._fetch(wanted)
+        return {kid for kid, raw in stored.items() if raw is not None}
+
     async def adopt(self, stored: dict[str, bytes]) -> None:
         """Take data keys read from Redis by another script (a profile read fetches the keys
         of its sealed values with it): cached like keys this store fetched itself."""
@@ -300,7 +311,7 @@ class KeyStore:
         kids = sorted(set(kids))
         if not kids:
             return 0
-        have = await self.keys(kids)
+        have = await self.held(kids)
         async with self._redis.pipeline(transaction=False) as pipe:
             for kid in kids:
                 pipe.hdel(self._key(kid), kid)
@@ -308,7 +319,7 @@ class KeyStore:
         for kid in kids:
             self._cache.drop(kid)
         await self._publisher.publish([Record(self._topic, k.encode(), None) for k in kids])
-        return sum(1 for k in have.values() if k is not None)
+        return len(have)
 
     # -- restoring and rewrapping -------------------------------------------------------
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from privacy.crypto import MasterKeys
+from privacy.crypto import MasterKeyError, MasterKeys
 
 
 class LocalWrapper:
@@ -66,3 +66,26 @@ class LocalWrapper:
     def blind(self, type_name: str, value: str) -> str:
         """The blind index of a value (the index key never rotates)."""
         return self.keys.blind(type_name, value)
+
+
+class Absent:
+    """The ``KeyWrapper`` of a process without master keys: it may destroy data keys (an
+    erasure's shred needs no master key), never create or open one."""
+
+    def _refuse(self) -> MasterKeyError:
+        return MasterKeyError(
+            "this process has no master keys (CDP_PRIVACY__MASTER_KEYS or the key file)"
+        )
+
+    @property
+    def current(self) -> str:
+        """Refused."""
+        raise self._refuse()
+
+    def wrap(self, kek_id: str, dek: bytes) -> bytes:
+        """Refused."""
+        raise self._refuse()
+
+    def unwrap(self, kek_id: str, wrapped: bytes) -> bytes:
+        """Refused."""
+        raise self._refuse()

@@ -57,6 +57,32 @@ async def explanation(
     return {"profile_id": survivor, "asked": profile_id, "identifiers": ids, "history": history}
 
 
+def identifier(
+    type: str, value: str, region: str, blind: Callable[[Identifier], Identifier] | None
+) -> Identifier:
+    """An identifier asked for, normalised like ingest (and blind-indexed with field
+    encryption): what the identity graph stores. A bad one is a JSON 400 naming the field."""
+    try:
+        ident = parse_identifier(type, value, region)
+    except BadIdentifier as bad:
+        detail = {"code": "invalid_identifier", "message": str(bad), "field": bad.field}
+        raise HTTPException(400, detail) from None
+    return blind(ident) if blind is not None else ident
+
+
+def ambiguous(ident: Identifier, holders: list[str]) -> HTTPException:
+    """The JSON 409 of an identifier shared by several profiles."""
+    return HTTPException(
+        409,
+        {
+            "code": "ambiguous",
+            "field": "value",
+            "profile_ids": holders,
+            "message": f"this {ident.type} is shared by {len(holders)} profiles",
+        },
+    )
+
+
 class LookupBody(BaseModel):
     """``POST /v1/profiles/lookup``: the identifier to find."""
 
@@ -122,26 +148,12 @@ def build_router(
         return await find(body.type, body.value, token)
 
     async def find(type: str, value: str, token: Token) -> Any:
-        try:
-            ident = parse_identifier(type, value, region)
-        except BadIdentifier as bad:
-            detail = {"code": "invalid_identifier", "message": str(bad), "field": bad.field}
-            raise HTTPException(400, detail) from None
-        if blind is not None:
-            ident = blind(ident)
+        ident = identifier(type, value, region, blind)
         holders = await identity.holders(ident.key())
         if not holders:
             raise not_found("value", f"no profile holds this {ident.type}")
         if len(holders) > 1:
-            raise HTTPException(
-                409,
-                {
-                    "code": "ambiguous",
-                    "field": "value",
-                    "profile_ids": holders,
-                    "message": f"this {ident.type} is shared by {len(holders)} profiles",
-                },
-            )
+            raise ambiguous(ident, holders)
         found = await profile(holders[0], token)
         if found is None:
             raise not_found("value", f"profile {holders[0]} has no events yet")

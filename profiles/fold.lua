@@ -15,6 +15,8 @@
 -- Other keys under the namespace:
 --   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
 --   dirty           SET   profiles changed since their last history snapshot
+--   erased          SET   profiles erased (privacy/erasure.py): an event resolved to one
+--                   before the erasure and folded after it changes nothing
 --   fold:held:<raw partition>  HASH  raw offset -> what folding it changed, kept until the
 --                   processor has published its change record (ProfileStore.settle): an
 --                   event redelivered after a crash between fold and publish is not folded
@@ -145,7 +147,12 @@ local function merge(gone, into)
 end
 
 
+local erasing = redis.call('EXISTS', k('erased')) == 1
+
 local function apply(keyed, part, off, ops, merged)
+  if erasing and redis.call('SISMEMBER', k('erased'), resolve(keyed)) == 1 then
+    return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}})
+  end
   local wm = tonumber(redis.call('HGET', k('wm', keyed), part) or '-1')
   if off <= wm then
     local held = redis.call('HGET', k('fold', 'held', part), off)

@@ -8,20 +8,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import BaseModel
 
 from contracts.events import ResolvedEvent
 from contracts.identity import LedgerEntry
+from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
-from contracts.topics import EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
+from contracts.topics import AUDIT, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
 from runtime.retry import until_done
 from runtime.undecodable import split
 from sinks.history import (
     Batch,
     HistoryWriter,
+    audit_batch,
     change_batch,
     event_batches,
     ledger_batch,
@@ -30,6 +32,7 @@ from sinks.history import (
 )
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 def _token(topic: str, events: list[Any]) -> str:
@@ -67,11 +70,37 @@ class History:
         return [i for i in items if i[2] > hw.get(i[1], -1)]
 
 
+class Erased:
+    """Drops what names an erased profile (the ``erased`` set, privacy/erasure.py).
+
+    An event resolved just before its person was erased can reach the history after the
+    erasure deleted the person's rows: it must not bring them back. One Redis round trip
+    per batch.
+    """
+
+    def __init__(self, redis: Any, namespace: str) -> None:
+        self._redis = redis
+        self._key = f"{namespace}:erased"
+
+    async def kept(self, items: list[T], *pids_of: Callable[[T], str | None]) -> list[T]:
+        """The items none of whose profile ids (by ``pids_of``) was erased."""
+        pids = sorted({p for i in items for f in pids_of if (p := f(i))})
+        if not pids:
+            return items
+        flags = await self._redis.smismember(self._key, pids)
+        gone = {p for p, flag in zip(pids, flags, strict=True) if flag}
+        if not gone:
+            return items
+        return [i for i in items if not any(f(i) in gone for f in pids_of)]
+
+
 def register(app: Any, deps: Any) -> None:
-    """Add the three history agents to ``app``."""
+    """Add the history agents to ``app``."""
     history = History(deps.history)
+    deps.clickhouse = history
     conf = deps.settings.worker
     resolved_name = deps.topic(EVENTS_RESOLVED.name)
+    erased = Erased(deps.redis, conf.namespace)
 
     def topic(name: str) -> Any:
         return app.topic(deps.topic(name), key_serializer="raw", value_serializer="raw")
@@ -83,7 +112,7 @@ def register(app: Any, deps: Any) -> None:
                 (r, ev.message.partition, ev.message.offset)
                 for r, ev in _decode(ResolvedEvent, list(events))
             ]
-            fresh = await history.fresh(items)
+            fresh = await erased.kept(await history.fresh(items), lambda i: i[0].profile_id)
             await until_done(
                 "history.events", partial(history.write, event_batches(resolved_name, fresh))
             )
@@ -91,14 +120,20 @@ def register(app: Any, deps: Any) -> None:
     @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
     async def ledger_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            entries = [e for e, _ in _decode(LedgerEntry, list(events))]
+            entries = await erased.kept(
+                [e for e, _ in _decode(LedgerEntry, list(events))],
+                lambda e: e.profile_id,
+                lambda e: e.other_profile_id,
+            )
             token = _token(IDENTITY_MERGES.name, list(events))
             await until_done("history.ledger", partial(history.write, ledger_batch(entries, token)))
 
     @app.agent(topic(PROFILES_CHANGES.name), name="history-changes")
     async def changes_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            changes = [c for c, _ in _decode(ProfileChange, list(events))]
+            changes = await erased.kept(
+                [c for c, _ in _decode(ProfileChange, list(events))], lambda c: c.profile_id
+            )
             token = _token(PROFILES_CHANGES.name, list(events))
             batches = [change_batch(changes, token), tag_batch(changes, token)]
             await until_done("history.changes", partial(history.write, batches))
@@ -110,7 +145,10 @@ def register(app: Any, deps: Any) -> None:
         """
         pids = await deps.profiles.take_changed()
         if pids:
-            found = [p for p in await deps.profiles.get_many(pids) if p is not None]
+            found = await erased.kept(
+                [p for p in await deps.profiles.get_many(pids) if p is not None],
+                lambda p: p.profile_id,
+            )
             version = time.time_ns()
             batch = snapshot_batch(found, version, datetime.now(UTC), f"snapshots:{version}")
             await history.write([batch])
@@ -129,3 +167,10 @@ def register(app: Any, deps: Any) -> None:
             log.warning("history.snapshots.deferred", exc_info=True)
 
     deps.on_stop.append(last_snapshot)
+
+    @app.agent(topic(AUDIT.name), name="history-audit")
+    async def audit_sink(stream: Any) -> None:
+        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
+            records = [r for r, _ in _decode(AuditRecord, list(events))]
+            token = _token(AUDIT.name, list(events))
+            await until_done("history.audit", partial(history.write, [audit_batch(records, token)]))

@@ -11,6 +11,7 @@ import orjson
 
 from contracts.events import ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
+from contracts.privacy import AuditRecord
 from contracts.profiles import Profile, ProfileChange
 
 #: Same-data retries within this many recent inserts per table are dropped by ClickHouse.
@@ -147,6 +148,12 @@ def schema(db: str) -> list[str]:
             profile_id String, tag LowCardinality(String), added UInt8, event_id String,
             at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(at) ORDER BY (profile_id, tag, event_id) {settings}""",
+        # The audit log (cdp.audit): no personal data; an id once, however often delivered.
+        f"""CREATE TABLE IF NOT EXISTS {db}.audit (
+            id String, at DateTime64(3, 'UTC'), actor LowCardinality(String),
+            action LowCardinality(String), target String, subjects UInt64, origin String,
+            detail String
+        ) ENGINE = ReplacingMergeTree ORDER BY (at, id) {settings}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.profile_snapshots (
             profile_id String, snapshot String, version UInt64, at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(version) ORDER BY profile_id {settings}""",
@@ -203,6 +210,7 @@ TABLES = frozenset(
         "profile_changes",
         "profile_snapshots",
         "tag_changes",
+        "audit",
     }
 )
 
@@ -319,6 +327,11 @@ class HistoryWriter:
     def __init__(self, client: Any, db: str) -> None:
         self._client = client
         self._db = db
+
+    @property
+    def client(self) -> Any:
+        """The ClickHouse client (erasures delete through it, on the same thread)."""
+        return self._client
 
     def write(self, batch: Batch) -> None:
         """Insert one batch (blocking: call from a worker thread)."""
@@ -466,3 +479,24 @@ def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: s
     """
     rows = [[p.profile_id, p.model_dump_json(), version, at] for p in profiles]
     return Batch("profile_snapshots", ["profile_id", "snapshot", "version", "at"], rows, token)
+
+
+AUDIT_COLUMNS = ["id", "at", "actor", "action", "target", "subjects", "origin", "detail"]
+
+
+def audit_batch(records: list[AuditRecord], token: str) -> Batch:
+    """Rows of the audit table."""
+    rows = [
+        [
+            r.id,
+            r.at,
+            r.actor,
+            r.action,
+            r.target,
+            r.subjects,
+            r.origin,
+            orjson.dumps(r.detail).decode(),
+        ]
+        for r in records
+    ]
+    return Batch("audit", AUDIT_COLUMNS, rows, token)

@@ -35,7 +35,7 @@ class StreamStep:
         """Process one batch of raw faust events."""
         now = datetime.now(UTC)
         batch, outcomes, records = await self.identity.resolve(events, now)
-        resolved = [o.resolved for o in outcomes if not o.duplicate]
+        resolved = [o.resolved for o in outcomes if o.kept]
         records += await self.profiles.records(resolved, [], now)
         deps = self.deps
         await until_done("stream.publish", partial(deps.publisher.publish, records))
