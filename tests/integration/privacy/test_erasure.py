@@ -9,7 +9,9 @@ raw topic from offset 0 does not either.
 
 from __future__ import annotations
 
+import signal
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from deploy import topics
 from deploy.privacy import blinding
 from deploy.settings import Settings
 from identity.normalize import parse_identifier
+from privacy.erasure import HOLD_ENV
 from runtime.readback import read_records
 from tests.conftest import make_settings
 from tests.integration.privacy.test_end_to_end import (
@@ -29,6 +32,7 @@ from tests.integration.privacy.test_end_to_end import (
     ROLES,
     TOPICS,
     clickhouse_text,
+    one_partition,
     private,
     redis_bytes,
     unsealed,
@@ -168,17 +172,25 @@ def rows_by_table(text: str, pids: set[str]) -> dict[str, list[str]]:
 
 
 def started(
-    settings: Settings, home: Path, workers: list[WorkerProcess], app_id: str | None = None
+    settings: Settings,
+    home: Path,
+    workers: list[WorkerProcess],
+    app_id: str | None = None,
+    hold: str | None = None,
 ) -> WorkerProcess:
     """A worker with every role, encryption as in ``settings``."""
     if app_id:
         worker_settings = settings.worker.model_copy(update={"app_id": app_id})
         settings = settings.model_copy(update={"worker": worker_settings})
     worker = WorkerProcess(settings, home, ROLES)
+    # A static group member: restarted after a kill, it takes its partitions back at once.
+    worker.env["CDP_WORKER__INSTANCE_ID"] = f"erasure-test-{app_id or 'main'}"
     if not settings.privacy_enabled():
         worker.env["CDP_PRIVACY__ENABLED"] = "false"
     if app_id:
         worker.env["CDP_WORKER__APP_ID"] = app_id
+    if hold:
+        worker.env[HOLD_ENV] = hold
     workers.append(worker.start())
     return worker
 
@@ -187,7 +199,8 @@ def started(
 def test_erasure_removes_a_person_everywhere_and_nobody_else(
     services: Services, tmp_path: Path, workers: list[WorkerProcess], sealed: bool
 ) -> None:
-    settings = make_settings(services, f"t{uuid.uuid4().hex[:10]}.")
+    # One partition: each person's two channels meet in the order they were sent (one merge).
+    settings = one_partition(make_settings(services, f"t{uuid.uuid4().hex[:10]}."))
     settings = private(settings) if sealed else unsealed(settings)
     topics.create_all(settings.kafka)
     worker = started(settings, tmp_path, workers)
@@ -329,3 +342,96 @@ def test_erasure_removes_a_person_everywhere_and_nobody_else(
         assert back.json()["profile_id"] not in erased_pids
         assert "email" not in back.json()["traits"]
     client.close()
+
+
+def says(worker: WorkerProcess, text: str) -> bool:
+    return text in worker.tail()
+
+
+def someone(n: int) -> dict[str, str]:
+    return {
+        "member": f"M-KILL-{n:04d}",
+        "customer": f"C-KILL-{n:04d}",
+        "phone": f"+86137001370{n:02d}",
+        "email": f"kill.{n}@example.com",
+        "name": f"Kim {n}",
+        "street": f"{n} Kill Street",
+    }
+
+
+def test_an_erasure_killed_at_any_step_completes_on_restart_exactly_once(
+    services: Services, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    settings = private(one_partition(make_settings(services, f"t{uuid.uuid4().hex[:10]}.")))
+    topics.create_all(settings.kafka)
+    # The first person is erased without interruption: the receipt every other must match.
+    holds = [None, "plan", "suppress", "count", "redis", "keys", "clickhouse"]
+    people = [someone(n) for n in range(len(holds))]
+    worker = started(settings, tmp_path, workers)
+    with running_api(settings) as base:
+        for n, p in enumerate(people):
+            for source, batch in calls(p, f"k{n}"):
+                post(base, source, batch)
+        worker.wait_caught_up(TOPICS)
+    worker.stop()
+
+    def shape(e: Erasure) -> dict[str, Any]:
+        assert e.receipt is not None
+        r = e.receipt.model_dump(exclude={"completed_at", "profiles"})
+        r["kafka"] = [(f["topic"], f["fate"]) for f in r["kafka"]]
+        return {**r, "profiles": len(e.receipt.profiles)}
+
+    receipts: dict[str, Erasure] = {}
+    for p, hold in zip(people, holds, strict=True):
+        worker = started(settings, tmp_path, workers, hold=hold)
+        with running_api(settings) as base:
+            asked = httpx.post(
+                base + "/v1/privacy/erasures",
+                json={"type": "email", "value": p["email"]},
+                headers=DPO,
+                timeout=30,
+            )
+            assert asked.status_code == 202, asked.text
+            location = base + asked.headers["Location"]
+            if hold:
+                worker.wait_for(partial(says, worker, "erasure.held"), f"held after {hold}")
+                worker.stop(signal.SIGKILL)
+                worker = started(settings, tmp_path, workers)
+
+            def completed(url: str = location) -> bool:
+                return httpx.get(url, headers=DPO, timeout=10).json()["state"] == "completed"
+
+            worker.wait_for(completed, f"the erasure interrupted after {hold} completed")
+            erasure = Erasure.model_validate(httpx.get(location, headers=DPO, timeout=10).json())
+            receipts[str(hold)] = erasure
+            assert lookup(base, "email", p["email"]).status_code == 404
+            assert lookup(base, "member_id", p["member"]).status_code == 404
+        worker.stop()
+
+    reference = shape(receipts["None"])
+    assert reference["profiles"] == 2 and reference["keys_shredded"] == 4
+    assert reference["clickhouse"]["events"] == 7
+    assert {hold: shape(e) for hold, e in receipts.items()} == {
+        hold: reference for hold in receipts
+    }
+    # Exactly once: one completed record per erasure, one audited completion.
+    records = [
+        Erasure.model_validate_json(v)
+        for _, v in read_records(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.topic("cdp.privacy.erasures"),
+            timeout_s=60,
+        )
+        if v
+    ]
+    done = sorted(r.id for r in records if r.state is ErasureState.COMPLETED)
+    assert done == sorted(e.id for e in receipts.values())
+    audit = [
+        AuditRecord.model_validate_json(v)
+        for _, v in read_records(
+            settings.kafka.bootstrap_servers, settings.kafka.topic("cdp.audit"), timeout_s=60
+        )
+        if v
+    ]
+    completions = sorted(r.target for r in audit if r.action == "erasure.completed")
+    assert completions == done
