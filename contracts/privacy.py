@@ -100,3 +100,32 @@ class AuditRecord(BaseModel):
     origin: str = ""
     #: Counts and names that explain it (no personal data).
     detail: dict[str, str | int | bool] = Field(default_factory=dict)
+
+
+class ApprovalState(StrEnum):
+    """Where a request for a second person's approval is."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    #: Carried out (an export downloaded, a rotation run): an approval is used once.
+    USED = "used"
+
+
+class Approval(BaseModel):
+    """A bulk action on personal data, asked by one token and approved by another."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    #: ``erasure`` (of more people than the threshold), ``export`` (in clear) or
+    #: ``rotate-master``.
+    action: str
+    #: Profile ids (never identifier values) the action is about; empty for a rotation.
+    profile_ids: list[str] = Field(default_factory=list)
+    state: ApprovalState
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    approved_by: str | None = None
+    #: What approving started (the erasures' ids).
+    outcome: list[str] = Field(default_factory=list)

@@ -11,12 +11,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
 from deploy.forward import Forward
+from deploy.privacy import audit as audit_log
 from deploy.privacy import build as build_privacy
 from deploy.privacy import erasures
 from deploy.settings import Settings
@@ -25,6 +26,9 @@ from ingest.api import IngestConfig, build_router, json_response
 from ingest.cors import IngestCors
 from ingest.sources import SourceRegistry
 from privacy.api import build_router as privacy_router
+from privacy.approvals import Approvals
+from privacy.audit import Audited, query_audit
+from privacy.subjects import Subjects
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
 from runtime.auth import require
@@ -137,6 +141,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         description="Segment-compatible and native event ingest into Kafka.",
     )
     privacy = build_privacy(settings, redis_client, publisher)
+    audited = Audited(audit_log(settings, publisher))
     config = IngestConfig(
         registry=SourceRegistry(settings.ingest.all_sources()),
         publisher=publisher,
@@ -149,7 +154,12 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
     app.include_router(build_router(config))
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     if settings.api.history_owner and not owns_history:
-        app.add_middleware(Forward, target=settings.api.history_owner, prefixes=("/v1/segments",))
+        # Routes that read the history (embedded ClickHouse) go to the process that owns it.
+        app.add_middleware(
+            Forward,
+            target=settings.api.history_owner,
+            prefixes=("/v1/segments", "/v1/privacy/subjects", "/v1/audit"),
+        )
     ns = settings.worker.namespace
     profile_store = ProfileStore(redis_client, settings.profiles, ns)
     # An invalid catalog fails here, loudly; binding to Redis waits for the lifespan.
@@ -164,6 +174,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             read_identity=require(settings.api.tokens, "identity:read"),
             revealer=privacy.revealer if privacy else None,
             blind=privacy.sealer.blind if privacy else None,
+            audited=audited,
         )
     )
 
@@ -195,15 +206,41 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             SegmentStore.durable(redis_client, ns, publisher, settings.kafka),
             read=require(tokens, "segments:read"),
             write=require(tokens, "segments:write"),
+            audited=audited,
         )
     )
+
+    identity_store = IdentityStore(redis_client, settings.identity, ns)
+    db = settings.clickhouse.database
+
+    async def audit_rows(query: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            client = await asyncio.to_thread(history_client)
+        except RuntimeError as exc:
+            raise HTTPException(
+                503,
+                {"code": "history_unavailable", "message": str(exc), "field": None},
+            ) from exc
+        return await asyncio.to_thread(query_audit, client, db, query)
+
+    async def reveal_for_export(doc: Any, clear: bool, ids: dict[str, str] | None) -> Any:
+        assert privacy is not None
+        return await privacy.revealer.document(doc, clear, ids)
 
     app.include_router(
         privacy_router(
             erasures(settings, redis_client, publisher),
-            IdentityStore(redis_client, settings.identity, ns),
+            identity_store,
             settings.ingest.default_region,
-            erase=require(tokens, "privacy:erase"),
+            lambda scope: require(tokens, scope),
+            Approvals(
+                redis_client, ns, settings.privacy.approval_ttl_s, audit_log(settings, publisher)
+            ),
+            Subjects(redis_client, ns, profile_store, identity_store, history_client, db),
+            audited,
+            audit_rows,
+            settings.privacy.approval_threshold,
+            reveal=reveal_for_export if privacy else None,
             blind=privacy.sealer.blind if privacy else None,
         )
     )

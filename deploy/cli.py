@@ -47,6 +47,7 @@ from privacy.crypto import MasterKeyError, MasterKeys
 from profiles.api import explanation, opened
 from profiles.store import ProfileStore
 from runtime.auth import Token, hash_token
+from runtime.exceptions import KafkaUnavailable
 from runtime.publisher import Publisher
 from segments.cli import segments as segments_group
 from tagging.catalog import load as load_catalog
@@ -434,7 +435,20 @@ def profiles_get(
     found = asyncio.run(main())
     if found is None:
         raise click.ClickException("no such profile")
+    _audited_read(settings, clear, "profile.read", found["profile_id"])
     _echo_json(found)
+
+
+def _audited_read(settings: Settings, clear: bool, action: str, profile_id: str) -> None:
+    """Record a read that shows personal data in clear; refuse to show it unrecorded."""
+    if not (clear or not settings.privacy_enabled()):
+        return
+    try:
+        asyncio.run(privacy.cli_record(settings, action, profile_id, 1))
+    except KafkaUnavailable:
+        raise click.ClickException(
+            "the audit log (Kafka) did not record this read, so it is not shown"
+        ) from None
 
 
 @asynccontextmanager
@@ -478,6 +492,7 @@ def identity_explain(settings: Settings, profile_id: str, clear: bool) -> None:
     if found is None:
         raise click.ClickException(f"no profile {profile_id}")
     survivor, identifiers, history = found["profile_id"], found["identifiers"], found["history"]
+    _audited_read(settings, clear, "identity.explain", survivor)
     alias = f" (asked {profile_id}, merged into it)" if survivor != profile_id else ""
     click.echo(f"profile {survivor}{alias}")
     click.echo("identifiers:")

@@ -14,6 +14,7 @@ from deploy import privacy
 from deploy.settings import Settings
 from identity.normalize import BadIdentifier
 from identity.store import IdentityStore
+from privacy.approvals import ApprovalError, Approvals
 from privacy.crypto import MasterKeyError, MasterKeys, is_blind, kid_of
 from privacy.keystore import KeyStore
 from runtime.publisher import Publisher
@@ -61,13 +62,21 @@ def register(keys: click.Group) -> None:
     @keys.command("rotate-master")
     @click.option("--id", "kek_id", default=None, help="Name of the new key (default: k<N+1>).")
     @click.option(
+        "--approval",
+        default=None,
+        help="The id of an approved rotate-master request (POST /v1/privacy/approvals, "
+        "approved by a second token); needed unless CDP_PRIVACY__ROTATION_NEEDS_APPROVAL=false.",
+    )
+    @click.option(
         "--retire",
         is_flag=True,
         help="After rewrapping, delete the older key-encryption keys from the file: copies of "
         "data keys wrapped under them (old log segments, backups) become unreadable.",
     )
     @click.pass_obj
-    def keys_rotate(settings: Settings, kek_id: str | None, retire: bool) -> None:
+    def keys_rotate(
+        settings: Settings, kek_id: str | None, approval: str | None, retire: bool
+    ) -> None:
         """Add a key-encryption key, make it current, rewrap every data key under it.
 
         No downtime and no event is re-encrypted: running processes pick up the new key
@@ -84,6 +93,7 @@ def register(keys: click.Group) -> None:
             rotated = current.rotated(kek_id or f"k{len(current.keks) + 1}")
         except MasterKeyError as exc:
             raise click.ClickException(str(exc)) from None
+        _approved_rotation(settings, approval)
         rotated.save(path)
 
         async def rewrap(store: KeyStore, _: aioredis.Redis) -> int:
@@ -96,6 +106,7 @@ def register(keys: click.Group) -> None:
             return total
 
         moved = _run(settings, rewrap)
+        _audit(settings, "keys.rotated", rotated.current_id, rewrapped=moved, retire=retire)
         click.echo(f"current key-encryption key {rotated.current_id}; {moved} data keys rewrapped")
         if retire:
             kept = MasterKeys(
@@ -137,6 +148,7 @@ def register(keys: click.Group) -> None:
             return len(kids), await store.shred(kids)
 
         asked, destroyed = _run(settings, shred)
+        _audit(settings, "keys.shredded", profile_id or "", asked=asked, destroyed=destroyed)
         click.echo(f"{destroyed} data keys destroyed ({asked} identifiers asked)")
 
     @keys.command("restore")
@@ -147,4 +159,38 @@ def register(keys: click.Group) -> None:
         async def restore(store: KeyStore, _: Any) -> int:
             return await store.restore()
 
-        click.echo(f"{_run(settings, restore)} data keys restored to Redis")
+        restored = _run(settings, restore)
+        _audit(settings, "keys.restored", "", restored=restored)
+        click.echo(f"{restored} data keys restored to Redis")
+
+
+def _audit(settings: Settings, action: str, target: str, **detail: Any) -> None:
+    """Record an operator's key change in the audit log."""
+    asyncio.run(privacy.cli_record(settings, action, target, **detail))
+
+
+def _approved_rotation(settings: Settings, approval: str | None) -> None:
+    """Take the approved rotate-master request, or refuse (when rotations need one)."""
+    if not settings.privacy.rotation_needs_approval:
+        return
+    if approval is None:
+        raise click.UsageError(
+            "a master-key rotation needs a second person: ask with POST /v1/privacy/approvals "
+            '{"action": "rotate-master"}, have another token approve it, then pass --approval ID'
+        )
+
+    async def use(_: KeyStore, client: aioredis.Redis) -> None:
+        k = settings.kafka
+        publisher = Publisher(k.bootstrap_servers, publish_timeout_s=k.publish_timeout_s)
+        log = privacy.audit(settings, publisher)
+        approvals = Approvals(
+            client, settings.worker.namespace, settings.privacy.approval_ttl_s, log
+        )
+        try:
+            await approvals.use(approval, "rotate-master", None)
+        except ApprovalError as exc:
+            raise click.ClickException(f"--approval: {exc}") from None
+        finally:
+            await publisher.stop()
+
+    _run(settings, use)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -20,7 +21,8 @@ from contracts.topics import (
 )
 from deploy.settings import Settings
 from identity.normalize import parse_identifier
-from privacy.audit import Audit
+from identity.store import IdentityStore
+from privacy.audit import Audit, cli_actor
 from privacy.classification import Classification
 from privacy.crypto import KeyWrapper, MasterKeys
 from privacy.erasure import Erasures
@@ -120,6 +122,21 @@ def erasures(settings: Settings, client: aioredis.Redis, publisher: Publisher) -
         settings.kafka.topic(PRIVACY_ERASURES.name),
         settings.worker.namespace,
         audit(settings, publisher),
+        IdentityStore(client, settings.identity, settings.worker.namespace),
         keys,
         [(settings.kafka.topic(t.name), t) for t in PERSONAL_TOPICS],
     )
+
+
+async def cli_record(
+    settings: Settings, action: str, target: str = "", subjects: int = 0, **detail: Any
+) -> None:
+    """Record an operator's command in the audit log (acknowledged before it returns)."""
+    k = settings.kafka
+    publisher = Publisher(k.bootstrap_servers, publish_timeout_s=k.publish_timeout_s)
+    try:
+        await audit(settings, publisher).record(
+            cli_actor(), action, target, subjects, "cli", **detail
+        )
+    finally:
+        await publisher.stop()

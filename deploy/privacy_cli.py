@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+import httpx
 import redis.asyncio as aioredis
 
 from contracts.privacy import AuditRecord, Erasure, ErasureState
@@ -127,6 +129,133 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(f"no erasure {erasure_id}")
         _show(found)
 
+    api_option = click.option(
+        "--api",
+        "api_url",
+        default=None,
+        help="The API's base URL (default: http://<CDP_API__HOST>:<CDP_API__PORT>).",
+    )
+    token_option = click.option(
+        "--token",
+        envvar="CDP_TOKEN",
+        required=True,
+        help="Your bearer token (or CDP_TOKEN): the API records who asked.",
+    )
+    person_options = [
+        click.option("--type", "type_name", default=None, help="Identifier type, e.g. phone."),
+        click.option("--value", default=None, help="Identifier value."),
+        click.option("--profile", "profile_id", default=None, help="A profile id instead."),
+    ]
+
+    def person(f: Any) -> Any:
+        for option in reversed(person_options):
+            f = option(f)
+        return f
+
+    @privacy_group.command("export")
+    @person
+    @click.option("--format", "fmt", type=click.Choice(["jsonl", "zip"]), default="jsonl")
+    @click.option("--approval", default=None, help="An approved export request (in clear).")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+    @api_option
+    @token_option
+    @click.pass_obj
+    def export(
+        settings: Settings,
+        type_name: str | None,
+        value: str | None,
+        profile_id: str | None,
+        fmt: str,
+        approval: str | None,
+        out: Path,
+        api_url: str | None,
+        token: str,
+    ) -> None:
+        """Write everything held about a person to --out (through the API, which owns the
+        history and audits the export)."""
+        params = _person_params(type_name, value, profile_id) | {"format": fmt}
+        if approval:
+            params["approval"] = approval
+        url = _base(settings, api_url) + "/v1/privacy/subjects/export"
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=300) as answer:
+            if answer.status_code != 200:
+                answer.read()
+                raise click.ClickException(_api_error(answer))
+            with out.open("wb") as f:
+                for chunk in answer.iter_bytes():
+                    f.write(chunk)
+        click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
+
+    @privacy_group.command("consents")
+    @person
+    @api_option
+    @token_option
+    @click.pass_obj
+    def consents(
+        settings: Settings,
+        type_name: str | None,
+        value: str | None,
+        profile_id: str | None,
+        api_url: str | None,
+        token: str,
+    ) -> None:
+        """Print a person's consent ledger and its current state."""
+        answer = httpx.get(
+            _base(settings, api_url) + "/v1/privacy/subjects/consents",
+            params=_person_params(type_name, value, profile_id),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        if answer.status_code != 200:
+            raise click.ClickException(_api_error(answer))
+        click.echo(json.dumps(answer.json(), indent=2, ensure_ascii=False))
+
+    @privacy_group.command("request")
+    @click.argument("action", type=click.Choice(["export", "rotate-master"]))
+    @person
+    @api_option
+    @token_option
+    @click.pass_obj
+    def request(
+        settings: Settings,
+        action: str,
+        type_name: str | None,
+        value: str | None,
+        profile_id: str | None,
+        api_url: str | None,
+        token: str,
+    ) -> None:
+        """Ask for a second person's approval (an export in clear, a master-key rotation)."""
+        body: dict[str, Any] = {"action": action}
+        if action == "export":
+            body["subject"] = _person_params(type_name, value, profile_id)
+        answer = httpx.post(
+            _base(settings, api_url) + "/v1/privacy/approvals",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        if answer.status_code != 201:
+            raise click.ClickException(_api_error(answer))
+        click.echo(json.dumps(answer.json(), indent=2))
+
+    @privacy_group.command("approve")
+    @click.argument("approval_id")
+    @api_option
+    @token_option
+    @click.pass_obj
+    def approve(settings: Settings, approval_id: str, api_url: str | None, token: str) -> None:
+        """Approve another token's request (yours cannot be approved by you)."""
+        answer = httpx.post(
+            _base(settings, api_url) + f"/v1/privacy/approvals/{approval_id}/approve",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        if answer.status_code != 200:
+            raise click.ClickException(_api_error(answer))
+        click.echo(json.dumps(answer.json(), indent=2))
+
     @cli.command("audit")
     @click.option("--actor", default=None, help="Only this token name (or cli:<user>).")
     @click.option("--action", default=None, help="Only actions starting with this.")
@@ -159,3 +288,25 @@ def _matches(r: AuditRecord, actor: str | None, action: str | None, target: str 
         and (action is None or r.action.startswith(action))
         and (target is None or r.target == target)
     )
+
+
+def _person_params(
+    type_name: str | None, value: str | None, profile_id: str | None
+) -> dict[str, str]:
+    if profile_id is not None and type_name is None and value is None:
+        return {"profile_id": profile_id}
+    if profile_id is None and type_name is not None and value is not None:
+        return {"type": type_name, "value": value}
+    raise click.UsageError("give --type and --value, or --profile")
+
+
+def _base(settings: Settings, api_url: str | None) -> str:
+    return (api_url or f"http://{settings.api.host}:{settings.api.port}").rstrip("/")
+
+
+def _api_error(answer: httpx.Response) -> str:
+    try:
+        body = answer.json()
+        return f"{answer.status_code} {body.get('code')}: {body.get('message')}"
+    except ValueError:
+        return f"{answer.status_code}: {answer.text[:200]}"

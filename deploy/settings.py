@@ -205,6 +205,12 @@ class PrivacySettings(BaseModel):
     classification: Path | None = None
     #: How long a process keeps an unwrapped data key: a shred reaches every process within it.
     cache_ttl_s: float = Field(default=60.0, gt=0)
+    #: An erasure of more people than this in one request needs a second token's approval.
+    approval_threshold: int = Field(default=10, ge=1)
+    #: How long a request for approval stays open; expired, it can do nothing.
+    approval_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    #: ``cdp keys rotate-master`` needs an approved request (``--approval``).
+    rotation_needs_approval: bool = True
 
 
 class Settings(BaseSettings):

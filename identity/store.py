@@ -223,6 +223,17 @@ class IdentityStore:
         lines = await self._redis.lrange(f"{self._ns}:p:{pid}:log", 0, -1)
         return [json.loads(line) for line in lines]
 
+    async def merged(self, profile_id: str) -> list[str]:
+        """The profile ids merged into a profile (its explain log names every one, since a
+        merged profile's log moves into its survivor's)."""
+        return sorted(
+            {
+                str(e["other"])
+                for e in await self.history(profile_id)
+                if e.get("decision") == "merged"
+            }
+        )
+
     async def identifiers(self, profile_id: str) -> list[str]:
         """Return the identifiers of a profile (after following aliases)."""
         pid = await self.survivor(profile_id)

@@ -45,6 +45,7 @@ import structlog
 from contracts.privacy import Erasure, ErasureState, Receipt, TopicFate
 from contracts.topics import Topic
 from identity.aliases import survivor
+from identity.store import IdentityStore
 from privacy.audit import Audit
 from privacy.crypto import is_blind, kid_of
 from privacy.keystore import KeyStore
@@ -143,6 +144,7 @@ class Erasures:
         topic: str,
         namespace: str,
         audit: Audit,
+        identity: IdentityStore,
         keys: KeyStore | None = None,
         topics: Sequence[tuple[str, Topic]] = (),
     ) -> None:
@@ -151,6 +153,7 @@ class Erasures:
         self._topic = topic
         self._ns = namespace
         self._audit = audit
+        self._identity = identity
         self._keys = keys
         #: Deployed name and registry entry of every topic that holds people's records.
         self._topics = list(topics)
@@ -297,10 +300,7 @@ class Erasures:
         pids: set[str] = set(survivors)
         ids: set[str] = set()
         for pid in survivors:
-            for line in await self._redis.lrange(f"{ns}:p:{pid}:log", 0, -1):
-                entry = json.loads(line)
-                if entry.get("decision") == "merged" and entry.get("other"):
-                    pids.add(str(entry["other"]))
+            pids.update(await self._identity.merged(pid))
             fields = await self._redis.hkeys(f"{ns}:p:{pid}:g")
             ids.update(_text(f)[1:] for f in fields if _text(f).startswith("="))
             ids.update(_text(m) for m in await self._redis.smembers(f"{ns}:p:{pid}:ids"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from contracts.events import Identifier
 from identity.normalize import BadIdentifier, parse_identifier
 from identity.store import IdentityStore
+from privacy.audit import Audited
 from privacy.reveal import PII_READ, Revealer
 from profiles.store import ProfileStore
 from runtime.auth import Token
@@ -100,11 +101,14 @@ def build_router(
     read_identity: Any,
     revealer: Revealer | None = None,
     blind: Callable[[Identifier], Identifier] | None = None,
+    audited: Audited | None = None,
 ) -> APIRouter:
     """Return the read routes; the ``read_*`` dependencies enforce token scopes.
 
     With field encryption (``revealer`` and ``blind``), lookups compare blind indexes and
     answers carry sensitive values masked, or in clear for a token with ``pii:read``.
+    Every answer with personal data in clear (all of them without field encryption) is
+    recorded in the audit log (``audited``).
     """
     router = APIRouter(tags=["profiles"])
     # Defaults, not annotations: these annotations are strings resolved at module level.
@@ -112,6 +116,10 @@ def build_router(
 
     async def reveal(doc: dict[str, Any], token: Token, ids: dict[str, str] | None = None) -> Any:
         return await opened(revealer, identity, doc, PII_READ in token.scopes, ids)
+
+    def audit(token: Token, request: Request, action: str, pid: str) -> None:
+        if audited is not None and (revealer is None or PII_READ in token.scopes):
+            audited.soon(token, request, action, pid, subjects=1)
 
     async def profile(profile_id: str, token: Token) -> Any:
         """The profile as the token may see it; None when unknown. One Redis call, with the
@@ -135,19 +143,22 @@ def build_router(
     async def lookup(
         type: Annotated[str, Query(min_length=1, max_length=48)],
         value: Annotated[str, Query(min_length=1, max_length=256)],
+        request: Request,
         token: Token = profile_reader,
     ) -> Any:
-        return await find(type, value, token)
+        return await find(type, value, token, request)
 
     @router.post(
         "/v1/profiles/lookup",
         summary="Find a profile by any identifier given in the body (so that the value stays "
         "out of URLs and the access logs of proxies)",
     )
-    async def lookup_by_body(body: LookupBody, token: Token = profile_reader) -> Any:
-        return await find(body.type, body.value, token)
+    async def lookup_by_body(
+        body: LookupBody, request: Request, token: Token = profile_reader
+    ) -> Any:
+        return await find(body.type, body.value, token, request)
 
-    async def find(type: str, value: str, token: Token) -> Any:
+    async def find(type: str, value: str, token: Token, request: Request) -> Any:
         ident = identifier(type, value, region, blind)
         holders = await identity.holders(ident.key())
         if not holders:
@@ -157,6 +168,7 @@ def build_router(
         found = await profile(holders[0], token)
         if found is None:
             raise not_found("value", f"profile {holders[0]} has no events yet")
+        audit(token, request, "profile.read", found["profile_id"])
         return found
 
     @router.get(
@@ -165,11 +177,13 @@ def build_router(
     )
     async def get_profile(
         profile_id: str,
+        request: Request,
         token: Token = profile_reader,
     ) -> Any:
         found = await profile(profile_id, token)
         if found is None:
             raise not_found("profile_id", f"no profile {profile_id}")
+        audit(token, request, "profile.read", found["profile_id"])
         return found
 
     @router.get(
@@ -178,11 +192,13 @@ def build_router(
     )
     async def explain(
         profile_id: Annotated[str, Query(min_length=1)],
+        request: Request,
         token: Token = identity_reader,
     ) -> Any:
         found = await explanation(identity, profiles, profile_id)
         if found is None:
             raise not_found("profile_id", f"no profile {profile_id}")
+        audit(token, request, "identity.explain", found["profile_id"])
         return await reveal(found, token)
 
     return router

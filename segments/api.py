@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from contracts.segments import SegmentDefinition, error_path
+from privacy.audit import Audited
 from privacy.reveal import PII_READ
 from runtime.auth import Token
 from runtime.exceptions import KafkaUnavailable
@@ -66,9 +67,28 @@ async def parse(request: Request) -> SegmentDefinition:
         raise _error(400, "invalid_segment", message, path) from exc
 
 
-def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any) -> APIRouter:
-    """Return the segment routes; ``read``/``write`` enforce the token scopes."""
+def build_router(
+    segments: Segments,
+    store: SegmentStore,
+    read: Any,
+    write: Any,
+    audited: Audited | None = None,
+) -> APIRouter:
+    """Return the segment routes; ``read``/``write`` enforce the token scopes.
+
+    Previews and exports (members' data) are recorded in the audit log before they are
+    answered, saved-segment changes once made (``audited``).
+    """
     router = APIRouter(tags=["segments"])
+    Writer = Annotated[Token, Depends(write)]
+
+    async def audit_now(token: Token, request: Request, action: str, *args: Any, **kw: Any) -> None:
+        if audited is not None:
+            await audited.now(token, request, action, *args, **kw)
+
+    def audit_soon(token: Token, request: Request, action: str, target: str) -> None:
+        if audited is not None:
+            audited.soon(token, request, action, target)
 
     async def run(fn: Any, *args: Any) -> Any:
         """Call ``fn`` (sync or async) mapping segment errors to JSON responses."""
@@ -131,6 +151,7 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
         async def preview(
             seg: Seg,
             token: Reader,
+            request: Request,
             fields: Fields = None,
             limit: Annotated[int, Query(ge=1, le=1000)] = 20,
             include_unconsented: Unconsented = False,
@@ -138,27 +159,37 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             enforce = consent(token, include_unconsented)
             clear = PII_READ in token.scopes
             rows = await run(segments.preview, seg, fields or [], limit, enforce, clear)
+            await audit_now(token, request, "segment.preview", seg.id or "", len(rows), clear=clear)
             return {"count": len(rows), "profiles": rows}
 
         @add(f"{prefix}/export", summary=f"All members of {what}: CSV, JSONL or Parquet")
         async def export(
             seg: Seg,
             token: Reader,
+            request: Request,
             format: Format = Format.CSV,
             fields: Fields = None,
             include_unconsented: Unconsented = False,
         ) -> Any:
             enforce = consent(token, include_unconsented)
-            return await _export(seg, format, fields, enforce, PII_READ in token.scopes)
+            clear = PII_READ in token.scopes
+            found = await run(segments.export, seg, fields or [], format, enforce, clear)
+            await audit_now(
+                token,
+                request,
+                "segment.export",
+                seg.id or "",
+                found.count,
+                clear=clear,
+                format=format.value,
+            )
+            return _export(seg, format, found)
 
         @add(f"{prefix}/explain", summary=f"The SQL or tag-index program of {what}")
         async def explain(seg: Seg, token: Reader, include_unconsented: Unconsented = False) -> Any:
             return await run(segments.explain, seg, consent(token, include_unconsented))
 
-    async def _export(
-        seg: SegmentDefinition, fmt: Format, fields: list[str] | None, enforce: bool, clear: bool
-    ) -> Response:
-        found = await run(segments.export, seg, fields or [], fmt, enforce, clear)
+    def _export(seg: SegmentDefinition, fmt: Format, found: Any) -> Response:
         chunks: Iterator[bytes] | AsyncIterator[bytes] = found.chunks
         suffix = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[fmt.value]
         name = f"{seg.id or 'segment'}.{suffix}"
@@ -178,10 +209,8 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
         found = await store.list()
         return {"count": len(found), "segments": [s.model_dump(by_alias=True) for s in found]}
 
-    @router.post(
-        "/v1/segments", dependencies=[Depends(write)], status_code=201, summary="Save a segment"
-    )
-    async def create(request: Request) -> Any:
+    @router.post("/v1/segments", status_code=201, summary="Save a segment")
+    async def create(request: Request, token: Writer) -> Any:
         seg = await parse(request)
         if seg.id is None:
             raise _error(400, "invalid_segment", "id: required to save a segment", "id")
@@ -192,6 +221,7 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             raise _error(409, "conflict", str(exc), "id") from exc
         except KafkaUnavailable as exc:
             raise _not_durable() from exc
+        audit_soon(token, request, "segment.saved", seg.id)
         return saved_.model_dump(by_alias=True)
 
     @router.get("/v1/segments/{segment_id}", dependencies=[Depends(read)], summary="A segment")
@@ -200,12 +230,12 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
 
     @router.put(
         "/v1/segments/{segment_id}",
-        dependencies=[Depends(write)],
         summary="Update a segment (a new version); If-Match: <version> guards lost updates",
     )
     async def update(
         segment_id: str,
         request: Request,
+        token: Writer,
         if_match: Annotated[str | None, Header()] = None,
     ) -> Any:
         seg = await parse(request)
@@ -226,21 +256,18 @@ def build_router(segments: Segments, store: SegmentStore, read: Any, write: Any)
             raise _error(409, "conflict", str(exc), "If-Match") from exc
         except KafkaUnavailable as exc:
             raise _not_durable() from exc
+        audit_soon(token, request, "segment.saved", segment_id)
         return saved_.model_dump(by_alias=True)
 
-    @router.delete(
-        "/v1/segments/{segment_id}",
-        dependencies=[Depends(write)],
-        status_code=204,
-        summary="Delete a segment",
-    )
-    async def delete(segment_id: str) -> Response:
+    @router.delete("/v1/segments/{segment_id}", status_code=204, summary="Delete a segment")
+    async def delete(segment_id: str, request: Request, token: Writer) -> Response:
         try:
             await store.delete(segment_id)
         except SegmentNotFound as exc:
             raise _error(404, "not_found", f"no segment {segment_id}", "segment_id") from exc
         except KafkaUnavailable as exc:
             raise _not_durable() from exc
+        audit_soon(token, request, "segment.deleted", segment_id)
         return Response(status_code=204)
 
     operations("post", "/v1/segments", adhoc, "a definition (the body)")

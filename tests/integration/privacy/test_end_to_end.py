@@ -346,6 +346,8 @@ def cli(settings: Settings, *args: str) -> str:
         "CDP_REDIS__URL": settings.redis.url.get_secret_value(),
         "CDP_WORKER__NAMESPACE": settings.worker.namespace,
         "CDP_PRIVACY__ENABLED": "true",
+        # The approval flow of rotations has its own test (test_rights.py).
+        "CDP_PRIVACY__ROTATION_NEEDS_APPROVAL": "false",
         "CDP_LOG_LEVEL": "warning",
     }
     if settings.privacy.master_keys is not None:
