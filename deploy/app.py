@@ -27,7 +27,7 @@ from ingest.cors import IngestCors
 from ingest.sources import SourceRegistry
 from privacy.api import build_router as privacy_router
 from privacy.approvals import Approvals
-from privacy.audit import Audited, query_audit
+from privacy.audit import Audited, query_audit, record_changes
 from privacy.subjects import Subjects
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
@@ -119,6 +119,20 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         "clickhouse": clickhouse_check,
     }
 
+    async def record_configuration() -> None:
+        """Tokens and sources are configuration: a change is audited by the first process
+        that starts with it (names and scopes only; tokens and keys are hashes anyway)."""
+        tokens_now = {t.name: f"{t.sha256[:16]}:{','.join(sorted(t.scopes))}" for t in tokens}
+        sources_now = {
+            s.name: f"{s.key_sha256[:16]}:{s.channel}:{s.user_id_type}"
+            for s in settings.ingest.all_sources()
+        }
+        try:
+            for kind, items in (("tokens", tokens_now), ("sources", sources_now)):
+                await record_changes(redis_client, ns, audited.log, kind, items)
+        except Exception as exc:  # noqa: BLE001 - ingest must start; recorded next time
+            log.warning("audit.config_not_recorded", error=str(exc))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
@@ -127,6 +141,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             log.warning("api.tags_unbound", error=str(exc))
         connected = await publisher.start()
         log.info("api.started", kafka_connected=connected, port=settings.api.port)
+        await record_configuration()
         freeze_startup_heap()
         yield
         await publisher.stop()

@@ -375,7 +375,8 @@ def tokens() -> None:
     multiple=True,
     required=True,
     help="profiles:read, identity:read, segments:read, segments:write, segments:admin, "
-    "pii:read (sensitive values in clear; repeat for several).",
+    "pii:read (sensitive values in clear), privacy:erase, privacy:export, privacy:approve, "
+    "audit:read (docs/privacy.md; repeat for several).",
 )
 def tokens_new(name: str, scopes: tuple[str, ...]) -> None:
     """Mint a token; print it once and the entry (hash only) for CDP_API__TOKENS."""

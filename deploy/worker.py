@@ -16,12 +16,13 @@ from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
 from deploy.logs import quiet_libraries
-from deploy.privacy import erasures
+from deploy.privacy import audit, erasures
 from deploy.serve import ChildFailed, Children, die_with
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
 from privacy import agents as privacy_agents
+from privacy.audit import record_changes
 from profiles import agents as profile_agents
 from profiles.store import ProfileStore
 from runtime.publisher import Publisher
@@ -144,6 +145,20 @@ def build_app(
             deps.topic(SEGMENTS_MEMBERSHIP.name),
             settings.segments.live_reload_s,
         )
+    if "profiles" in roles and deps.tags is not None:
+        prints = {t.id: t.fingerprint for t in deps.tags.catalog.by_id.values()}
+
+        @app.task
+        async def catalog_changes() -> None:
+            """Audit a changed tag catalog (the first profiles worker to start with it)."""
+            try:
+                await record_changes(
+                    deps.redis, settings.worker.namespace, audit(settings, deps.publisher),
+                    "catalog", prints,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - tags must run; recorded next time
+                structlog.get_logger().warning("audit.catalog_not_recorded", error=str(exc))
+
     if "identity" in roles:
 
         @app.task

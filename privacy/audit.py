@@ -156,3 +156,41 @@ def query_audit(client: Any, db: str, query: dict[str, Any]) -> list[dict[str, A
         {**dict(zip(result.column_names, row, strict=True)), "at": row[1].isoformat()}
         for row in result.result_rows
     ]
+
+
+async def record_changes(
+    redis: Any, namespace: str, audit: Audit, kind: str, items: dict[str, str]
+) -> bool:
+    """Record a change of configuration (tokens, sources, the tag catalog) found at start.
+
+    ``items`` maps names (token, source, tag ids: never secrets or personal data) to a digest
+    of what they are. Compared with what the last process recorded, a difference becomes one
+    ``<kind>.changed`` record (actor ``system``) naming what was added, removed or changed;
+    only then is the new state stored, so a change the log missed is recorded next time.
+    Returns whether anything changed.
+    """
+    key = f"{namespace}:audit:config:{kind}"
+    raw = await redis.hgetall(key)
+    before = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    if before == items:
+        return False
+    added = sorted(set(items) - set(before))
+    removed = sorted(set(before) - set(items))
+    changed = sorted(n for n in set(items) & set(before) if items[n] != before[n])
+    await audit.record(
+        "system",
+        f"{kind}.changed",
+        kind,
+        added=",".join(added)[:2000],
+        removed=",".join(removed)[:2000],
+        changed=",".join(changed)[:2000],
+    )
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        if items:
+            pipe.hset(key, mapping=items)
+        await pipe.execute()
+    return True
