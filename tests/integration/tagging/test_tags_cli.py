@@ -38,6 +38,8 @@ def env_of(settings: Settings) -> dict[str, str]:
         "CDP_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "CDP_REDIS__URL": settings.redis.url.get_secret_value(),
         "CDP_WORKER__NAMESPACE": settings.worker.namespace,
+        # Stored in clear by the test: whatever master keys this machine's state holds.
+        "CDP_PRIVACY__ENABLED": "false",
     }
 
 
@@ -119,7 +121,9 @@ def test_backfill_list_show_and_count_from_the_terminal(settings: Settings) -> N
         "channel_pos\t2",
         "spend_under_500\t1",
     ]
-    profile = json.loads(cdp(env, "profiles", "get", "--type", "member_id", "--value", "M1").stdout)
+    got = cdp(env, "profiles", "get", "--type", "member_id", "--value", "M1")
+    assert got.returncode == 0, got.stderr
+    profile = json.loads(got.stdout)
     assert "spend_2000_5000" in profile["tags"] and "channel_pos" in profile["tags"]
     again = cdp(env, "tags", "backfill")
     assert again.stdout.strip() == "nothing to backfill: every tag's rule is backfilled"
