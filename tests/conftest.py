@@ -14,6 +14,7 @@ from deploy.settings import (
     ClickHouseSettings,
     IngestSettings,
     KafkaSettings,
+    PrivacySettings,
     RedisSettings,
     Settings,
     WorkerSettings,
@@ -57,6 +58,9 @@ def make_settings(services: Services, prefix: str, **kafka: object) -> Settings:
         ingest=IngestSettings(sources=known_sources()),
         worker=WorkerSettings(namespace=prefix.rstrip(".")),
         api=ApiSettings(tokens=known_tokens()),
+        # In clear unless a test seals (tests/integration/privacy): not whatever master keys
+        # this machine's state holds (`cdp up` writes some).
+        privacy=PrivacySettings(enabled=False),
     )
 
 
