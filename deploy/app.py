@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
 from deploy.forward import Forward
+from deploy.lifecycle import STOP, Stop
 from deploy.privacy import audit as audit_log
 from deploy.privacy import build as build_privacy
 from deploy.privacy import erasures
@@ -87,11 +88,12 @@ async def _run_checks(checks: dict[str, Check]) -> dict[str, dict[str, Any]]:
     return dict(zip(checks, results, strict=True))
 
 
-def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
+def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP) -> FastAPI:
     """Build the API; connections open in the lifespan, not at import.
 
     ``owns_history``: this process writes the embedded ClickHouse (``cdp run``), so segment
     queries may open it; otherwise they need a ClickHouse server (``CDP_CLICKHOUSE__URL``).
+    ``stop``: the process's stop; ``/healthz`` answers 503 once it began.
     """
     publisher = _publisher(settings)
     redis_client = aioredis.from_url(settings.redis.url.get_secret_value())
@@ -283,8 +285,14 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             400,
         )
 
-    @app.get("/healthz", tags=["ops"], summary="Kafka, Redis and ClickHouse reachability")
+    @app.get(
+        "/healthz", tags=["ops"], summary="Kafka, Redis and ClickHouse reachability; 503 stopping"
+    )
     async def healthz() -> Any:
+        if stop.stopping:
+            # A load balancer stops sending here; the checks would say nothing it needs.
+            body = {"ok": False, "pid": os.getpid(), "stopping": True, "checks": {}}
+            return json_response(body, 503)
         results = await _run_checks(checks)
         ok = all(r["ok"] for r in results.values())
         # Several processes serve one port: the pid says which one answered.

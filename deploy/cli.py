@@ -23,14 +23,15 @@ from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
 from deploy.keys_cli import register as register_key_commands
+from deploy.lifecycle import EXIT_CONFIG, EXIT_START, StartError, wait_for_kafka, wait_for_redis
 from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
 from deploy.privacy_cli import register as register_privacy_commands
-from deploy.serve import PortInUse, api_processes, attach_api, supervise
+from deploy.serve import api_processes, attach_api, check_port_free, supervise
 from deploy.serve import serve as serve_api
-from deploy.settings import Settings
+from deploy.settings import ConfigError, Settings
 from deploy.worker import (
     ROLES,
     STREAM_ROLES,
@@ -60,7 +61,7 @@ from tagging.store import TagStore
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Customer data platform: ingest, identity, profiles, history."""
-    settings = Settings()
+    settings = Settings.load()
     configure(settings.log_level, settings.log_json)
     ctx.obj = settings
 
@@ -229,15 +230,14 @@ def run(
     if demo:
         settings = _with_demo(settings)
     _check_keys(settings)
-    topics_mod.create_all(settings.kafka)
     if not settings.ingest.all_sources():
         click.echo("warning: no write keys configured; see `cdp keys new`", err=True)
+    check_port_free(settings.api.host, settings.api.port)
+    _wait_for_services(settings)
+    topics_mod.create_all(settings.kafka)
     _adopt_one_group_offsets(settings)
     app = build_app(settings, ["history"])
-    try:
-        attach_api(app, settings, api_workers or api_processes(settings))
-    except PortInUse as exc:
-        raise click.ClickException(f"{exc}: is another cdp api or cdp run serving it?") from exc
+    attach_api(app, settings, api_workers or api_processes(settings))
     count = stream_workers or settings.worker.processes
     supervise(app, WorkerProcesses(settings, STREAM_ROLES, count))
     base = f"http://{settings.api.host}:{settings.api.port}"
@@ -249,7 +249,7 @@ def run(
     )
     if demo:
         add_demo_task(app, settings, base, exit_after_demo)
-    run_worker(app, settings.log_level_faust())
+    run_worker(app, settings)
 
 
 def _check_keys(settings: Settings) -> None:
@@ -258,7 +258,14 @@ def _check_keys(settings: Settings) -> None:
         try:
             privacy.wrapper(settings)
         except MasterKeyError as exc:
-            raise click.ClickException(f"field encryption is on but {exc}") from None
+            raise ConfigError(f"field encryption is on but {exc}") from None
+
+
+def _wait_for_services(settings: Settings) -> None:
+    """Wait up to ``CDP_STARTUP_TIMEOUT_S`` for Kafka and Redis; ``StartError`` naming the
+    one that did not answer."""
+    wait_for_kafka(settings.kafka.bootstrap_servers, settings.startup_timeout_s)
+    wait_for_redis(settings.redis.url.get_secret_value(), settings.startup_timeout_s)
 
 
 def _key_source(settings: Settings) -> str:
@@ -292,8 +299,9 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
     """Run stream processors; workers with the same roles share the partitions."""
     chosen = sorted(roles or ROLES)
     click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
+    _wait_for_services(settings)
     app = build_app(settings, chosen, instance=settings.worker.instance_id)
-    run_worker(app, settings.log_level_faust())
+    run_worker(app, settings)
 
 
 @cli.command()
@@ -305,13 +313,12 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
 )
 @click.pass_obj
 def api(settings: Settings, workers: int | None) -> None:
-    """Run only the HTTP API (scale-out deployments)."""
+    """Run only the HTTP API (scale-out deployments); it starts without Kafka and Redis
+    (ingest answers 503 until Kafka is there)."""
     _check_keys(settings)
-    try:
-        code = serve_api(settings, workers or api_processes(settings))
-    except PortInUse as exc:
-        raise click.ClickException(f"{exc}: is another cdp api or cdp run serving it?") from exc
-    sys.exit(code)
+    settings.ingest.all_sources()  # a bad sources file is a configuration error, here
+    load_catalog(settings.tags.catalog)  # and so is a bad catalog (each process loads it)
+    sys.exit(serve_api(settings, workers or api_processes(settings)))
 
 
 @cli.command()
@@ -553,5 +560,13 @@ cli.add_command(segments_group)
 
 
 def main() -> None:
-    """Entry point of the ``cdp`` script; an invalid tag catalog stops any command (exit 2)."""
-    run_guarded(lambda: cli(auto_envvar_prefix=None))
+    """Entry point of the ``cdp`` script: a configuration error (settings, tag catalog,
+    keys) exits 2, a failure to start (port, services) exits 3, each with one line."""
+    try:
+        run_guarded(lambda: cli(auto_envvar_prefix=None))
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    except StartError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_START)

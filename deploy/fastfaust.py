@@ -13,18 +13,33 @@ read (the next assignment fetches it again from the committed offset).
 
 The loop mirrors ``faust.transport.consumer.Consumer._drain_messages`` of faust-streaming 0.15,
 which pyproject.toml pins (<0.16); check it against the new loop before raising the pin.
+
+A stopping app waits for the batches in progress only so long (``App._consumer_wait_empty``):
+faust waits for them without end, and a batch retrying against a Redis that is down never
+ends, so neither would the stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import faust
+import structlog
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
+from faust.types import ConsumerT
 from mode import Service
+
+from deploy.lifecycle import STOP
+
+log = structlog.get_logger()
+
+#: Share of the stop's bound given to the batches in progress; the rest is for the agents,
+#: the last commit, the producer's flush and the child processes.
+WAIT_SHARE = 0.5
 
 
 class BatchedConsumer(driver.Consumer):
@@ -93,3 +108,24 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
+
+    async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
+        """Let the batches in progress finish, for at most a share of the stop's bound.
+
+        The offsets of a batch still running then are not committed: it is read again on
+        the next start (its effects are idempotent). A rebalance, not a stop, waits as long
+        as faust does.
+        """
+        if not STOP.stopping:
+            return await super()._consumer_wait_empty(consumer, logger)
+        # faust's Consumer.wait_empty, with a deadline: it cannot be cancelled (its wait for
+        # an ack swallows the cancellation).
+        busy: Any = consumer
+        deadline = time.monotonic() + STOP.remaining(WAIT_SHARE)
+        while busy._unacked_messages and time.monotonic() < deadline:
+            await consumer.commit()
+            await busy._wait_for_ack(timeout=1)
+            busy._clean_unacked_messages()
+        if busy._unacked_messages:
+            log.warning("stop.batches_left", messages=len(busy._unacked_messages))
+        await consumer.commit()

@@ -22,16 +22,16 @@ import mode
 import structlog
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.config import STARTUP_FAILURE
 
-from contracts.errors import CDPError
 from deploy.app import create_app
+from deploy.lifecycle import CHILD_SHARE, EXIT_OK, EXIT_START, KILL_SHARE, STOP, StartError
 from deploy.logs import configure
 from deploy.settings import Settings
 
 log = structlog.get_logger()
 
-#: How long stopping processes get after SIGTERM before they are killed.
+#: How long stopping processes get after SIGTERM before they are killed, when no stop of
+#: this process bounds it (tests that run children directly).
 STOP_GRACE_S = 20.0
 #: prctl(2): the signal a process gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -39,7 +39,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 
 
-class PortInUse(CDPError):
+class PortInUse(StartError):
     """The API's port is held by another process."""
 
 
@@ -65,6 +65,9 @@ def uvicorn_config(settings: Settings, app: Any, **options: Any) -> uvicorn.Conf
         lifespan="on",
         loop=settings.api.loop,
         http=settings.api.http,
+        # Requests still running this long into a stop are cut: the lifespan's shutdown
+        # (flushing the producer) gets the rest of the bound.
+        timeout_graceful_shutdown=max(int(settings.shutdown_timeout_s / 2), 1),
         **options,
     )
 
@@ -100,14 +103,24 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"{host}:{port} is already in use") from exc
+                raise PortInUse(
+                    f"port {host}:{port} is already in use (CDP_API__PORT): "
+                    "is another cdp api or cdp run serving it?"
+                ) from exc
             raise
 
 
 def die_with(parent: int, name: str) -> None:
     """Stop this process when ``parent`` dies, even by SIGKILL (Linux), so no child is left
     holding the port or the partitions without its supervisor; name it ``name`` for ``ps``
-    and ``top`` (every child is otherwise a "python")."""
+    and ``top`` (every child is otherwise a "python").
+
+    The child leaves the terminal's process group: Ctrl-C reaches only the supervisor,
+    which passes the stop on. Reaching both, the supervisor's SIGTERM would be the child's
+    second signal, which ends a process at once (deploy/lifecycle.py).
+    """
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -116,7 +129,7 @@ def die_with(parent: int, name: str) -> None:
         os._exit(0)
 
 
-class ChildFailed(CDPError):
+class ChildFailed(StartError):
     """A child process exited before it was ready: the same fault would repeat on a restart."""
 
 
@@ -131,7 +144,7 @@ class Children:
     event it sets once it is ready (serving, consuming). ``check``
     restarts a child that died after it was ready and raises ``ChildFailed`` for one that
     died before: a fault at start (bad settings, a catalog that does not load) would only
-    repeat. ``stop`` sends SIGTERM and kills those still running after ``STOP_GRACE_S``.
+    repeat. ``stop`` sends SIGTERM and kills those still running after a grace period.
     """
 
     kind = "child"
@@ -174,20 +187,56 @@ class Children:
             log.warning(f"{self.kind}.process_died", pid=process.pid, exitcode=process.exitcode)
             self.processes[i] = self._spawn(i)
 
-    def stop(self) -> None:
-        """SIGTERM every process; kill those still running after ``STOP_GRACE_S``."""
+    def terminate(self) -> None:
+        """SIGTERM every process still running (each then stops within its own bound)."""
         for process, _ in self.processes:
             if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL every process still running."""
+        for process, _ in self.processes:
+            if process.is_alive():
+                process.kill()
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
+        """SIGTERM every process, kill those still running after ``grace_s``; return
+        whether every one stopped by itself."""
+        self.terminate()
+        deadline = time.monotonic() + grace_s
+        clean = True
         for process, _ in self.processes:
             process.join(max(deadline - time.monotonic(), 0))
             if process.is_alive():
+                clean = False
+                log.warning(f"{self.kind}.process_killed", pid=process.pid, after_s=grace_s)
                 process.kill()
                 process.join()
+        return clean
 
 
-class _ReadyServer(uvicorn.Server):
+class _BoundedServer(uvicorn.Server):
+    """uvicorn whose stop is bounded: a signal begins this process's stop (``/healthz``
+    answers 503, a watchdog ends the process after ``CDP_SHUTDOWN_TIMEOUT_S``, a second
+    signal ends it at once), and a clean stop exits 0 instead of re-raising the signal."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        STOP.begin(sig)
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+class _ReadyServer(_BoundedServer):
     """An API process's server: tells its supervisor once it serves."""
 
     def __init__(self, config: uvicorn.Config, ready: Any) -> None:
@@ -203,6 +252,7 @@ class _ReadyServer(uvicorn.Server):
 def _serve_one(settings: Settings, slot: int, parent: int, ready: Any) -> None:
     """One API process: its own socket in the port group, its own app."""
     die_with(parent, "cdp-api")
+    STOP.install(settings.shutdown_timeout_s)
     config = uvicorn_config(settings, partial(process_app, settings), factory=True)
     _ReadyServer(config, ready).run(sockets=[shared_socket(settings.api.host, settings.api.port)])
 
@@ -217,39 +267,52 @@ class ApiProcesses(Children):
     failure = ApiProcessFailed
 
     def __init__(self, settings: Settings, count: int) -> None:
-        super().__init__(_serve_one, (settings,), count)
+        super().__init__(_serve_one, (child_settings(settings),), count)
+
+
+def child_settings(settings: Settings) -> Settings:
+    """A child process's settings: its stop ends a little before its supervisor's."""
+    bound = settings.shutdown_timeout_s * CHILD_SHARE
+    return settings.model_copy(update={"shutdown_timeout_s": bound})
 
 
 def serve(settings: Settings, workers: int) -> int:
-    """Serve the API with ``workers`` processes until SIGTERM/SIGINT; return the exit code."""
+    """Serve the API with ``workers`` processes until SIGTERM/SIGINT; return the exit code
+    (deploy/lifecycle.py)."""
     check_port_free(settings.api.host, settings.api.port)
+    STOP.install(settings.shutdown_timeout_s)
     if workers <= 1:
         config = uvicorn_config(settings, partial(process_app, settings), factory=True)
-        uvicorn.Server(config).run()
-        return 0
-    stopping: list[int] = []
+        server = _BoundedServer(config)
+        server.run()
+        return STOP.exit_code(EXIT_OK if server.started else EXIT_START)
 
     def stop(signum: int, _: FrameType | None) -> None:
-        stopping.append(signum)
+        STOP.begin(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-    processes = ApiProcesses(settings, workers).start()
+    processes = ApiProcesses(settings, workers)
+    STOP.on_begin(processes.terminate)
+    STOP.on_force(processes.kill)
+    processes.start()
     try:
-        while not stopping:
+        while not STOP.stopping:
             time.sleep(0.2)
-            if not stopping:  # Ctrl-C reaches the processes too: none is restarted then
+            if not STOP.stopping:
                 processes.check()
     except ApiProcessFailed as exc:
         log.error("api.process_failed", error=str(exc))
-        return STARTUP_FAILURE
+        STOP.fail(EXIT_START)
     finally:
-        processes.stop()
-    return 0
+        STOP.begin()
+        if not processes.stop(STOP.remaining(KILL_SHARE)):
+            STOP.incomplete = True
+    return STOP.exit_code(EXIT_OK)
 
 
 class _QuietServer(uvicorn.Server):
-    """uvicorn inside faust: faust owns the signals."""
+    """uvicorn inside faust: faust owns the signals (and begins the bounded stop)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -288,7 +351,8 @@ def attach_api(app: faust.App, settings: Settings, workers: int) -> None:
             self.serving = asyncio.ensure_future(server.serve(sockets=[public, internal]))
             while not server.started:
                 if self.serving.done():
-                    raise RuntimeError(f"API could not start on port {settings.api.port}")
+                    STOP.fail(EXIT_START)
+                    raise StartError(f"API could not start on port {settings.api.port}")
                 await asyncio.sleep(0.05)
 
         async def on_stop(self) -> None:
@@ -303,9 +367,12 @@ def attach_api(app: faust.App, settings: Settings, workers: int) -> None:
 def supervise(app: faust.App, children: Children) -> None:
     """Start ``children`` with ``app``, keep them running, stop them before it stops.
 
-    A child that dies before it was ready stops the app (``ChildFailed``): the fault would
-    repeat; one that dies later is restarted.
+    A child that dies before it was ready stops the app (``ChildFailed``, exit 3): the fault
+    would repeat; one that dies later is restarted. The children are told to stop as soon
+    as this process's stop begins, and killed if they outlast its bound.
     """
+    STOP.on_begin(children.terminate)
+    STOP.on_force(children.kill)
 
     @app.service
     class Supervisor(mode.Service):
@@ -314,7 +381,16 @@ def supervise(app: faust.App, children: Children) -> None:
 
         @mode.Service.timer(1.0)
         async def _keep(self) -> None:
-            children.check()
+            if STOP.stopping:
+                return  # a child stopping now is not restarted
+            try:
+                children.check()
+            except ChildFailed as exc:
+                log.error(f"{children.kind}.process_failed", error=str(exc))
+                STOP.fail(EXIT_START)
+                raise
 
         async def on_stop(self) -> None:
-            await asyncio.to_thread(children.stop)
+            STOP.begin()
+            if not await asyncio.to_thread(children.stop, STOP.remaining(KILL_SHARE)):
+                STOP.incomplete = True

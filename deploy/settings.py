@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import types
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from contracts.errors import CDPError
 from contracts.topics import REGISTRY
 from identity.rules import IdentityRules
 from identity.store import RETRY_BUCKETS
@@ -17,6 +28,10 @@ from ingest.limits import Limits
 from ingest.sources import Source
 from profiles.fold import FoldRules
 from runtime.auth import Token
+
+
+class ConfigError(CDPError):
+    """A setting, or a file a setting names, is invalid (exit 2, one line, no traceback)."""
 
 
 def _state_home() -> Path:
@@ -106,8 +121,22 @@ class IngestSettings(BaseModel):
         """Return inline sources plus those in ``sources_file``."""
         loaded: list[Source] = []
         if self.sources_file is not None:
-            raw = json.loads(self.sources_file.read_text(encoding="utf-8"))
-            loaded = [Source.model_validate(item) for item in raw]
+            where = f"CDP_INGEST__SOURCES_FILE ({self.sources_file})"
+            try:
+                raw = json.loads(self.sources_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{where} cannot be read as JSON: {exc}") from None
+            if not isinstance(raw, list):
+                raise ConfigError(f"{where} should hold a JSON list of sources")
+            for i, item in enumerate(raw):
+                try:
+                    loaded.append(Source.model_validate(item))
+                except ValidationError as exc:
+                    why = "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}"
+                        for e in exc.errors()
+                    )
+                    raise ConfigError(f"{where} at [{i}]: {why}") from None
         return [*self.sources, *loaded]
 
 
@@ -234,11 +263,28 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     log_level: str = "info"
     log_json: bool = False
+    #: How long ``cdp run``, ``cdp api`` and ``cdp worker`` may take to stop after
+    #: SIGTERM/SIGINT, whatever is down; then they exit anyway (docs/operations.md).
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    #: How long they wait at start for Kafka and Redis to answer before giving up (exit 3).
+    startup_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
+        if value.upper() not in logging.getLevelNamesMapping():
+            raise ValueError("should be one of debug, info, warning, error, critical")
         return value.lower()
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Read the settings; ``ConfigError`` naming the ``CDP_`` variable when one is wrong."""
+        try:
+            return cls()
+        except SettingsError as exc:
+            raise ConfigError(_unparsable(exc)) from None
+        except ValidationError as exc:
+            raise ConfigError(_invalid(exc)) from None
 
     def log_level_faust(self) -> str:
         """Return the log level in faust's vocabulary."""
@@ -257,3 +303,89 @@ class Settings(BaseSettings):
     def chdb_path(self) -> Path:
         """Return the embedded ClickHouse data directory."""
         return self.clickhouse.path or self.local.state_dir / "chdb"
+
+
+PREFIX, NESTING = "CDP_", "__"
+
+
+def _environ() -> dict[str, str]:
+    """The ``CDP_`` variables, by upper-case name (pydantic-settings ignores the case)."""
+    return {k.upper(): v for k, v in os.environ.items() if k.upper().startswith(PREFIX)}
+
+
+def _unparsable(exc: SettingsError) -> str:
+    """Name the variable whose JSON value pydantic-settings could not parse, and why."""
+    why = str(exc.__cause__) if exc.__cause__ is not None else str(exc)
+    field = str(exc).split('"')[1] if '"' in str(exc) else ""
+    own = PREFIX + field.upper()
+    candidates = [n for n in _environ() if n == own or n.startswith(own + NESTING)]
+    culprits = [n for n in candidates if _parsed_as_json(n) and not _is_json(_environ()[n])]
+    named = culprits or candidates or [own]
+    return (
+        f"{' or '.join(named)} is not valid JSON: {why} "
+        "(an env file holds each value on one line: keep the whole JSON there)"
+    )
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _parsed_as_json(name: str) -> bool:
+    """Whether the setting ``name`` is a model, list or mapping (given as JSON)."""
+    annotation: Any = Settings
+    for part in name[len(PREFIX) :].lower().split(NESTING):
+        annotation = _unwrapped(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = annotation.model_fields
+            if part not in fields:
+                return False
+            annotation = fields[part].annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return False
+    annotation = _unwrapped(annotation)
+    return get_origin(annotation) in (list, dict, set, frozenset, tuple) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
+
+
+def _unwrapped(annotation: Any) -> Any:
+    """``X`` of ``X | None`` and of ``Annotated[X, ...]``."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            rest = [a for a in get_args(annotation) if a is not type(None)]
+            if len(rest) != 1:
+                return annotation
+            annotation = rest[0]
+        else:
+            return annotation
+
+
+def _invalid(exc: ValidationError) -> str:
+    """One line per wrong value: the variable that held it and what is wrong with it."""
+    env = _environ()
+    problems = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        # The longest prefix of the location that is a variable: the value came from it
+        # (CDP_API__TOKENS='[{...}]' -> api.tokens.0.sha256 names CDP_API__TOKENS).
+        for cut in range(len(loc), 0, -1):
+            name = PREFIX + NESTING.join(loc[:cut]).upper()
+            if name in env:
+                inner = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[cut:])
+                where = f"{name}{' at ' + inner.lstrip('.') if inner else ''}"
+                break
+        else:
+            where = PREFIX + NESTING.join(loc).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -15,9 +16,10 @@ from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
+from deploy.lifecycle import STOP
 from deploy.logs import quiet_libraries
 from deploy.privacy import audit, erasures
-from deploy.serve import ChildFailed, Children, die_with
+from deploy.serve import ChildFailed, Children, child_settings, die_with
 from deploy.settings import Settings
 from identity import agents as identity_agents
 from identity.store import IdentityStore
@@ -203,12 +205,35 @@ def build_app(
     return app
 
 
-def run(app: faust.App, loglevel: str = "warn") -> None:
-    """Run the faust worker until a signal stops it."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+class _Worker(faust.Worker):
+    """faust's worker whose stop is bounded (deploy/lifecycle.py): a signal begins this
+    process's stop, a second one ends it at once; a stop for any other reason (a failed
+    start, a crash) is bounded too."""
+
+    def _on_sigint(self) -> None:
+        STOP.begin(signal.SIGINT)
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        STOP.begin(signal.SIGTERM)
+        super()._on_sigterm()
+
+    def on_worker_shutdown(self) -> None:
+        STOP.begin()
+        super().on_worker_shutdown()
+
+
+def run(app: faust.App, settings: Settings) -> None:
+    """Run the faust worker until a signal stops it; exit with lifecycle's code."""
+    STOP.install(settings.shutdown_timeout_s)
+    worker = _Worker(app, loglevel=settings.log_level_faust(), quiet=True, redirect_stdouts=False)
     worker.spinner = None  # its cursor escape codes end up in logs and piped output
     quiet_libraries()
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+        raise SystemExit(STOP.exit_code(code)) from None
 
 
 class WorkerProcessFailed(ChildFailed):
@@ -224,7 +249,7 @@ def _work_one(settings: Settings, roles: list[str], slot: int, parent: int, read
     """
     die_with(parent, "cdp-stream")
     instance = f"{settings.worker.instance_id or socket.gethostname()}-{slot}"
-    run(build_app(settings, roles, ready, instance), settings.log_level_faust())
+    run(build_app(settings, roles, ready, instance), settings)
 
 
 class WorkerProcesses(Children):
@@ -235,4 +260,4 @@ class WorkerProcesses(Children):
     failure = WorkerProcessFailed
 
     def __init__(self, settings: Settings, roles: list[str], count: int) -> None:
-        super().__init__(_work_one, (settings, sorted(roles)), count)
+        super().__init__(_work_one, (child_settings(settings), sorted(roles)), count)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from contracts.topics import REGISTRY
 from deploy import topics
 from deploy.demo_run import other_feeds
 from deploy.lag import consumer_lag
+from deploy.lifecycle import Stop
 from deploy.settings import Settings
 from runtime.readback import read_to_end
 from tests.support.server import running_api
@@ -155,6 +157,16 @@ def test_healthz_checks_all_three_services(settings: Settings) -> None:
         "pid": os.getpid(),  # this test serves the API in its own process
         "checks": {"kafka": {"ok": True}, "redis": {"ok": True}, "clickhouse": {"ok": True}},
     }
+
+
+def test_healthz_answers_503_once_the_process_is_stopping(settings: Settings) -> None:
+    stop = Stop()  # this process's own stop would end the test run
+    with running_api(settings, stop=stop) as api:
+        assert httpx.get(api + "/healthz").status_code == 200
+        stop.begin(signal.SIGTERM)
+        answer = httpx.get(api + "/healthz")
+    assert answer.status_code == 503
+    assert answer.json() == {"ok": False, "pid": os.getpid(), "stopping": True, "checks": {}}
 
 
 def test_healthz_of_a_split_api_leaves_the_workers_embedded_clickhouse_alone(

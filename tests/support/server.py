@@ -11,21 +11,23 @@ import httpx
 import uvicorn
 
 from deploy.app import create_app
+from deploy.lifecycle import STOP, Stop
 from deploy.local.kafka import free_port
 from deploy.serve import ApiProcesses
 from deploy.settings import Settings
 
 
 @contextmanager
-def running_api(settings: Settings, owns_history: bool = False) -> Iterator[str]:
+def running_api(settings: Settings, owns_history: bool = False, stop: Stop = STOP) -> Iterator[str]:
     """Serve ``settings``' app until the block ends; yield its base URL.
 
-    ``owns_history``: the API may open the embedded ClickHouse (as in ``cdp run``).
+    ``owns_history``: the API may open the embedded ClickHouse (as in ``cdp run``);
+    ``stop``: the stop ``/healthz`` reports (this test process's is never begun).
     """
     port = free_port()
     settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
     config = uvicorn.Config(
-        create_app(settings, owns_history=owns_history),
+        create_app(settings, owns_history=owns_history, stop=stop),
         host="127.0.0.1",
         port=port,
         log_config=None,
