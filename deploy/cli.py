@@ -23,7 +23,14 @@ from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
 from deploy.keys_cli import register as register_key_commands
-from deploy.lifecycle import EXIT_CONFIG, EXIT_START, StartError, wait_for_kafka, wait_for_redis
+from deploy.lifecycle import (
+    EXIT_CONFIG,
+    EXIT_START,
+    StartError,
+    guard_start,
+    wait_for_kafka,
+    wait_for_redis,
+)
 from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
@@ -227,6 +234,7 @@ def run(
     the port, and the stream processes (identity, profiles, tags) run in their own
     processes, so neither waits for the other's CPU.
     """
+    guard_start()
     if demo:
         settings = _with_demo(settings)
     _check_keys(settings)
@@ -297,6 +305,7 @@ def _adopt_one_group_offsets(settings: Settings) -> None:
 @click.pass_obj
 def worker(settings: Settings, roles: tuple[str, ...]) -> None:
     """Run stream processors; workers with the same roles share the partitions."""
+    guard_start()
     chosen = sorted(roles or ROLES)
     click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
     _wait_for_services(settings)
@@ -315,6 +324,7 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
 def api(settings: Settings, workers: int | None) -> None:
     """Run only the HTTP API (scale-out deployments); it starts without Kafka and Redis
     (ingest answers 503 until Kafka is there)."""
+    guard_start()
     _check_keys(settings)
     settings.ingest.all_sources()  # a bad sources file is a configuration error, here
     load_catalog(settings.tags.catalog)  # and so is a bad catalog (each process loads it)

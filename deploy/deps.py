@@ -28,6 +28,8 @@ class Deps:
     history: Any = None
     #: The history worker's ClickHouse serialiser (sinks/agents.History); None elsewhere.
     clickhouse: Any = None
+    #: The history's filter of erased profiles (sinks/agents.Erased); None elsewhere.
+    erased: Any = None
     #: Tags (evaluated by the profiles processor); None in processes without that role.
     tags: TagStore | None = None
     #: Live segment membership (segments/agents.py); None without the profiles role or tags.

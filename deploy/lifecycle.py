@@ -166,6 +166,20 @@ class Stop:
 STOP = Stop()
 
 
+def guard_start() -> None:
+    """Until the command's own handlers take over, a signal ends it at once with the
+    signal's code (nothing is consumed or committed yet), rather than Python's default
+    death by the signal: a supervisor that stops a command still starting gets 143/130."""
+
+    def early(signum: int, _: object) -> None:
+        sys.stderr.write(f"cdp: stopped while starting ({signal.Signals(signum).name})\n")
+        sys.stderr.flush()
+        os._exit(signal_code(signum))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, early)
+
+
 def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
     """Return once Kafka answers a metadata request; ``StartError`` after ``timeout_s``."""
     # librdkafka would log every refused connection; the one line below says it all.

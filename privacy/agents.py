@@ -17,6 +17,10 @@ from runtime.undecodable import split
 
 log = structlog.get_logger()
 
+#: Between the suppression and the deletion of rows: other history writers re-read the
+#: erased set every second, and a batch they are writing lands within the sink's interval.
+SETTLE_S = 3.0
+
 
 def register(app: Any, deps: Any, erasures: Erasures) -> None:
     """Add the erasure agent to a worker with the history role (``deps.clickhouse`` set).
@@ -35,7 +39,8 @@ def register(app: Any, deps: Any, erasures: Erasures) -> None:
             if erasure.state is not ErasureState.REQUESTED:
                 continue
             done = await until_done(
-                "privacy.erasure", partial(erasures.execute, erasure, clickhouse)
+                "privacy.erasure",
+                partial(erasures.execute, erasure, clickhouse, deps.erased.add, SETTLE_S),
             )
             log.info("erasure.completed", erasure=erasure.id, profiles=len(done.profile_ids))
 

@@ -225,11 +225,21 @@ class Erasures:
 
     # -- carrying out -----------------------------------------------------------------------
 
-    async def execute(self, erasure: Erasure, clickhouse: ClickHouseCall | None) -> Erasure:
+    async def execute(
+        self,
+        erasure: Erasure,
+        clickhouse: ClickHouseCall | None,
+        erased: Callable[[list[str]], Any] | None = None,
+        settle_s: float = 0.0,
+    ) -> Erasure:
         """Carry out an erasure, resuming after the last finished step; return the receipt.
 
         ``clickhouse`` runs a function with the history tables' ``HistoryEraser`` (on the
         thread that owns ClickHouse); None where there is no ClickHouse (tables then stay).
+        ``erased`` tells this process's history sinks the erased profile ids at once;
+        ``settle_s`` is how long to wait after the suppression before deleting rows, so that
+        history writers in other processes have re-read the erased set (they do every
+        second) and their batches in flight are stored before the rows are deleted.
         """
         key = self._key(erasure.id)
         done = {_text(k): v for k, v in (await self._redis.hgetall(key)).items()}
@@ -252,6 +262,10 @@ class Erasures:
 
         plan = Plan(**await step("plan", lambda: self._plan(erasure)))
         suppressed_at = await step("suppress", lambda: self._suppress(plan))
+        if erased is not None:
+            erased(plan.pids)
+        if "clickhouse" not in done and settle_s > 0:
+            await asyncio.sleep(settle_s)
         # Everything is counted before anything is deleted: a rerun reports the same.
         counts = await step("count", lambda: self._count(plan, clickhouse))
         removed, shredded, rows = counts["redis"], counts["keys"], counts["clickhouse"]
@@ -330,6 +344,7 @@ class Erasures:
                     mapping={suppression_field(i): now_ms for i in plan.ids},
                 )
             pipe.sadd(f"{self._ns}:erased", *plan.pids)
+            pipe.incr(f"{self._ns}:erased:version")
             await pipe.execute()
         return now_ms
 

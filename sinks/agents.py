@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import structlog
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
 from contracts.events import ResolvedEvent
 from contracts.identity import LedgerEntry
@@ -74,21 +75,44 @@ class Erased:
     """Drops what names an erased profile (the ``erased`` set, privacy/erasure.py).
 
     An event resolved just before its person was erased can reach the history after the
-    erasure deleted the person's rows: it must not bring them back. One Redis round trip
-    per batch.
+    erasure deleted the person's rows: it must not bring them back. The set is held in
+    memory and re-read when its version (``erased:version``, bumped by every erasure)
+    changed, at most every ``REFRESH_S``: no Redis call per batch, and a Redis outage does
+    not stall the history (it keeps the last set it read).
     """
+
+    REFRESH_S = 1.0
 
     def __init__(self, redis: Any, namespace: str) -> None:
         self._redis = redis
         self._key = f"{namespace}:erased"
+        self._version_key = f"{namespace}:erased:version"
+        self._known: set[str] = set()
+        self._version: bytes | None = None
+        self._checked = 0.0
+
+    def add(self, pids: list[str]) -> None:
+        """Profiles this process erased itself: dropped from now on."""
+        self._known.update(pids)
+
+    async def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.REFRESH_S:
+            return
+        self._checked = now
+        try:
+            version = await self._redis.get(self._version_key)
+            if version != self._version:
+                members = await self._redis.smembers(self._key)
+                self._known |= {m.decode() if isinstance(m, bytes) else m for m in members}
+                self._version = version
+        except RedisError as exc:
+            log.warning("history.erased_not_refreshed", error=str(exc))
 
     async def kept(self, items: list[T], *pids_of: Callable[[T], str | None]) -> list[T]:
         """The items none of whose profile ids (by ``pids_of``) was erased."""
-        pids = sorted({p for i in items for f in pids_of if (p := f(i))})
-        if not pids:
-            return items
-        flags = await self._redis.smismember(self._key, pids)
-        gone = {p for p, flag in zip(pids, flags, strict=True) if flag}
+        await self._refresh()
+        gone = self._known
         if not gone:
             return items
         return [i for i in items if not any(f(i) in gone for f in pids_of)]
@@ -100,7 +124,7 @@ def register(app: Any, deps: Any) -> None:
     deps.clickhouse = history
     conf = deps.settings.worker
     resolved_name = deps.topic(EVENTS_RESOLVED.name)
-    erased = Erased(deps.redis, conf.namespace)
+    erased = deps.erased = Erased(deps.redis, conf.namespace)
 
     def topic(name: str) -> Any:
         return app.topic(deps.topic(name), key_serializer="raw", value_serializer="raw")

@@ -200,8 +200,9 @@ def test_worker_stops_within_the_bound_and_a_restart_loses_nothing(own: Own, out
             with running_api(own.settings) as api:
                 again.wait_for("every order folded after the restart", lambda: orders(api) == 10)
             again.wait_for("every output in the history", lambda: settled(own, "worker"))
-            code, seconds = again.stop()
-            assert code == 0 and seconds < BOUND + SLACK, again.tail()
+            # The first process may have finished every order before the outage, so the
+            # restarted one can still be starting: stopped then, it exits 143 at once.
+            within_bound(*again.stop(), again.tail())
         finally:
             again.kill()
     finally:
@@ -239,8 +240,9 @@ def test_run_stops_within_the_bound_and_a_restart_loses_nothing(own: Own, outage
         try:
             again.wait_for("every order folded after the restart", lambda: orders(own.base) == 10)
             again.wait_for("every output in the history", lambda: settled(own, "run"))
-            code, seconds = again.stop()
-            assert code == 0 and seconds < BOUND + SLACK, again.tail()
+            # The first process may have finished every order before the outage, so the
+            # restarted one can still be starting: stopped then, it exits 143 at once.
+            within_bound(*again.stop(), again.tail())
         finally:
             again.kill()
     finally:
