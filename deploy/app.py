@@ -20,8 +20,10 @@ from deploy.forward import Forward
 from deploy.privacy import build as build_privacy
 from deploy.settings import Settings
 from identity.store import IdentityStore
-from ingest.api import IngestConfig, build_router, json_response
+from ingest.api import IngestConfig, IngestEndpoints, build_router, json_response
+from ingest.client import ClientAddresses
 from ingest.cors import IngestCors
+from ingest.refusals import Refusals
 from ingest.sources import SourceRegistry
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
@@ -121,8 +123,12 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             log.warning("api.tags_unbound", error=str(exc))
         connected = await publisher.start()
         log.info("api.started", kafka_connected=connected, port=settings.api.port)
+        stopping = asyncio.Event()
+        summaries = asyncio.create_task(ingest.summarising(stopping), name="ingest.summaries")
         freeze_startup_heap()
         yield
+        stopping.set()  # the refusals counted since the last summary, before the producer stops
+        await summaries
         await publisher.stop()
         await redis_client.aclose()
         if "client" in clickhouse and url:  # an embedded client is shared: never closed
@@ -135,16 +141,20 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         description="Segment-compatible and native event ingest into Kafka.",
     )
     privacy = build_privacy(settings, redis_client, publisher)
-    config = IngestConfig(
-        registry=SourceRegistry(settings.ingest.all_sources()),
-        publisher=publisher,
-        raw_topic=settings.kafka.topic(EVENTS_RAW.name),
-        deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
-        limits=settings.ingest.limits,
-        default_region=settings.ingest.default_region,
-        sealer=privacy.sealer if privacy else None,
+    ingest = IngestEndpoints(
+        IngestConfig(
+            registry=SourceRegistry(settings.ingest.all_sources()),
+            publisher=publisher,
+            raw_topic=settings.kafka.topic(EVENTS_RAW.name),
+            deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
+            limits=settings.ingest.limits,
+            default_region=settings.ingest.default_region,
+            clients=ClientAddresses(settings.ingest.trusted_proxies),
+            refusals=Refusals(settings.ingest.refusal_letters, settings.api.processes()),
+            sealer=privacy.sealer if privacy else None,
+        )
     )
-    app.include_router(build_router(config))
+    app.include_router(build_router(ingest))
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     if settings.api.history_owner and not owns_history:
         app.add_middleware(Forward, target=settings.api.history_owner, prefixes=("/v1/segments",))

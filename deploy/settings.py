@@ -7,13 +7,21 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.topics import REGISTRY
 from identity.rules import IdentityRules
 from identity.store import RETRY_BUCKETS
-from ingest.limits import Limits
+from ingest.limits import Limits, RefusalLetters
 from ingest.sources import Source
 from profiles.fold import FoldRules
 from runtime.auth import Token
@@ -86,6 +94,10 @@ class ApiSettings(BaseModel):
     #: Bearer tokens of the read APIs (hashes only); ``cdp tokens new`` mints one.
     tokens: list[Token] = Field(default_factory=list)
 
+    def processes(self) -> int:
+        """How many API processes serve the port: ``workers``, else one per CPU."""
+        return self.workers or os.cpu_count() or 1
+
 
 class IngestSettings(BaseModel):
     """Ingest: sources (write keys), limits, normalisation."""
@@ -101,6 +113,11 @@ class IngestSettings(BaseModel):
     #: Origins whose pages may send events from the browser (CORS on ingest routes only);
     #: ``*`` by default, since a source's write key is what authorises an event.
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    #: Proxies (addresses or networks) whose ``X-Forwarded-For`` names the client; none by
+    #: default, so the client is the socket peer (anyone can send the header).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: How refused requests are dead-lettered: by sample, the others counted in summaries.
+    refusal_letters: RefusalLetters = RefusalLetters()
 
     def all_sources(self) -> list[Source]:
         """Return inline sources plus those in ``sources_file``."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -20,8 +22,10 @@ from contracts.deadletter import DeadLetter, DeadLetterReason
 from contracts.events import SEGMENT_CALL_TYPES, Event, EventType
 from ingest import intake as take
 from ingest.body import decode, parse_json, read_capped, too_large
+from ingest.client import ClientAddresses
 from ingest.exceptions import Rejected
 from ingest.limits import Limits
+from ingest.refusals import Kind, Refusals, Tally
 from ingest.sources import Source, SourceRegistry
 from privacy.seal import Sealer
 from runtime.exceptions import KafkaUnavailable
@@ -30,6 +34,9 @@ from runtime.publisher import Publisher, Record
 log = structlog.get_logger()
 
 RETRY_AFTER_S = 5
+
+#: Refusals of a request before its events are looked at: written by sample, the rest counted.
+REFUSALS = frozenset({DeadLetterReason.UNAUTHORIZED})
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class IngestConfig:
     deadletter_topic: str
     limits: Limits
     default_region: str
+    #: Who sent a request (the socket peer, or what trusted proxies say).
+    clients: ClientAddresses
+    #: Which refused requests are dead-lettered one by one; the others are counted.
+    refusals: Refusals
     #: With field encryption on: seals accepted events and dead letters before they are
     #: published (creating data keys, durably, first).
     sealer: Sealer | None = None
@@ -187,11 +198,17 @@ class IngestEndpoints:
         ctx = _Request(
             request_id=uuid.uuid4().hex, endpoint=request.url.path, received_at=datetime.now(UTC)
         )
+        address = self.config.clients.of(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+        )
         bound = log.bind(request_id=ctx.request_id, endpoint=ctx.endpoint)
         try:
             await self._read(request, ctx)
             result = self._intake(kind, ctx, call)
         except Rejected as rejected:
+            if rejected.reason in REFUSALS:
+                return await self._refuse(ctx, rejected, address, bound)
             payload = ctx.body if ctx.parsed else None
             letter = self._dead_letter(ctx, rejected, payload, rejected.status)
             if not await self._publish(ctx, [], [letter]):
@@ -200,6 +217,79 @@ class IngestEndpoints:
             body = _error_body(rejected, ctx.request_id)
             return json_response(body, status_code=rejected.status)
         return await self._answer(result, ctx, bound)
+
+    async def _refuse(
+        self, ctx: _Request, rejected: Rejected, address: str, bound: Any
+    ) -> Response:
+        """Answer a refusal; dead-letter it by sample (``Refusals``), else count it."""
+        source = ctx.source.name if ctx.source else None
+        kind = Kind(rejected.reason, rejected.status, rejected.field, source, ctx.endpoint)
+        if self.config.refusals.sample(kind, address, ctx.received_at):
+            letter = self._refusal_letter(ctx, rejected)
+            if not await self._publish(ctx, [], [letter]):
+                return self._unavailable(ctx)
+            bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
+        return json_response(_error_body(rejected, ctx.request_id), status_code=rejected.status)
+
+    def _refusal_letter(self, ctx: _Request, rejected: Rejected) -> DeadLetter:
+        """A refused request's own letter: the start of its body, never the parsed payload."""
+        keep = self.config.refusals.raw_bytes if rejected.status == 401 else 0
+        return DeadLetter(
+            reason=rejected.reason,
+            field=rejected.field,
+            message=rejected.message,
+            index=None,
+            status=rejected.status,
+            source=ctx.source.name if ctx.source else None,
+            endpoint=ctx.endpoint,
+            received_at=ctx.received_at,
+            request_id=ctx.request_id,
+            payload=None,
+            raw=ctx.raw[:keep].decode("utf-8", "replace") if keep and ctx.raw else None,
+            raw_truncated=len(ctx.raw) > keep,
+            raw_sha256=hashlib.sha256(ctx.raw).hexdigest() if ctx.raw else None,
+        )
+
+    async def summarising(self, stop: asyncio.Event) -> None:
+        """Write the summaries every interval, and once more when ``stop`` is set (a task of
+        the API process's lifespan; never cancelled in a publish, whose counts it would lose)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.refusals.interval_s)
+            await self.summarise()
+
+    async def summarise(self) -> int:
+        """Write a summary letter per kind of refusal counted since the last; return how many
+        refusals they stand for. What cannot be written is counted again for the next."""
+        taken = self.config.refusals.take()
+        if not taken:
+            return 0
+        letters = [_summary(kind, tally) for kind, tally in taken.items()]
+        if not await self._publish_letters(letters):
+            self.config.refusals.give_back(taken)
+            log.warning("ingest.refusals_unwritten", count=sum(t.count for t in taken.values()))
+            return 0
+        count = sum(letter.count for letter in letters)
+        log.info("ingest.refusals_summarised", count=count, letters=len(letters))
+        return count
+
+    async def _publish_letters(self, letters: list[DeadLetter]) -> bool:
+        try:
+            sealer = self.config.sealer
+            sealed = await sealer.seal_letters(letters) if sealer is not None else letters
+            await self.config.publisher.publish(
+                [
+                    Record(
+                        self.config.deadletter_topic,
+                        (letter.source or "unknown").encode(),
+                        letter.model_dump_json().encode(),
+                    )
+                    for letter in sealed
+                ]
+            )
+        except (KafkaUnavailable, RedisError):
+            return False
+        return True
 
     async def _answer(self, result: take.Intake, ctx: _Request, bound: Any) -> Any:
         status = result.status
@@ -255,9 +345,9 @@ class IngestEndpoints:
         return json_response(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-def build_router(config: IngestConfig) -> APIRouter:
-    """Return the ingest routes bound to ``config``."""
-    endpoints = IngestEndpoints(config)
+def build_router(endpoints: IngestEndpoints) -> APIRouter:
+    """Return the ingest routes served by ``endpoints``."""
+    config = endpoints.config
     router = APIRouter(tags=["ingest"])
 
     @router.post("/v1/batch", summary="Segment-compatible batch of identify/track/... calls")
@@ -334,3 +424,25 @@ def _single(endpoints: IngestEndpoints, call: EventType) -> Any:
 
     route.__name__ = f"segment_{call.value}"
     return route
+
+
+def _summary(kind: Kind, tally: Tally) -> DeadLetter:
+    """The letter standing for ``tally``'s refusals: their count, span and busiest addresses."""
+    return DeadLetter(
+        reason=kind.reason,
+        field=kind.field,
+        message=f"{tally.count} more requests refused like this one were counted, "
+        "not written one by one",
+        index=None,
+        status=kind.status,
+        source=kind.source,
+        endpoint=kind.endpoint,
+        received_at=tally.last,
+        request_id=uuid.uuid4().hex,
+        payload={
+            "busiest_addresses": tally.busiest(),
+            "addresses": len(tally.addresses) + (1 if tally.untracked else 0),
+        },
+        count=tally.count,
+        since=tally.first,
+    )

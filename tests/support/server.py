@@ -23,7 +23,8 @@ def running_api(settings: Settings, owns_history: bool = False) -> Iterator[str]
     ``owns_history``: the API may open the embedded ClickHouse (as in ``cdp run``).
     """
     port = free_port()
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    api = settings.api.model_copy(update={"port": port, "workers": 1})
+    settings = settings.model_copy(update={"api": api})
     config = uvicorn.Config(
         create_app(settings, owns_history=owns_history),
         host="127.0.0.1",
@@ -31,6 +32,7 @@ def running_api(settings: Settings, owns_history: bool = False) -> Iterator[str]
         log_config=None,
         access_log=False,
         lifespan="on",
+        proxy_headers=False,  # as deploy/serve.py: the client is the peer unless trusted
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
@@ -52,7 +54,8 @@ def running_api_processes(settings: Settings, count: int = 2) -> Iterator[str]:
     """Serve ``settings``' app from ``count`` processes on one port, as ``cdp api`` and
     ``cdp run`` do; yield the base URL once every process answered."""
     port = free_port()
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    api = settings.api.model_copy(update={"port": port, "workers": count})
+    settings = settings.model_copy(update={"api": api})
     processes = ApiProcesses(settings, count).start()
     base = f"http://127.0.0.1:{port}"
     try:
