@@ -19,6 +19,8 @@ class DeadLetterReason(StrEnum):
     EVENT_TOO_LARGE = "event_too_large"
     INVALID_EVENT = "invalid_event"
     MISSING_IDENTIFIER = "missing_identifier"
+    #: Over a rate limit per client address or per write key (429).
+    RATE_LIMITED = "rate_limited"
     #: A processor read a message that does not match its topic's contract.
     UNDECODABLE = "undecodable"
 

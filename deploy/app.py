@@ -23,6 +23,7 @@ from identity.store import IdentityStore
 from ingest.api import IngestConfig, IngestEndpoints, build_router, json_response
 from ingest.client import ClientAddresses
 from ingest.cors import IngestCors
+from ingest.ratelimit import Limiter
 from ingest.refusals import Refusals
 from ingest.sources import SourceRegistry
 from profiles.api import build_router as profiles_router
@@ -141,6 +142,7 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
         description="Segment-compatible and native event ingest into Kafka.",
     )
     privacy = build_privacy(settings, redis_client, publisher)
+    processes = settings.api.processes()
     ingest = IngestEndpoints(
         IngestConfig(
             registry=SourceRegistry(settings.ingest.all_sources()),
@@ -149,8 +151,11 @@ def create_app(settings: Settings, owns_history: bool = False) -> FastAPI:
             deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
             limits=settings.ingest.limits,
             default_region=settings.ingest.default_region,
-            clients=ClientAddresses(settings.ingest.trusted_proxies),
-            refusals=Refusals(settings.ingest.refusal_letters, settings.api.processes()),
+            clients=ClientAddresses(
+                settings.ingest.trusted_proxies, settings.ingest.client_ipv6_prefix
+            ),
+            limiter=Limiter(settings.ingest.rate_limits, processes),
+            refusals=Refusals(settings.ingest.refusal_letters, processes),
             sealer=privacy.sealer if privacy else None,
         )
     )

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.topics import REGISTRY
 from identity.rules import IdentityRules
 from identity.store import RETRY_BUCKETS
-from ingest.limits import Limits, RefusalLetters
+from ingest.limits import Limits, RateLimits, RefusalLetters
 from ingest.sources import Source
 from profiles.fold import FoldRules
 from runtime.auth import Token
@@ -116,6 +116,11 @@ class IngestSettings(BaseModel):
     #: Proxies (addresses or networks) whose ``X-Forwarded-For`` names the client; none by
     #: default, so the client is the socket peer (anyone can send the header).
     trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: The prefix that is one IPv6 client: a subscriber gets a /64 (2^64 addresses to rotate
+    #: through), so limiting single IPv6 addresses would limit nothing.
+    client_ipv6_prefix: int = Field(default=64, ge=16, le=128)
+    #: Requests per client address and events per write key (docs/privacy.md, "Abuse limits").
+    rate_limits: RateLimits = RateLimits()
     #: How refused requests are dead-lettered: by sample, the others counted in summaries.
     refusal_letters: RefusalLetters = RefusalLetters()
 

@@ -23,8 +23,9 @@ from contracts.events import SEGMENT_CALL_TYPES, Event, EventType
 from ingest import intake as take
 from ingest.body import decode, parse_json, read_capped, too_large
 from ingest.client import ClientAddresses
-from ingest.exceptions import Rejected
+from ingest.exceptions import Rejected, Throttled
 from ingest.limits import Limits
+from ingest.ratelimit import Limiter
 from ingest.refusals import Kind, Refusals, Tally
 from ingest.sources import Source, SourceRegistry
 from privacy.seal import Sealer
@@ -36,7 +37,7 @@ log = structlog.get_logger()
 RETRY_AFTER_S = 5
 
 #: Refusals of a request before its events are looked at: written by sample, the rest counted.
-REFUSALS = frozenset({DeadLetterReason.UNAUTHORIZED})
+REFUSALS = frozenset({DeadLetterReason.UNAUTHORIZED, DeadLetterReason.RATE_LIMITED})
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class IngestConfig:
     default_region: str
     #: Who sent a request (the socket peer, or what trusted proxies say).
     clients: ClientAddresses
+    #: Rate limits per client address and per write key (this process's share).
+    limiter: Limiter
     #: Which refused requests are dead-lettered one by one; the others are counted.
     refusals: Refusals
     #: With field encryption on: seals accepted events and dead letters before they are
@@ -204,7 +207,12 @@ class IngestEndpoints:
         )
         bound = log.bind(request_id=ctx.request_id, endpoint=ctx.endpoint)
         try:
+            # Before the body is read: a flood from one address costs as little as it can.
+            self.config.limiter.check_address(address)
             await self._read(request, ctx)
+            assert ctx.source is not None
+            # Before the events are mapped, the costly part, but counting them.
+            self.config.limiter.check_key(ctx.source.name, take.message_count(kind, ctx.body))
             result = self._intake(kind, ctx, call)
         except Rejected as rejected:
             if rejected.reason in REFUSALS:
@@ -229,10 +237,17 @@ class IngestEndpoints:
             if not await self._publish(ctx, [], [letter]):
                 return self._unavailable(ctx)
             bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
-        return json_response(_error_body(rejected, ctx.request_id), status_code=rejected.status)
+        headers = (
+            {"Retry-After": str(rejected.retry_after_s)}
+            if isinstance(rejected, Throttled)
+            else None
+        )
+        body = _error_body(rejected, ctx.request_id)
+        return json_response(body, status_code=rejected.status, headers=headers)
 
     def _refusal_letter(self, ctx: _Request, rejected: Rejected) -> DeadLetter:
-        """A refused request's own letter: the start of its body, never the parsed payload."""
+        """A refused request's own letter: the start of its body if unauthenticated (a 429's
+        client sends its body again), never the parsed payload."""
         keep = self.config.refusals.raw_bytes if rejected.status == 401 else 0
         return DeadLetter(
             reason=rejected.reason,

@@ -1,5 +1,6 @@
-"""Refused requests on the real API and Kafka: a few letters of their own, the rest counted in
-summary letters, so the letters add up to every refusal."""
+"""Abuse limits on the real API and Kafka: requests over a rate limit get 429s while other
+clients and write keys go on; refused requests (401, 429) get a few letters of their own, the
+rest counted in summary letters, so the letters add up to every refusal."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import httpx
 from pydantic import SecretStr
 
 from deploy.settings import PrivacySettings, Settings
-from ingest.limits import RefusalLetters
+from ingest.limits import RateLimits, RefusalLetters
 from privacy.crypto import MasterKeys
-from tests.support.kafka import read_until
+from tests.support.kafka import read_topic, read_until
+from tests.support.keys import key_of
 from tests.support.server import running_api, running_api_processes
 
 
@@ -166,3 +168,100 @@ def test_with_field_encryption_a_summary_seals_the_client_addresses(settings: Se
     [summary] = [v for v in found if v["since"] is not None]
     assert summary["payload"] is None and summary["sealed"]
     assert "198.51.100.77" not in json.dumps(found)
+
+
+#: Next to no refill while a test runs: what passes is the burst, whatever the machine's speed.
+TRICKLE = 0.001
+PROXY = [ip_network("127.0.0.1/32")]
+
+
+def post(
+    base: str, key: str, client: str, events: int = 1
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST a batch of ``events`` as ``client`` (behind the trusted proxy), on a new connection."""
+    batch = [{"type": "track", "userId": f"C-{n}", "event": "Viewed"} for n in range(events)]
+    response = httpx.post(
+        base + "/v1/batch",
+        json={"batch": batch},
+        headers={**basic(key), "X-Forwarded-For": client},
+    )
+    return response.status_code, response.json(), dict(response.headers)
+
+
+def assert_429(body: dict[str, Any], headers: dict[str, str], field: str) -> None:
+    assert (body["success"], body["code"], body["field"]) == (False, "rate_limited", field)
+    assert body["message"] and body["request_id"]
+    assert int(headers["retry-after"]) >= 1
+
+
+def reconciled(settings: Settings, accepted_events: int, refused: int) -> list[dict[str, Any]]:
+    """The raw topic holds the accepted events, and the letters add up to the refusals."""
+    bootstrap = settings.kafka.bootstrap_servers
+    raw = read_topic(bootstrap, settings.kafka.topic("cdp.events.raw"), accepted_events)
+    assert len(raw) == accepted_events
+    letters = letters_of(settings, refused)
+    assert sum(v["count"] for v in letters) == refused
+    return letters
+
+
+def test_a_flooding_address_gets_429s_while_another_keeps_getting_200s(
+    settings: Settings,
+) -> None:
+    limits = RateLimits(address_requests_per_s=TRICKLE, address_burst=10, key_events_per_s=0)
+    limited = with_ingest(settings, rate_limits=limits, trusted_proxies=PROXY)
+    flood, other = [], []
+    with running_api_processes(limited, 2) as api:
+        for n in range(30):
+            flood.append(post(api, key_of("test-web"), "203.0.113.7"))
+            if n % 6 == 0:  # 5 requests: within the burst even if one process gets them all
+                other.append(post(api, key_of("test-pos"), "198.51.100.9"))
+    assert [status for status, _, _ in other] == [200] * 5
+    passed = [status for status, _, _ in flood].count(200)
+    # The burst of 10 for the deployment: 5 for each of two processes.
+    assert 1 <= passed <= 10
+    refused = [(body, headers) for status, body, headers in flood if status == 429]
+    assert len(refused) == 30 - passed
+    for body, headers in refused:
+        assert_429(body, headers, "client_address")
+    letters = reconciled(settings, passed + 5, len(refused))
+    assert {(v["reason"], v["status"], v["field"], v["source"]) for v in letters} == {
+        ("rate_limited", 429, "client_address", None)
+    }
+    own = [v for v in letters if v["since"] is None]
+    assert own and all(v["raw"] is None and v["payload"] is None for v in own)
+
+
+def test_a_write_key_over_its_events_gets_429s_while_another_key_keeps_getting_200s(
+    settings: Settings,
+) -> None:
+    limits = RateLimits(address_requests_per_s=0, key_events_per_s=TRICKLE, key_burst=20)
+    limited = with_ingest(settings, rate_limits=limits, trusted_proxies=PROXY)
+    web, pos = [], []
+    with running_api_processes(limited, 2) as api:
+        for n in range(20):
+            # From ever new addresses: only the key's limit can refuse them.
+            web.append(post(api, key_of("test-web"), f"203.0.113.{n}", events=4))
+            if n % 4 == 0:
+                pos.append(post(api, key_of("test-pos"), f"198.51.100.{n}"))
+    assert [status for status, _, _ in pos] == [200] * 5
+    passed = [status for status, _, _ in web].count(200)
+    # 10 events per process: batches of 4 leave 6, 2, then a debt of 2.
+    assert 1 <= passed <= 6
+    refused = [(body, headers) for status, body, headers in web if status == 429]
+    assert len(refused) == 20 - passed
+    for body, headers in refused:
+        assert_429(body, headers, "writeKey")
+    letters = reconciled(settings, 4 * passed + 5, len(refused))
+    assert {(v["reason"], v["field"], v["source"]) for v in letters} == {
+        ("rate_limited", "writeKey", "test-web")
+    }
+
+
+def test_without_trusted_proxies_x_forwarded_for_does_not_escape_the_address_limit(
+    settings: Settings,
+) -> None:
+    limits = RateLimits(address_requests_per_s=TRICKLE, address_burst=10)
+    with running_api_processes(with_ingest(settings, rate_limits=limits), 2) as api:
+        statuses = [post(api, key_of("test-web"), f"203.0.113.{n}")[0] for n in range(30)]
+    assert statuses.count(200) <= 10
+    assert statuses.count(429) == 30 - statuses.count(200)
