@@ -122,7 +122,8 @@ def topics() -> None:
 @topics.command("create")
 @click.pass_obj
 def topics_create(settings: Settings) -> None:
-    """Create every registry topic that is missing (idempotent)."""
+    """Create every registry topic that is missing (idempotent); set the retention of existing
+    ones where it differs from the settings (CDP_KAFKA__RETENTION_DAYS)."""
     for name, outcome in topics_mod.create_all(settings.kafka).items():
         click.echo(f"  {name:40} {outcome}")
 

@@ -51,10 +51,44 @@ class KafkaSettings(BaseModel):
     publish_timeout_s: float = 10.0
     request_timeout_ms: int = 8_000
     linger_ms: int = 5
+    #: Days a topic keeps its records, by registry name (``{"cdp.events.raw": 14}``), over the
+    #: registry's defaults; 0 keeps them forever. Applied when topics are created and to
+    #: existing ones by ``cdp topics create`` and ``cdp run`` (docs/privacy.md, "Retention").
+    #: Compacted topics kept forever by contract (keys, segment definitions) are not settable.
+    retention_days: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _settable(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, days in value.items():
+            topic = REGISTRY.get(name)
+            if topic is None:
+                raise ValueError(f"{name!r} is no topic of the registry: {sorted(REGISTRY)}")
+            if topic.retention_days is None:
+                raise ValueError(f"{name} keeps its records as its contract says: not settable")
+            if days < 0:
+                raise ValueError(f"{name}: days must be 0 (forever) or more")
+        return value
 
     def topic(self, name: str) -> str:
         """Return the deployed name of a registry topic."""
         return REGISTRY[name].qualified(self.topic_prefix)
+
+    def retention_ms(self, name: str) -> str | None:
+        """The ``retention.ms`` this deployment gives a registry topic (``-1``: forever), or
+        None where the contract's own configs decide."""
+        days = self.retention_days.get(name, REGISTRY[name].retention_days)
+        if days is None:
+            return None
+        return "-1" if days == 0 else str(round(days * 24 * 3600 * 1000))
+
+    def topic_configs(self, name: str) -> dict[str, str]:
+        """The configs a registry topic is created with: its contract's, and its retention."""
+        configs = dict(REGISTRY[name].configs)
+        retention = self.retention_ms(name)
+        if retention is not None:
+            configs["retention.ms"] = retention
+        return configs
 
 
 class RedisSettings(BaseModel):

@@ -1,6 +1,9 @@
-import pytest
+import re
 
-from deploy.settings import Settings
+import pytest
+from pydantic import ValidationError
+
+from deploy.settings import KafkaSettings, Settings
 
 
 def test_settings_come_from_cdp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,3 +37,37 @@ def test_abuse_limits_come_from_cdp_variables(monkeypatch: pytest.MonkeyPatch) -
 def test_the_api_knows_how_many_processes_share_its_port() -> None:
     assert Settings(api={"workers": 3}).api.processes() == 3  # type: ignore[arg-type]
     assert Settings().api.processes() >= 1
+
+
+def test_topic_retention_is_the_registrys_unless_the_settings_say_otherwise() -> None:
+    kafka = KafkaSettings(retention_days={"cdp.events.raw": 14, "cdp.events.deadletter": 0})
+    assert kafka.retention_ms("cdp.events.raw") == str(14 * 86_400_000)
+    assert kafka.retention_ms("cdp.events.deadletter") == "-1"  # 0: kept forever
+    assert kafka.retention_ms("cdp.events.resolved") == str(7 * 86_400_000)
+    assert kafka.retention_ms("cdp.keys") is None  # the contract decides
+    assert kafka.topic_configs("cdp.events.raw") == {
+        "min.insync.replicas": "1",
+        "retention.ms": str(14 * 86_400_000),
+    }
+    assert kafka.topic_configs("cdp.keys")["retention.ms"] == "-1"
+
+
+def test_topic_retention_comes_from_a_cdp_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_KAFKA__RETENTION_DAYS", '{"cdp.events.raw": 3.5}')
+    assert Settings().kafka.retention_ms("cdp.events.raw") == str(int(3.5 * 86_400_000))
+
+
+@pytest.mark.parametrize(
+    ("retention", "problem"),
+    [
+        ({"cdp.keys": 30}, "not settable"),
+        ({"cdp.segments.definitions": 30}, "not settable"),
+        ({"cdp.events.nope": 30}, "no topic of the registry"),
+        ({"cdp.events.raw": -1}, "0 (forever) or more"),
+    ],
+)
+def test_retention_of_a_topic_kept_by_contract_or_unknown_is_refused(
+    retention: dict[str, float], problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        KafkaSettings(retention_days=retention)
