@@ -316,7 +316,7 @@ def api(settings: Settings, workers: int | None) -> None:
 @cli.command()
 @click.pass_obj
 def migrate(settings: Settings) -> None:
-    """Create the ClickHouse history schema (idempotent)."""
+    """Create the ClickHouse history schema and set its retention (idempotent)."""
     history_writer(settings)
     click.echo(f"schema ready in {settings.clickhouse.database}")
 

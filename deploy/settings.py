@@ -108,6 +108,9 @@ class ClickHouseSettings(BaseModel):
     path: Path | None = None
     #: An identifier that goes into SQL: letters, digits, underscore only.
     database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "cdp"
+    #: Days the history keeps each event (by its time) and the profile and tag changes it
+    #: caused (by when they were made); 0 keeps them forever (docs/privacy.md, "Retention").
+    history_retention_days: int = Field(default=0, ge=0)
 
 
 class ApiSettings(BaseModel):

@@ -6,12 +6,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
+from contracts.profiles import ProfileChange
 from contracts.topics import REGISTRY
 from deploy import topics
 from deploy.settings import KafkaSettings, Settings
+from deploy.worker import history_writer
+from sinks import retention
+from sinks.clickhouse import connect
+from sinks.history import HistoryWriter, change_batch, event_batches, tag_batch
 
 DAY_MS = 86_400_000
 
@@ -119,3 +129,120 @@ def test_cdp_topics_create_applies_the_retention_variable(settings: Settings) ->
     ]
     found = topic_configs(settings.kafka, "retention.ms")
     assert found["cdp.events.deadletter"]["retention.ms"] == str(30 * DAY_MS)
+
+
+NOW = datetime.now(UTC)
+
+
+def event(n: int, at: datetime) -> ResolvedEvent:
+    return ResolvedEvent(
+        profile_id=str(100 + n),
+        event=Event(
+            event_id=f"ev-{n}",
+            type=EventType.ORDER_COMPLETED,
+            channel=Channel.WEB,
+            source="shop",
+            identifiers=[Identifier(type="email", value=f"u{n}@example.com")],
+            properties={"order_id": f"O-{n}", "total": 10},
+            original_timestamp=at,
+            received_at=at,
+            timestamp=at,
+        ),
+        raw_partition=0,
+        raw_offset=n,
+    )
+
+
+def change(n: int, at: datetime) -> ProfileChange:
+    return ProfileChange(
+        profile_id=str(100 + n),
+        event_id=f"ev-{n}",
+        changed=["total_spend"],
+        tags_added=["new_customer"],
+        at=at,
+    )
+
+
+def store(client: Any, db: str, token: str = "first") -> None:
+    """An event two days old and one of now, with the changes each made then."""
+    history = HistoryWriter(client, db)
+    items = [(event(1, NOW - timedelta(days=2)), 0, 1), (event(2, NOW), 0, 2)]
+    for batch in event_batches(token, items):
+        history.write(batch)
+    changes = [change(1, NOW - timedelta(days=2)), change(2, NOW)]
+    history.write(change_batch(changes, token))
+    history.write(tag_batch(changes, token))
+
+
+def merged(client: Any, db: str) -> dict[str, list[str]]:
+    """Merge every expiring table (TTL is applied at merges), then the event ids each holds."""
+    found = {}
+    for table in retention.EXPIRING:
+        client.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
+        rows = client.query(f"SELECT event_id FROM {db}.{table} ORDER BY event_id").result_rows
+        found[table] = [r[0] for r in rows]
+    return found
+
+
+def each(value: list[str]) -> dict[str, list[str]]:
+    return {table: value for table in retention.EXPIRING}
+
+
+@pytest.fixture
+def history(settings: Settings) -> tuple[Settings, str]:
+    """Settings of a history database of this test's own."""
+    db = f"ret{uuid.uuid4().hex[:8]}"
+    clickhouse = settings.clickhouse.model_copy(update={"database": db})
+    return settings.model_copy(update={"clickhouse": clickhouse}), db
+
+
+def started(settings: Settings, days: int = 0) -> Any:
+    """What the history worker does at start (migrate, then the retention of the settings);
+    the embedded client it used."""
+    clickhouse = settings.clickhouse.model_copy(update={"history_retention_days": days})
+    history_writer(settings.model_copy(update={"clickhouse": clickhouse}))
+    return connect(None, settings.chdb_path())
+
+
+def test_history_older_than_its_retention_is_gone_after_a_merge(
+    history: tuple[Settings, str],
+) -> None:
+    settings, db = history
+    client = started(settings, days=1)
+    assert {t: retention.ttl_of(client, db, t) for t in retention.EXPIRING} == {
+        "events": "timestamp + toIntervalDay(1)",
+        "profile_changes": "at + toIntervalDay(1)",
+        "tag_changes": "at + toIntervalDay(1)",
+    }
+    store(client, db)
+    assert merged(client, db) == each(["ev-2"])
+    # The projection segment queries read by type and time holds no expired row either.
+    by_type = client.command(
+        f"SELECT count() FROM {db}.events WHERE type = 'order_completed' "
+        f"AND timestamp > now() - INTERVAL 30 DAY"
+    )
+    assert int(by_type) == 1
+
+
+def test_without_retention_the_history_keeps_everything(history: tuple[Settings, str]) -> None:
+    settings, db = history
+    client = started(settings)  # the default: 0, kept forever
+    assert {t: retention.ttl_of(client, db, t) for t in retention.EXPIRING} == dict.fromkeys(
+        retention.EXPIRING
+    )
+    store(client, db)
+    assert merged(client, db) == each(["ev-1", "ev-2"])
+
+
+def test_a_new_retention_applies_to_rows_already_stored_and_0_removes_it(
+    history: tuple[Settings, str],
+) -> None:
+    settings, db = history
+    client = started(settings)
+    store(client, db)
+    assert retention.apply(client, db, 1) == dict.fromkeys(retention.EXPIRING, "set")
+    assert retention.apply(client, db, 1) == dict.fromkeys(retention.EXPIRING, "kept")
+    assert merged(client, db) == each(["ev-2"])
+    assert retention.apply(client, db, 0) == dict.fromkeys(retention.EXPIRING, "removed")
+    store(client, db, token="again")  # the old event once more: kept now
+    assert merged(client, db) == each(["ev-1", "ev-2"])

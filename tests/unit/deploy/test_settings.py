@@ -71,3 +71,9 @@ def test_retention_of_a_topic_kept_by_contract_or_unknown_is_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=re.escape(problem)):
         KafkaSettings(retention_days=retention)
+
+
+def test_history_retention_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().clickhouse.history_retention_days == 0
+    monkeypatch.setenv("CDP_CLICKHOUSE__HISTORY_RETENTION_DAYS", "730")
+    assert Settings().clickhouse.history_retention_days == 730
