@@ -26,7 +26,7 @@ from ingest.client import ClientAddresses
 from ingest.exceptions import Rejected, Throttled
 from ingest.limits import Limits
 from ingest.ratelimit import Limiter
-from ingest.refusals import Kind, Refusals, Tally
+from ingest.refusals import Kind, Refusals, refusal_letter, summary_letter
 from ingest.sources import Source, SourceRegistry
 from privacy.seal import Sealer
 from runtime.exceptions import KafkaUnavailable
@@ -233,7 +233,15 @@ class IngestEndpoints:
         source = ctx.source.name if ctx.source else None
         kind = Kind(rejected.reason, rejected.status, rejected.field, source, ctx.endpoint)
         if self.config.refusals.sample(kind, address, ctx.received_at):
-            letter = self._refusal_letter(ctx, rejected)
+            letter = refusal_letter(
+                rejected,
+                source=source,
+                endpoint=ctx.endpoint,
+                received_at=ctx.received_at,
+                request_id=ctx.request_id,
+                raw=ctx.raw,
+                raw_bytes=self.config.refusals.raw_bytes,
+            )
             if not await self._publish(ctx, [], [letter]):
                 return self._unavailable(ctx)
             bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
@@ -244,26 +252,6 @@ class IngestEndpoints:
         )
         body = _error_body(rejected, ctx.request_id)
         return json_response(body, status_code=rejected.status, headers=headers)
-
-    def _refusal_letter(self, ctx: _Request, rejected: Rejected) -> DeadLetter:
-        """A refused request's own letter: the start of its body if unauthenticated (a 429's
-        client sends its body again), never the parsed payload."""
-        keep = self.config.refusals.raw_bytes if rejected.status == 401 else 0
-        return DeadLetter(
-            reason=rejected.reason,
-            field=rejected.field,
-            message=rejected.message,
-            index=None,
-            status=rejected.status,
-            source=ctx.source.name if ctx.source else None,
-            endpoint=ctx.endpoint,
-            received_at=ctx.received_at,
-            request_id=ctx.request_id,
-            payload=None,
-            raw=ctx.raw[:keep].decode("utf-8", "replace") if keep and ctx.raw else None,
-            raw_truncated=len(ctx.raw) > keep,
-            raw_sha256=hashlib.sha256(ctx.raw).hexdigest() if ctx.raw else None,
-        )
 
     async def summarising(self, stop: asyncio.Event) -> None:
         """Write the summaries every interval, and once more when ``stop`` is set (a task of
@@ -279,7 +267,7 @@ class IngestEndpoints:
         taken = self.config.refusals.take()
         if not taken:
             return 0
-        letters = [_summary(kind, tally) for kind, tally in taken.items()]
+        letters = [summary_letter(kind, tally) for kind, tally in taken.items()]
         if not await self._publish_letters(letters):
             self.config.refusals.give_back(taken)
             log.warning("ingest.refusals_unwritten", count=sum(t.count for t in taken.values()))
@@ -439,25 +427,3 @@ def _single(endpoints: IngestEndpoints, call: EventType) -> Any:
 
     route.__name__ = f"segment_{call.value}"
     return route
-
-
-def _summary(kind: Kind, tally: Tally) -> DeadLetter:
-    """The letter standing for ``tally``'s refusals: their count, span and busiest addresses."""
-    return DeadLetter(
-        reason=kind.reason,
-        field=kind.field,
-        message=f"{tally.count} more requests refused like this one were counted, "
-        "not written one by one",
-        index=None,
-        status=kind.status,
-        source=kind.source,
-        endpoint=kind.endpoint,
-        received_at=tally.last,
-        request_id=uuid.uuid4().hex,
-        payload={
-            "busiest_addresses": tally.busiest(),
-            "addresses": len(tally.addresses) + (1 if tally.untracked else 0),
-        },
-        count=tally.count,
-        since=tally.first,
-    )

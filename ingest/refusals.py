@@ -1,8 +1,11 @@
-"""Which refused requests get a dead letter of their own, and the count of all the others."""
+"""Which refused requests get a dead letter of their own, the count of all the others, and
+the letters of both."""
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +14,8 @@ from typing import NamedTuple
 
 from pydantic import JsonValue
 
-from contracts.deadletter import DeadLetterReason
+from contracts.deadletter import DeadLetter, DeadLetterReason
+from ingest.exceptions import Rejected
 from ingest.limits import RefusalLetters
 
 #: Client addresses counted one by one in a summary; the busiest of them are named.
@@ -122,3 +126,57 @@ class Refusals:
                 self._pending[kind] = tally
             else:
                 mine.merge(tally)
+
+
+def refusal_letter(
+    rejected: Rejected,
+    *,
+    source: str | None,
+    endpoint: str,
+    received_at: datetime,
+    request_id: str,
+    raw: bytes,
+    raw_bytes: int,
+) -> DeadLetter:
+    """A refused request's own letter: the first ``raw_bytes`` of its body if unauthenticated
+    (a 429's client sends its body again), never the parsed payload."""
+    keep = raw_bytes if rejected.status == 401 else 0
+    return DeadLetter(
+        reason=rejected.reason,
+        field=rejected.field,
+        message=rejected.message,
+        index=None,
+        status=rejected.status,
+        source=source,
+        endpoint=endpoint,
+        received_at=received_at,
+        request_id=request_id,
+        payload=None,
+        raw=raw[:keep].decode("utf-8", "replace") if keep and raw else None,
+        raw_truncated=len(raw) > keep,
+        raw_sha256=hashlib.sha256(raw).hexdigest() if raw else None,
+    )
+
+
+def summary_letter(kind: Kind, tally: Tally) -> DeadLetter:
+    """The letter standing for ``tally``'s refusals: their count, span and busiest addresses."""
+    return DeadLetter(
+        reason=kind.reason,
+        field=kind.field,
+        message=f"{tally.count} more requests refused like this one were counted, "
+        "not written one by one",
+        index=None,
+        status=kind.status,
+        source=kind.source,
+        endpoint=kind.endpoint,
+        received_at=tally.last,
+        request_id=uuid.uuid4().hex,
+        payload={
+            "busiest_addresses": tally.busiest(),
+            "distinct_addresses": len(tally.addresses),
+            # Refusals from addresses beyond those counted one by one (ADDRESSES_TRACKED).
+            "from_other_addresses": tally.untracked,
+        },
+        count=tally.count,
+        since=tally.first,
+    )

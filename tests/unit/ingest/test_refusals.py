@@ -1,8 +1,16 @@
 from datetime import UTC, datetime, timedelta
 
 from contracts.deadletter import DeadLetterReason
+from ingest.exceptions import Rejected, Throttled
 from ingest.limits import RefusalLetters
-from ingest.refusals import ADDRESSES_TRACKED, Kind, Refusals, Tally
+from ingest.refusals import (
+    ADDRESSES_TRACKED,
+    Kind,
+    Refusals,
+    Tally,
+    refusal_letter,
+    summary_letter,
+)
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 KIND = Kind(DeadLetterReason.UNAUTHORIZED, 401, "writeKey", None, "/v1/batch")
@@ -93,3 +101,32 @@ def test_a_tally_counts_addresses_beyond_those_it_names() -> None:
     assert tally.count == ADDRESSES_TRACKED + 5
     assert tally.untracked == 5
     assert len(tally.busiest()) == 10
+
+
+def test_a_summary_letter_stands_for_its_tally() -> None:
+    tally = Tally(first=T0, last=T0)
+    for n in range(12):
+        tally.add("203.0.113.7" if n < 3 else f"10.0.0.{n}", T0 + timedelta(seconds=n))
+    letter = summary_letter(KIND, tally)
+    assert (letter.reason, letter.status, letter.field, letter.endpoint) == (
+        DeadLetterReason.UNAUTHORIZED,
+        401,
+        "writeKey",
+        "/v1/batch",
+    )
+    assert (letter.count, letter.since, letter.received_at) == (12, T0, T0 + timedelta(seconds=11))
+    assert letter.payload["busiest_addresses"]["203.0.113.7"] == 3
+    assert letter.payload["distinct_addresses"] == 10
+
+
+def test_a_refused_request_letter_keeps_the_start_of_an_unauthenticated_body_only() -> None:
+    body = b'{"batch": [' + b"x" * 5000 + b"]}"
+    unauthorized = Rejected(401, DeadLetterReason.UNAUTHORIZED, "no key", "writeKey")
+    throttled = Throttled("over", "writeKey", 3)
+    common = {"endpoint": "/v1/batch", "received_at": T0, "request_id": "r", "raw_bytes": 10}
+    letter = refusal_letter(unauthorized, source=None, raw=body, **common)
+    assert (letter.raw, letter.raw_truncated, letter.payload) == ('{"batch": ', True, None)
+    assert letter.count == 1 and letter.since is None
+    letter = refusal_letter(throttled, source="web", raw=body, **common)
+    assert (letter.raw, letter.source, letter.status) == (None, "web", 429)
+    assert letter.raw_sha256
