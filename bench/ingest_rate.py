@@ -12,6 +12,9 @@ request, 16 concurrent clients).
 
     .venv/bin/cdp up
     .venv/bin/python bench/ingest_rate.py --workers 1,2
+
+Rate limits are off unless ``--limits on`` (or ``both``) checks them, at rates no load of
+this bench reaches: the bench posts from one address under one write key, past the defaults.
 """
 
 from __future__ import annotations
@@ -202,11 +205,16 @@ def kafka_pid(settings: Settings) -> int | None:
     return int(pid_file.read_text().strip()) if pid_file.exists() else None
 
 
+#: Rate limits no load of this bench reaches: what they cost is the check on every request.
+UNREACHED = "1e12"
+
+
 def start_api(
-    settings: Settings, port: int, workers: int, sealed: bool = False
+    settings: Settings, port: int, workers: int, sealed: bool = False, limited: bool = False
 ) -> subprocess.Popen[bytes]:
     """Start `cdp api --workers N` as its own process tree with a bench source; ``sealed``:
-    field encryption on, with fresh master keys (else explicitly off)."""
+    field encryption on, with fresh master keys (else explicitly off); ``limited``: the rate
+    limits checked on every request, at rates never reached (else off)."""
     source = {"name": "bench", "channel": "web", "key_sha256": hash_key(KEY)}
     env = {
         **os.environ,
@@ -216,6 +224,8 @@ def start_api(
         "CDP_LOG_LEVEL": "warning",
         "CDP_CLICKHOUSE__PATH": str(Path(settings.local.state_dir) / "bench-chdb"),
         "CDP_PRIVACY__ENABLED": "true" if sealed else "false",
+        "CDP_INGEST__RATE_LIMITS__ADDRESS_REQUESTS_PER_S": UNREACHED if limited else "0",
+        "CDP_INGEST__RATE_LIMITS__KEY_EVENTS_PER_S": UNREACHED if limited else "0",
     }
     if sealed:
         env["CDP_PRIVACY__MASTER_KEYS"] = MasterKeys.generate().dumps()
@@ -231,6 +241,16 @@ def start_api(
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("API did not become healthy")
+
+
+def label(api: tuple[int, bool, bool]) -> str:
+    """How an API of the run is set up: processes, encryption, rate limits."""
+    workers, sealed, limited = api
+    return (
+        f"{workers} API process(es)"
+        + (", encryption on" if sealed else "")
+        + (", rate limits checked" if limited else "")
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -259,6 +279,13 @@ def main() -> None:
         help="field encryption of the API (both: alternate APIs with it off and on)",
     )
     parser.add_argument(
+        "--limits",
+        choices=["off", "on", "both"],
+        default="off",
+        help="rate limits of the API, at rates never reached (both: alternate APIs without "
+        "and with them, to measure the check)",
+    )
+    parser.add_argument(
         "--anonymous",
         choices=["per-event", "per-customer"],
         default="per-event",
@@ -277,19 +304,25 @@ def main() -> None:
     topics.create_all(settings.kafka)
     raw_topic = settings.kafka.topic("cdp.events.raw")
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.privacy]
-    counts = [(int(w), sealed) for w in args.workers.split(",") for sealed in modes]
+    limit_modes = {"off": [False], "on": [True], "both": [False, True]}[args.limits]
+    counts = [
+        (int(w), sealed, limited)
+        for w in args.workers.split(",")
+        for sealed in modes
+        for limited in limit_modes
+    ]
     reps = [build_batches(args.events, args.batch, rep + 1) for rep in range(args.repeats)]
     body_bytes = sum(len(b) for b in reps[0])
     ports = {w: free_port() for w in counts}
-    apis = {w: start_api(settings, port, w[0], w[1]) for w, port in ports.items()}
+    apis = {w: start_api(settings, port, *w) for w, port in ports.items()}
     broker = kafka_pid(settings)
-    rates: dict[int, list[float]] = {w: [] for w in counts}
-    cpu: dict[int, dict[str, float]] = {
+    rates: dict[tuple[int, bool, bool], list[float]] = {w: [] for w in counts}
+    cpu: dict[tuple[int, bool, bool], dict[str, float]] = {
         w: {"api": 0.0, "kafka": 0.0, "client": 0.0} for w in counts
     }
-    measured: dict[int, int] = dict.fromkeys(counts, 0)
+    measured: dict[tuple[int, bool, bool], int] = dict.fromkeys(counts, 0)
     total_accepted = total_failed = 0
-    latency: dict[int, list[float]] = {}
+    latency: dict[tuple[int, bool, bool], list[float]] = {}
     try:
         for w in counts:  # warm-up: every API process sees traffic before the measurement
             url = f"http://127.0.0.1:{ports[w]}"
@@ -310,7 +343,7 @@ def main() -> None:
                 total_failed += failed
                 rates[w].append(accepted / seconds)
                 print(
-                    f"rep {rep + 1}, {w[0]} API process(es){', encrypted' if w[1] else ''}: "
+                    f"rep {rep + 1}, {label(w)}: "
                     f"{accepted} events in {seconds:.2f}s"
                     f" = {accepted / seconds:,.0f} events/s ({failed} non-200)",
                     flush=True,
@@ -318,7 +351,7 @@ def main() -> None:
         for w in counts:
             url = f"http://127.0.0.1:{ports[w]}"
             n = int(args.paced_rate * args.paced_seconds)
-            bodies = build_batches(n, args.batch, args.repeats + 1 + w[0] + 10 * w[1])
+            bodies = build_batches(n, args.batch, args.repeats + 1 + w[0] + 10 * w[1] + 20 * w[2])
             accepted, failed, latency[w] = asyncio.run(
                 paced(url, bodies, args.paced_rate, args.batch)
             )
@@ -347,7 +380,7 @@ def main() -> None:
         per = {k: 1e6 * v / max(measured[w], 1) for k, v in cpu[w].items()}
         lat = latency[w]
         print(
-            f"{w[0]} API process(es){', encryption on' if w[1] else ''}: "
+            f"{label(w)}: "
             f"median {median:,.0f} events/s "
             f"(min {min(rates[w]):,.0f}, max {max(rates[w]):,.0f}); CPU per event: "
             f"API {per['api']:.1f} us, Kafka {per['kafka']:.1f} us, "

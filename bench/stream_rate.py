@@ -366,6 +366,9 @@ def main() -> None:
         "CDP_CLICKHOUSE__PATH": str(Path(settings.local.state_dir) / f"bench-{tag}-chdb"),
     }
     env["CDP_INGEST__SOURCES"] = json.dumps([s.model_dump(mode="json") for s in demo_sources()])
+    # The prefill posts as fast as the API takes it, from one address: past the default limits.
+    env["CDP_INGEST__RATE_LIMITS__ADDRESS_REQUESTS_PER_S"] = "0"
+    env["CDP_INGEST__RATE_LIMITS__KEY_EVENTS_PER_S"] = "0"
     env["CDP_API__TOKENS"] = json.dumps([t.model_dump(mode="json") for t in READ_TOKENS])
     if args.privacy:
         env["CDP_PRIVACY__ENABLED"] = "true"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 
 class DeadLetterReason(StrEnum):
@@ -19,6 +19,8 @@ class DeadLetterReason(StrEnum):
     EVENT_TOO_LARGE = "event_too_large"
     INVALID_EVENT = "invalid_event"
     MISSING_IDENTIFIER = "missing_identifier"
+    #: Over a rate limit per client address or per write key (429).
+    RATE_LIMITED = "rate_limited"
     #: A processor read a message that does not match its topic's contract.
     UNDECODABLE = "undecodable"
 
@@ -51,3 +53,11 @@ class DeadLetter(BaseModel):
     #: With field encryption on: ``{"payload", "raw"}`` sealed under the day's dead-letter key
     #: (payload and raw are then empty; docs/privacy.md).
     sealed: str | None = None
+    #: How many rejected inputs this letter stands for: 1, or for a summary letter the
+    #: refusals of its kind (reason, status, field, source, endpoint) that were counted but
+    #: not written one by one (docs/architecture.md, "Refused requests"). The sum over the
+    #: topic is the number of rejections. A summary's payload names its busiest client
+    #: addresses.
+    count: int = Field(default=1, ge=1)
+    #: A summary letter: when the first of its refusals was received (``received_at``: the last).
+    since: datetime | None = None

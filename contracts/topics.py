@@ -23,8 +23,12 @@ class Topic:
     key: str
     value_model: type[BaseModel] | None
     description: str
-    #: Topic-level configs applied at creation, e.g. retention.
+    #: Topic-level configs applied at creation, e.g. compaction.
     configs: dict[str, str] = field(default_factory=dict)
+    #: Days a record is kept unless the deployment says otherwise (``CDP_KAFKA__RETENTION_DAYS``,
+    #: applied at creation and to existing topics). None: the contract fixes the retention in
+    #: ``configs`` (compacted topics, kept forever), and no setting changes it.
+    retention_days: float | None = None
 
     def qualified(self, prefix: str) -> str:
         """Return the topic name under a deployment prefix (tests use fresh prefixes)."""
@@ -36,32 +40,36 @@ EVENTS_RAW = Topic(
     key="strongest identifier as type:value (value: its blind index with field encryption)",
     value_model=Event,
     description="Every accepted event, as ingest validated and normalised it.",
-    configs={"retention.ms": str(30 * 24 * 3600 * 1000), "min.insync.replicas": "1"},
+    configs={"min.insync.replicas": "1"},
+    retention_days=30,
 )
 EVENTS_DEADLETTER = Topic(
     "cdp.events.deadletter",
     key="source name, or 'unknown' when the write key was not recognised",
     value_model=DeadLetter,
     description="Every rejected input with a typed reason and the original payload.",
-    configs={"retention.ms": str(90 * 24 * 3600 * 1000)},
+    retention_days=90,
 )
 EVENTS_RESOLVED = Topic(
     "cdp.events.resolved",
     key="profile id",
     value_model=ResolvedEvent,
     description="Events with the profile id identity resolved them to.",
+    retention_days=7,
 )
 IDENTITY_MERGES = Topic(
     "cdp.identity.merges",
     key="profile id (survivor of a merge, or the event's profile for a refusal)",
     value_model=LedgerEntry,
     description="The merge ledger: every merge and refused merge, its rule and event.",
+    retention_days=7,
 )
 PROFILES_CHANGES = Topic(
     "cdp.profiles.changes",
     key="profile id",
     value_model=None,
     description="Traits changed, tags added/removed, merges, per profile.",
+    retention_days=7,
 )
 
 SEGMENTS_MEMBERSHIP = Topic(
@@ -70,6 +78,7 @@ SEGMENTS_MEMBERSHIP = Topic(
     value_model=MembershipChange,
     description="A profile entered or left a saved segment: live as tags change, or when a "
     "scheduled refresh recomputes the segment. For activation tools.",
+    retention_days=7,
 )
 
 SEGMENTS_DEFINITIONS = Topic(

@@ -23,8 +23,11 @@ from deploy.privacy import build as build_privacy
 from deploy.privacy import erasures
 from deploy.settings import Settings
 from identity.store import IdentityStore
-from ingest.api import IngestConfig, build_router, json_response
+from ingest.api import IngestConfig, IngestEndpoints, build_router, json_response
+from ingest.client import ClientAddresses
 from ingest.cors import IngestCors
+from ingest.ratelimit import Limiter
+from ingest.refusals import Refusals
 from ingest.sources import SourceRegistry
 from privacy.api import build_router as privacy_router
 from privacy.approvals import Approvals
@@ -143,9 +146,13 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             log.warning("api.tags_unbound", error=str(exc))
         connected = await publisher.start()
         log.info("api.started", kafka_connected=connected, port=settings.api.port)
+        stopping = asyncio.Event()
+        summaries = asyncio.create_task(ingest.summarising(stopping), name="ingest.summaries")
         await record_configuration()
         freeze_startup_heap()
         yield
+        stopping.set()  # the refusals counted since the last summary, before the producer stops
+        await summaries
         await publisher.stop()
         await redis_client.aclose()
         if "client" in clickhouse and url:  # an embedded client is shared: never closed
@@ -159,16 +166,24 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
     )
     privacy = build_privacy(settings, redis_client, publisher)
     audited = Audited(audit_log(settings, publisher))
-    config = IngestConfig(
-        registry=SourceRegistry(settings.ingest.all_sources()),
-        publisher=publisher,
-        raw_topic=settings.kafka.topic(EVENTS_RAW.name),
-        deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
-        limits=settings.ingest.limits,
-        default_region=settings.ingest.default_region,
-        sealer=privacy.sealer if privacy else None,
+    processes = settings.api.processes()
+    ingest = IngestEndpoints(
+        IngestConfig(
+            registry=SourceRegistry(settings.ingest.all_sources()),
+            publisher=publisher,
+            raw_topic=settings.kafka.topic(EVENTS_RAW.name),
+            deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
+            limits=settings.ingest.limits,
+            default_region=settings.ingest.default_region,
+            clients=ClientAddresses(
+                settings.ingest.trusted_proxies, settings.ingest.client_ipv6_prefix
+            ),
+            limiter=Limiter(settings.ingest.rate_limits, processes),
+            refusals=Refusals(settings.ingest.refusal_letters, processes),
+            sealer=privacy.sealer if privacy else None,
+        )
     )
-    app.include_router(build_router(config))
+    app.include_router(build_router(ingest))
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     if settings.api.history_owner and not owns_history:
         # Routes that read the history (embedded ClickHouse) go to the process that owns it.

@@ -132,7 +132,8 @@ def topics() -> None:
 @topics.command("create")
 @click.pass_obj
 def topics_create(settings: Settings) -> None:
-    """Create every registry topic that is missing (idempotent)."""
+    """Create every registry topic that is missing (idempotent); set the retention of existing
+    ones where it differs from the settings (CDP_KAFKA__RETENTION_DAYS)."""
     for name, outcome in topics_mod.create_all(settings.kafka).items():
         click.echo(f"  {name:40} {outcome}")
 
@@ -334,7 +335,7 @@ def api(settings: Settings, workers: int | None) -> None:
 @cli.command()
 @click.pass_obj
 def migrate(settings: Settings) -> None:
-    """Create the ClickHouse history schema (idempotent)."""
+    """Create the ClickHouse history schema and set its retention (idempotent)."""
     history_writer(settings)
     click.echo(f"schema ready in {settings.clickhouse.database}")
 

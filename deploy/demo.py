@@ -20,6 +20,8 @@ from ingest.sources import Source
 from runtime.readback import read_to_end
 
 DEMO_SOURCES_FILE = Path(__file__).parent / "local" / "demo-sources.json"
+#: How often a request over a rate limit (429) is sent again before its answer is given up.
+RATE_LIMITED_ATTEMPTS = 5
 
 
 def demo_key(source_name: str) -> str:
@@ -151,11 +153,17 @@ def post(base_url: str, write_key: str, path: str, body: Any, gzipped: bool = Fa
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         base_url + path, data=data, headers=headers, method="POST"
     )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own API
-            return Posted("", path, response.status, json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        return Posted("", path, exc.code, json.loads(exc.read() or b"{}"))
+    for attempt in range(1, RATE_LIMITED_ATTEMPTS + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our API
+                return Posted("", path, response.status, json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read() or b"{}")
+            if exc.code != 429 or attempt == RATE_LIMITED_ATTEMPTS:
+                return Posted("", path, exc.code, answer)
+            # Over a rate limit: wait as told and send the same body again, as SDKs do.
+            time.sleep(min(float(exc.headers.get("Retry-After") or 1), 30.0))
+    raise AssertionError("unreachable")
 
 
 def _ids(body: Any) -> set[str]:

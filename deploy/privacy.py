@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -124,7 +124,11 @@ def erasures(settings: Settings, client: aioredis.Redis, publisher: Publisher) -
         audit(settings, publisher),
         IdentityStore(client, settings.identity, settings.worker.namespace),
         keys,
-        [(settings.kafka.topic(t.name), t) for t in PERSONAL_TOPICS],
+        # With this deployment's retention, which the receipt quotes.
+        [
+            (settings.kafka.topic(t.name), replace(t, configs=settings.kafka.topic_configs(t.name)))
+            for t in PERSONAL_TOPICS
+        ],
     )
 
 

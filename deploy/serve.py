@@ -45,7 +45,13 @@ class PortInUse(StartError):
 
 def api_processes(settings: Settings) -> int:
     """How many API processes to run: the setting, else one per CPU."""
-    return settings.api.workers or os.cpu_count() or 1
+    return settings.api.processes()
+
+
+def serving(settings: Settings, workers: int) -> Settings:
+    """``settings`` as the API processes get them: each knows how many share the port
+    (each enforces its share of the deployment's limits)."""
+    return settings.model_copy(update={"api": settings.api.model_copy(update={"workers": workers})})
 
 
 def process_app(settings: Settings) -> FastAPI:
@@ -55,7 +61,12 @@ def process_app(settings: Settings) -> FastAPI:
 
 
 def uvicorn_config(settings: Settings, app: Any, **options: Any) -> uvicorn.Config:
-    """The listener every API process uses; the fastest loop and parser uvicorn has."""
+    """The listener every API process uses; the fastest loop and parser uvicorn has.
+
+    Without uvicorn's proxy headers: it would take the client address from
+    ``X-Forwarded-For`` whenever the peer is loopback. Ingest reads the header itself, from
+    the configured trusted proxies only (``ingest/client.py``).
+    """
     return uvicorn.Config(
         app,
         host=settings.api.host,
@@ -68,6 +79,7 @@ def uvicorn_config(settings: Settings, app: Any, **options: Any) -> uvicorn.Conf
         # Requests still running this long into a stop are cut: the lifespan's shutdown
         # (flushing the producer) gets the rest of the bound.
         timeout_graceful_shutdown=max(int(settings.shutdown_timeout_s / 2), 1),
+        proxy_headers=False,
         **options,
     )
 
@@ -281,6 +293,7 @@ def serve(settings: Settings, workers: int) -> int:
     (deploy/lifecycle.py)."""
     check_port_free(settings.api.host, settings.api.port)
     STOP.install(settings.shutdown_timeout_s)
+    settings = serving(settings, workers)
     if workers <= 1:
         config = uvicorn_config(settings, partial(process_app, settings), factory=True)
         server = _BoundedServer(config)
@@ -327,6 +340,7 @@ def attach_api(app: faust.App, settings: Settings, workers: int) -> None:
     history). Every process shares the public port.
     """
     check_port_free(settings.api.host, settings.api.port)
+    settings = serving(settings, workers)
     public = shared_socket(settings.api.host, settings.api.port)
     internal = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     internal.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     StringConstraints,
     ValidationError,
@@ -24,7 +25,7 @@ from contracts.errors import CDPError
 from contracts.topics import REGISTRY
 from identity.rules import IdentityRules
 from identity.store import RETRY_BUCKETS
-from ingest.limits import Limits
+from ingest.limits import Limits, RateLimits, RefusalLetters
 from ingest.sources import Source
 from profiles.fold import FoldRules
 from runtime.auth import Token
@@ -58,10 +59,44 @@ class KafkaSettings(BaseModel):
     publish_timeout_s: float = 10.0
     request_timeout_ms: int = 8_000
     linger_ms: int = 5
+    #: Days a topic keeps its records, by registry name (``{"cdp.events.raw": 14}``), over the
+    #: registry's defaults; 0 keeps them forever. Applied when topics are created and to
+    #: existing ones by ``cdp topics create`` and ``cdp run`` (docs/privacy.md, "Retention").
+    #: Compacted topics kept forever by contract (keys, segment definitions) are not settable.
+    retention_days: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("retention_days")
+    @classmethod
+    def _settable(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, days in value.items():
+            topic = REGISTRY.get(name)
+            if topic is None:
+                raise ValueError(f"{name!r} is no topic of the registry: {sorted(REGISTRY)}")
+            if topic.retention_days is None:
+                raise ValueError(f"{name} keeps its records as its contract says: not settable")
+            if days < 0:
+                raise ValueError(f"{name}: days must be 0 (forever) or more")
+        return value
 
     def topic(self, name: str) -> str:
         """Return the deployed name of a registry topic."""
         return REGISTRY[name].qualified(self.topic_prefix)
+
+    def retention_ms(self, name: str) -> str | None:
+        """The ``retention.ms`` this deployment gives a registry topic (``-1``: forever), or
+        None where the contract's own configs decide."""
+        days = self.retention_days.get(name, REGISTRY[name].retention_days)
+        if days is None:
+            return None
+        return "-1" if days == 0 else str(round(days * 24 * 3600 * 1000))
+
+    def topic_configs(self, name: str) -> dict[str, str]:
+        """The configs a registry topic is created with: its contract's, and its retention."""
+        configs = dict(REGISTRY[name].configs)
+        retention = self.retention_ms(name)
+        if retention is not None:
+            configs["retention.ms"] = retention
+        return configs
 
 
 class RedisSettings(BaseModel):
@@ -81,6 +116,9 @@ class ClickHouseSettings(BaseModel):
     path: Path | None = None
     #: An identifier that goes into SQL: letters, digits, underscore only.
     database: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] = "cdp"
+    #: Days the history keeps each event (by its time) and the profile and tag changes it
+    #: caused (by when they were made); 0 keeps them forever (docs/privacy.md, "Retention").
+    history_retention_days: int = Field(default=0, ge=0)
 
 
 class ApiSettings(BaseModel):
@@ -101,6 +139,10 @@ class ApiSettings(BaseModel):
     #: Bearer tokens of the read APIs (hashes only); ``cdp tokens new`` mints one.
     tokens: list[Token] = Field(default_factory=list)
 
+    def processes(self) -> int:
+        """How many API processes serve the port: ``workers``, else one per CPU."""
+        return self.workers or os.cpu_count() or 1
+
 
 class IngestSettings(BaseModel):
     """Ingest: sources (write keys), limits, normalisation."""
@@ -116,6 +158,16 @@ class IngestSettings(BaseModel):
     #: Origins whose pages may send events from the browser (CORS on ingest routes only);
     #: ``*`` by default, since a source's write key is what authorises an event.
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    #: Proxies (addresses or networks) whose ``X-Forwarded-For`` names the client; none by
+    #: default, so the client is the socket peer (anyone can send the header).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: The prefix that is one IPv6 client: a subscriber gets a /64 (2^64 addresses to rotate
+    #: through), so limiting single IPv6 addresses would limit nothing.
+    client_ipv6_prefix: int = Field(default=64, ge=16, le=128)
+    #: Requests per client address and events per write key (docs/privacy.md, "Abuse limits").
+    rate_limits: RateLimits = RateLimits()
+    #: How refused requests are dead-lettered: by sample, the others counted in summaries.
+    refusal_letters: RefusalLetters = RefusalLetters()
 
     def all_sources(self) -> list[Source]:
         """Return inline sources plus those in ``sources_file``."""

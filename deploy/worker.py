@@ -32,6 +32,7 @@ from runtime.retry import until_done
 from segments.agents import LiveMembership, register_refresh
 from segments.store import SegmentStore
 from sinks import agents as sink_agents
+from sinks import retention
 from sinks.clickhouse import connect as connect_clickhouse
 from sinks.history import HistoryWriter, migrate
 from stream import agents as stream_agents
@@ -55,11 +56,16 @@ def group_id(settings: Settings, roles: list[str]) -> str:
 
 
 def history_writer(settings: Settings) -> HistoryWriter:
-    """Connect ClickHouse (embedded by default), migrate, return the writer."""
+    """Connect ClickHouse (embedded by default), migrate, apply the retention, return the
+    writer."""
     url = settings.clickhouse.url.get_secret_value() if settings.clickhouse.url else None
     client = connect_clickhouse(url, settings.chdb_path())
-    migrate(client, settings.clickhouse.database)
-    return HistoryWriter(client, settings.clickhouse.database)
+    db, days = settings.clickhouse.database, settings.clickhouse.history_retention_days
+    migrate(client, db)
+    changed = {t: o for t, o in retention.apply(client, db, days).items() if o != "kept"}
+    if changed:
+        structlog.get_logger().info("history.retention", days=days, tables=changed)
+    return HistoryWriter(client, db)
 
 
 def tag_store(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -20,8 +22,11 @@ from contracts.deadletter import DeadLetter, DeadLetterReason
 from contracts.events import SEGMENT_CALL_TYPES, Event, EventType
 from ingest import intake as take
 from ingest.body import decode, parse_json, read_capped, too_large
-from ingest.exceptions import Rejected
+from ingest.client import ClientAddresses
+from ingest.exceptions import Rejected, Throttled
 from ingest.limits import Limits
+from ingest.ratelimit import Limiter
+from ingest.refusals import Kind, Refusals, refusal_letter, summary_letter
 from ingest.sources import Source, SourceRegistry
 from privacy.seal import Sealer
 from runtime.exceptions import KafkaUnavailable
@@ -30,6 +35,9 @@ from runtime.publisher import Publisher, Record
 log = structlog.get_logger()
 
 RETRY_AFTER_S = 5
+
+#: Refusals of a request before its events are looked at: written by sample, the rest counted.
+REFUSALS = frozenset({DeadLetterReason.UNAUTHORIZED, DeadLetterReason.RATE_LIMITED})
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,12 @@ class IngestConfig:
     deadletter_topic: str
     limits: Limits
     default_region: str
+    #: Who sent a request (the socket peer, or what trusted proxies say).
+    clients: ClientAddresses
+    #: Rate limits per client address and per write key (this process's share).
+    limiter: Limiter
+    #: Which refused requests are dead-lettered one by one; the others are counted.
+    refusals: Refusals
     #: With field encryption on: seals accepted events and dead letters before they are
     #: published (creating data keys, durably, first).
     sealer: Sealer | None = None
@@ -187,11 +201,22 @@ class IngestEndpoints:
         ctx = _Request(
             request_id=uuid.uuid4().hex, endpoint=request.url.path, received_at=datetime.now(UTC)
         )
+        address = self.config.clients.of(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+        )
         bound = log.bind(request_id=ctx.request_id, endpoint=ctx.endpoint)
         try:
+            # Before the body is read: a flood from one address costs as little as it can.
+            self.config.limiter.check_address(address)
             await self._read(request, ctx)
+            assert ctx.source is not None
+            # Before the events are mapped, the costly part, but counting them.
+            self.config.limiter.check_key(ctx.source.name, take.message_count(kind, ctx.body))
             result = self._intake(kind, ctx, call)
         except Rejected as rejected:
+            if rejected.reason in REFUSALS:
+                return await self._refuse(ctx, rejected, address, bound)
             payload = ctx.body if ctx.parsed else None
             letter = self._dead_letter(ctx, rejected, payload, rejected.status)
             if not await self._publish(ctx, [], [letter]):
@@ -200,6 +225,74 @@ class IngestEndpoints:
             body = _error_body(rejected, ctx.request_id)
             return json_response(body, status_code=rejected.status)
         return await self._answer(result, ctx, bound)
+
+    async def _refuse(
+        self, ctx: _Request, rejected: Rejected, address: str, bound: Any
+    ) -> Response:
+        """Answer a refusal; dead-letter it by sample (``Refusals``), else count it."""
+        source = ctx.source.name if ctx.source else None
+        kind = Kind(rejected.reason, rejected.status, rejected.field, source, ctx.endpoint)
+        if self.config.refusals.sample(kind, address, ctx.received_at):
+            letter = refusal_letter(
+                rejected,
+                source=source,
+                endpoint=ctx.endpoint,
+                received_at=ctx.received_at,
+                request_id=ctx.request_id,
+                raw=ctx.raw,
+                raw_bytes=self.config.refusals.raw_bytes,
+            )
+            if not await self._publish(ctx, [], [letter]):
+                return self._unavailable(ctx)
+            bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
+        headers = (
+            {"Retry-After": str(rejected.retry_after_s)}
+            if isinstance(rejected, Throttled)
+            else None
+        )
+        body = _error_body(rejected, ctx.request_id)
+        return json_response(body, status_code=rejected.status, headers=headers)
+
+    async def summarising(self, stop: asyncio.Event) -> None:
+        """Write the summaries every interval, and once more when ``stop`` is set (a task of
+        the API process's lifespan; never cancelled in a publish, whose counts it would lose)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.refusals.interval_s)
+            await self.summarise()
+
+    async def summarise(self) -> int:
+        """Write a summary letter per kind of refusal counted since the last; return how many
+        refusals they stand for. What cannot be written is counted again for the next."""
+        taken = self.config.refusals.take()
+        if not taken:
+            return 0
+        letters = [summary_letter(kind, tally) for kind, tally in taken.items()]
+        if not await self._publish_letters(letters):
+            self.config.refusals.give_back(taken)
+            log.warning("ingest.refusals_unwritten", count=sum(t.count for t in taken.values()))
+            return 0
+        count = sum(letter.count for letter in letters)
+        log.info("ingest.refusals_summarised", count=count, letters=len(letters))
+        return count
+
+    async def _publish_letters(self, letters: list[DeadLetter]) -> bool:
+        try:
+            sealer = self.config.sealer
+            sealed = await sealer.seal_letters(letters) if sealer is not None else letters
+            await self.config.publisher.publish(
+                [
+                    Record(
+                        self.config.deadletter_topic,
+                        (letter.source or "unknown").encode(),
+                        letter.model_dump_json().encode(),
+                    )
+                    for letter in sealed
+                ]
+            )
+        except (KafkaUnavailable, RedisError):
+            return False
+        return True
 
     async def _answer(self, result: take.Intake, ctx: _Request, bound: Any) -> Any:
         status = result.status
@@ -255,9 +348,9 @@ class IngestEndpoints:
         return json_response(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-def build_router(config: IngestConfig) -> APIRouter:
-    """Return the ingest routes bound to ``config``."""
-    endpoints = IngestEndpoints(config)
+def build_router(endpoints: IngestEndpoints) -> APIRouter:
+    """Return the ingest routes served by ``endpoints``."""
+    config = endpoints.config
     router = APIRouter(tags=["ingest"])
 
     @router.post("/v1/batch", summary="Segment-compatible batch of identify/track/... calls")

@@ -32,3 +32,11 @@ class Rejected(IngestError):
         """Return this rejection placed at ``prefix[index]`` of a batch."""
         field = f"{prefix}[{index}]" + (f".{self.field}" if self.field else "")
         return Rejected(self.status, self.reason, self.message, field, index)
+
+
+class Throttled(Rejected):
+    """A request over a rate limit: a 429 naming the limit, with when to retry."""
+
+    def __init__(self, message: str, field: str, retry_after_s: int) -> None:
+        super().__init__(429, DeadLetterReason.RATE_LIMITED, message, field)
+        self.retry_after_s = retry_after_s

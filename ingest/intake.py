@@ -83,6 +83,18 @@ def _merge_context(msg: Any, shared: Any) -> Any:
     return {**msg, "context": {**shared, **(own if isinstance(own, dict) else {})}}
 
 
+def message_count(kind: str, body: Any) -> int:
+    """How many messages a request body carries (what the write key's rate limit counts),
+    without looking at them; a body of the wrong shape counts one."""
+    if kind == "batch":
+        messages = body.get("batch") if isinstance(body, dict) else None
+    elif kind == "native":
+        messages = body.get("events") if isinstance(body, dict) else body
+    else:
+        return 1
+    return max(len(messages), 1) if isinstance(messages, list) else 1
+
+
 def segment_batch(body: Any, stamp: Stamp) -> Intake:
     """Take ``POST /v1/batch``: ``{"batch": [...], "sentAt": ..., "context": {...}}``."""
     if not isinstance(body, dict) or not isinstance(body.get("batch"), list):

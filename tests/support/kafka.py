@@ -45,3 +45,31 @@ def read_topic(
     finally:
         consumer.close()
     return found
+
+
+def read_until(
+    bootstrap: str,
+    topic: str,
+    enough: Callable[[list[dict[str, Any]]], bool],
+    timeout_s: float = 30.0,
+    settle_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Read values from the start until ``enough`` holds for what was read, then a little
+    longer (to catch extras); return them all, enough or not when the time ran out."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(settle_s * 1000),
+    )
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            found.extend(json.loads(message.value) for message in consumer)
+            if enough(found):
+                break
+    finally:
+        consumer.close()
+    return found

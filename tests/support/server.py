@@ -25,7 +25,8 @@ def running_api(settings: Settings, owns_history: bool = False, stop: Stop = STO
     ``stop``: the stop ``/healthz`` reports (this test process's is never begun).
     """
     port = free_port()
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    api = settings.api.model_copy(update={"port": port, "workers": 1})
+    settings = settings.model_copy(update={"api": api})
     config = uvicorn.Config(
         create_app(settings, owns_history=owns_history, stop=stop),
         host="127.0.0.1",
@@ -33,6 +34,7 @@ def running_api(settings: Settings, owns_history: bool = False, stop: Stop = STO
         log_config=None,
         access_log=False,
         lifespan="on",
+        proxy_headers=False,  # as deploy/serve.py: the client is the peer unless trusted
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
@@ -54,7 +56,8 @@ def running_api_processes(settings: Settings, count: int = 2) -> Iterator[str]:
     """Serve ``settings``' app from ``count`` processes on one port, as ``cdp api`` and
     ``cdp run`` do; yield the base URL once every process answered."""
     port = free_port()
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    api = settings.api.model_copy(update={"port": port, "workers": count})
+    settings = settings.model_copy(update={"api": api})
     processes = ApiProcesses(settings, count).start()
     base = f"http://127.0.0.1:{port}"
     try:

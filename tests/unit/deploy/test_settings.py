@@ -2,8 +2,9 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from deploy.settings import ConfigError, Settings
+from deploy.settings import ConfigError, KafkaSettings, Settings
 
 
 def test_settings_come_from_cdp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,3 +61,61 @@ def test_a_sources_file_that_is_not_a_list_of_sources_is_named(
         path.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(says)):
             Settings.load().ingest.all_sources()
+
+
+def test_abuse_limits_come_from_cdp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_INGEST__RATE_LIMITS__KEY_EVENTS_PER_S", "0")
+    monkeypatch.setenv("CDP_INGEST__RATE_LIMITS__ADDRESS_BURST", "50")
+    monkeypatch.setenv("CDP_INGEST__TRUSTED_PROXIES", '["10.0.0.0/8", "192.0.2.1"]')
+    monkeypatch.setenv("CDP_INGEST__REFUSAL_LETTERS__PER_ADDRESS", "2")
+    ingest = Settings().ingest
+    assert ingest.rate_limits.key_events_per_s == 0
+    assert ingest.rate_limits.address_burst == 50
+    assert ingest.rate_limits.address_requests_per_s == 1000  # the default, untouched
+    assert [str(n) for n in ingest.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
+    assert ingest.refusal_letters.per_address == 2
+
+
+def test_the_api_knows_how_many_processes_share_its_port() -> None:
+    assert Settings(api={"workers": 3}).api.processes() == 3  # type: ignore[arg-type]
+    assert Settings().api.processes() >= 1
+
+
+def test_topic_retention_is_the_registrys_unless_the_settings_say_otherwise() -> None:
+    kafka = KafkaSettings(retention_days={"cdp.events.raw": 14, "cdp.events.deadletter": 0})
+    assert kafka.retention_ms("cdp.events.raw") == str(14 * 86_400_000)
+    assert kafka.retention_ms("cdp.events.deadletter") == "-1"  # 0: kept forever
+    assert kafka.retention_ms("cdp.events.resolved") == str(7 * 86_400_000)
+    assert kafka.retention_ms("cdp.keys") is None  # the contract decides
+    assert kafka.topic_configs("cdp.events.raw") == {
+        "min.insync.replicas": "1",
+        "retention.ms": str(14 * 86_400_000),
+    }
+    assert kafka.topic_configs("cdp.keys")["retention.ms"] == "-1"
+
+
+def test_topic_retention_comes_from_a_cdp_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_KAFKA__RETENTION_DAYS", '{"cdp.events.raw": 3.5}')
+    assert Settings().kafka.retention_ms("cdp.events.raw") == str(int(3.5 * 86_400_000))
+
+
+@pytest.mark.parametrize(
+    ("retention", "problem"),
+    [
+        ({"cdp.keys": 30}, "not settable"),
+        ({"cdp.segments.definitions": 30}, "not settable"),
+        ({"cdp.events.nope": 30}, "no topic of the registry"),
+        ({"cdp.events.raw": -1}, "0 (forever) or more"),
+    ],
+)
+def test_retention_of_a_topic_kept_by_contract_or_unknown_is_refused(
+    retention: dict[str, float], problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        KafkaSettings(retention_days=retention)
+
+
+def test_history_retention_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().clickhouse.history_retention_days == 0
+    monkeypatch.setenv("CDP_CLICKHOUSE__HISTORY_RETENTION_DAYS", "730")
+    assert Settings().clickhouse.history_retention_days == 730
