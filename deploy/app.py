@@ -148,9 +148,12 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
         log.info("api.started", kafka_connected=connected, port=settings.api.port)
         stopping = asyncio.Event()
         summaries = asyncio.create_task(ingest.summarising(stopping), name="ingest.summaries")
-        await record_configuration()
+        # In the background: the API must not wait on the audit log to start serving.
+        recording = asyncio.create_task(record_configuration(), name="audit.configuration")
         freeze_startup_heap()
         yield
+        if not recording.done():
+            recording.cancel()
         stopping.set()  # the refusals counted since the last summary, before the producer stops
         await summaries
         await publisher.stop()
