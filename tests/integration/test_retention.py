@@ -63,6 +63,8 @@ def test_topics_are_created_with_the_retention_of_the_settings(
         "cdp.segments.membership": str(7 * DAY_MS),
         "cdp.segments.definitions": "-1",
         "cdp.keys": "-1",
+        "cdp.privacy.erasures": "-1",
+        "cdp.audit": "-1",
     }
 
 
