@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -544,6 +545,125 @@ def history_sql(settings: Settings, query: str) -> None:
     result = history_writer(settings).query(query)
     for row in result:
         click.echo(json.dumps(row, default=str))
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "--into",
+    "namespace",
+    default=None,
+    help="Rebuild into this Redis namespace (default: the configured one, which must be empty).",
+)
+@click.option("--force", is_flag=True, help="Replay into a namespace that already holds state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def rebuild(ctx: click.Context, namespace: str | None, force: bool, as_json: bool) -> None:
+    """Rebuild identity graph, profiles and tags in Redis from the history in ClickHouse.
+
+    With embedded ClickHouse, run it while no history worker holds the data directory (stop
+    `cdp run`/`cdp worker`; the API may keep accepting events into Kafka). An interrupted
+    rebuild continues where it stopped when started again.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings: Settings = ctx.obj
+    target = namespace or settings.worker.namespace
+    report = asyncio.run(_rebuild(settings, target, force))
+    if as_json:
+        _echo_json(report.__dict__)
+        return
+    click.echo(
+        f"rebuilt {target}: {report.events:,} events -> {report.profiles:,} profiles "
+        f"({report.merged:,} merged ids), {report.tagged:,} tagged, "
+        f"{report.fingerprints:,} retry fingerprints, in {report.seconds:.1f} s "
+        f"({report.rate():,.0f} events/s){' (resumed)' if report.resumed else ''}"
+    )
+
+
+async def _rebuild(settings: Settings, namespace: str, force: bool) -> Any:
+    import redis.asyncio as aioredis
+
+    from deploy.rebuild import Rebuild, RebuildError
+
+    url = settings.redis.url.get_secret_value()
+    client = aioredis.from_url(url)
+    writer = history_writer(settings)
+    profiles = ProfileStore(client, settings.profiles, namespace)
+    tags = None
+    if settings.tags.enabled:
+        tags = TagStore(client, load_catalog(settings.tags.catalog), profiles, namespace)
+        tags.bind(url)
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-3)
+        click.echo(f"\rreplayed {done:,} / {total:,} events ({rate:,.0f}/s)", err=True, nl=False)
+
+    async def query(sql: str, params: dict[str, Any]) -> list[Any]:
+        return await asyncio.to_thread(writer.rows, sql, params)
+
+    job = Rebuild(
+        client,
+        namespace,
+        IdentityStore(client, settings.identity, namespace),
+        profiles,
+        tags,
+        query,
+        settings.clickhouse.database,
+        settings.worker.identity_retry_window_s,
+        settings.worker.identity_retry_buckets,
+        progress=progress,
+    )
+    try:
+        return await job.run(force=force)
+    except RebuildError as err:
+        click.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
+    finally:
+        click.echo("", err=True)
+        await client.aclose()
+
+
+@rebuild.command("compare")
+@click.option("--with", "other", required=True, help="The namespace to compare with.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rebuild_compare(settings: Settings, other: str, as_json: bool) -> None:
+    """Compare the configured namespace's profiles, identifiers, tags and aliases with
+    another's (a rebuild's); exit 1 when they differ."""
+    diff = asyncio.run(_compare(settings, other))
+    if as_json:
+        _echo_json({**diff.__dict__, "same": diff.same})
+    else:
+        click.echo(
+            f"{diff.profiles:,} profiles: {diff.equal:,} equal, {len(diff.different):,} differ, "
+            f"{len(diff.only_left):,} only in {settings.worker.namespace}, "
+            f"{len(diff.only_right):,} only in {other}; "
+            f"{len(diff.aliases):,} merged ids with another survivor"
+        )
+        for pid, fields in list(diff.different.items())[:20]:
+            click.echo(f"  {pid}: {', '.join(fields)}")
+    if not diff.same:
+        raise SystemExit(1)
+
+
+async def _compare(settings: Settings, other: str) -> Any:
+    import redis.asyncio as aioredis
+
+    from deploy.rebuild import compare
+
+    url = settings.redis.url.get_secret_value()
+    client = aioredis.from_url(url)
+    catalog = load_catalog(settings.tags.catalog)
+    stores = []
+    for ns in (settings.worker.namespace, other):
+        store = ProfileStore(client, settings.profiles, ns)
+        TagStore(client, catalog, store, ns).bind(url)
+        stores.append((ns, store))
+    try:
+        return await compare(client, stores[0], stores[1])
+    finally:
+        await client.aclose()
 
 
 @cli.group()

@@ -9,6 +9,10 @@
 --         strongest first; blocked (junk) and invalid (failed validation) identifiers never
 --         link profiles; fingerprint: a signed 64-bit hash of (source, event id), in decimal
 -- ARGV[7] today (days since the epoch)
+-- ARGV[8] "1" to replay history (deploy/rebuild.py): no retry window and no held outcomes
+--         (each event was accepted once already), and an event that creates a profile
+--         takes the profile id it had (the entry's 12th item) when that id is free, so a
+--         rebuilt namespace names its profiles as history does.
 -- Each event entry may end with a consent time: the event's receipt in epoch ms when it
 -- grants a consent, else 0 (see "suppressed" below).
 --
@@ -44,6 +48,7 @@ local rules = cjson.decode(ARGV[4])
 local custom = cjson.decode(ARGV[5])
 local batch = cjson.decode(ARGV[6])
 local today = tonumber(ARGV[7])
+local replay = ARGV[8] == '1'
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
@@ -90,18 +95,32 @@ local function unsuppressed(list, consent_ms, dropped)
   return kept
 end
 
-local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms)
-  -- A redelivered offset whose records were not yet published: the same outcome again.
-  local held_key = k('ev', 'held', part)
-  local held = redis.call('HGET', held_key, off)
-  if held then
-    local m = cjson.decode(held)
-    if m.event == event_id and m.source == source then return held end
+-- The profile id a replayed event had, when no profile, alias or graph holds it yet.
+local function hinted(hint)
+  if not hint or hint == '' or not tonumber(hint) then return nil end
+  if redis.call('HEXISTS', alias_key, hint) == 1 then return nil end
+  if redis.call('EXISTS', graph_key(ns, hint)) == 1 then return nil end
+  if tonumber(redis.call('GET', k('seq')) or '0') < tonumber(hint) then
+    redis.call('SET', k('seq'), hint)
   end
-  -- Message ids are unique per source, not across sources: the fingerprint covers both. Seen
-  -- before in the window: a client's retry, or a redelivery of an offset already published.
-  if seen(fp, bucket) then
-    return cjson.encode({pid = '', created = 0, dup = 1, merges = {}, refusals = {}})
+  return hint
+end
+
+local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms, hint)
+  local held_key = k('ev', 'held', part)
+  if not replay then
+    -- A redelivered offset whose records were not yet published: the same outcome again.
+    local held = redis.call('HGET', held_key, off)
+    if held then
+      local m = cjson.decode(held)
+      if m.event == event_id and m.source == source then return held end
+    end
+    -- Message ids are unique per source, not across sources: the fingerprint covers both.
+    -- Seen before in the window: a client's retry, or a redelivery of an offset already
+    -- published.
+    if seen(fp, bucket) then
+      return cjson.encode({pid = '', created = 0, dup = 1, merges = {}, refusals = {}})
+    end
   end
 
   local dropped = {}
@@ -116,8 +135,10 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
         pid = '', created = 0, dup = 0, suppressed = dropped, merges = {}, refusals = {},
         event = event_id, source = source,
       })
-      redis.call('HSET', held_key, off, out)
-      redis.call('INCR', k('suppressed', 'events'))
+      if not replay then
+        redis.call('HSET', held_key, off, out)
+        redis.call('INCR', k('suppressed', 'events'))
+      end
       return out
     end
   end
@@ -151,6 +172,17 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
       pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
       event = event_id, source = source, stripped = dropped,
     })
+    if replay then
+      -- History knows this event under an id the replay did not make (its profile was
+      -- found by the event's identifiers, met in another order): that id names this
+      -- profile, as a merge would have made it, so reads and history's aliases agree.
+      if pid and hint and hint ~= '' and hint ~= pid and tonumber(hint)
+          and redis.call('HEXISTS', alias_key, hint) == 0
+          and redis.call('EXISTS', graph_key(ns, hint)) == 0 then
+        redis.call('HSET', alias_key, hint, pid)
+      end
+      return out
+    end
     redis.call('HSET', held_key, off, out)
     local day_key = k('ev', 'w', today, bucket)
     redis.call('SADD', day_key, fp)
@@ -231,7 +263,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
     table.sort(group, function(a, b) return tonumber(a) < tonumber(b) end)
     pid = group[1]
   elseif holdable then
-    pid = tostring(redis.call('INCR', k('seq')))
+    pid = replay and hinted(hint) or tostring(redis.call('INCR', k('seq')))
     created = 1
   end
   if pid then
@@ -295,7 +327,8 @@ end
 local outs = {}
 for n, e in ipairs(batch) do
   outs[n] = resolve_event(
-    e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10] or {}, tonumber(e[11] or 0)
+    e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10] or {}, tonumber(e[11] or 0),
+    e[12]
   )
 end
 return '[' .. table.concat(outs, ',') .. ']'

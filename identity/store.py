@@ -138,9 +138,11 @@ class IdentityStore:
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
 
-    def _args(self, items: Sequence[Located], today: datetime) -> list[str | int | bytes]:
+    def _args(
+        self, items: Sequence[Located], today: datetime, hints: Sequence[str] | None = None
+    ) -> list[str | int | bytes]:
         batch = []
-        for item in items:
+        for n, item in enumerate(items):
             ids: list[str] = []
             blocked: list[str] = []
             invalid: list[str] = []
@@ -170,6 +172,7 @@ class IdentityStore:
                     fp % self._buckets,
                     sealed,
                     consent_ms,
+                    *([hints[n]] if hints is not None else []),
                 ]
             )
         return [
@@ -180,6 +183,7 @@ class IdentityStore:
             self._custom_json,
             orjson.dumps(batch),
             int(today.timestamp()) // 86_400,
+            "1" if hints is not None else "0",
         ]
 
     async def resolve(self, batch: list[Located], at: datetime) -> list[Outcome]:
@@ -189,6 +193,17 @@ class IdentityStore:
         most, so profile reads from the API interleave between chunks.
         """
         answers = await self._script.run([self._args(chunk, at) for chunk in chunks(batch)])
+        return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
+
+    async def replay(self, batch: list[Located], hints: list[str], at: datetime) -> list[Outcome]:
+        """Resolve events of history again (a rebuild): as ``resolve``, without the retry
+        window or held outcomes, each new profile taking its id from ``hints`` (the profile id
+        history recorded for the event) when that id is free."""
+        calls = [
+            self._args(batch[start : start + CHUNK], at, hints[start : start + CHUNK])
+            for start in range(0, len(batch), CHUNK)
+        ]
+        answers = await self._script.run(calls)
         return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
 
     async def settle(self, batch: list[Located]) -> None:

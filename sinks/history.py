@@ -131,6 +131,14 @@ def schema(db: str) -> list[str]:
             src_partition UInt32, src_offset UInt64, ingested_at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(ingested_at)
         ORDER BY (profile_id, timestamp, event_id) {settings}""",
+        # What a rebuild of Redis from history needs besides the columns above (deploy/
+        # rebuild.py): a group call's account, the identifiers that failed normalisation, and
+        # each sealed identifier's sealed value (what the read API opens). Rows stored
+        # before these columns existed rebuild without them.
+        *(
+            f"ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS {column}"
+            for column in REBUILD_COLUMNS
+        ),
         f"""CREATE TABLE IF NOT EXISTS {db}.profile_aliases (
             profile_id String, survivor String, event_id String, merged_at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree(merged_at) ORDER BY profile_id {settings}""",
@@ -238,7 +246,7 @@ def unpartition_events(client: Any, db: str) -> int:
         return 0
     for statement in schema(db):
         client.command(statement)
-    columns = ", ".join(EVENT_COLUMNS)
+    columns = ", ".join(BASE_EVENT_COLUMNS)
     client.command(f"TRUNCATE TABLE {db}.events")
     client.command(
         f"INSERT INTO {db}.events ({columns}) SELECT {columns} FROM {aside}",  # noqa: S608
@@ -258,7 +266,7 @@ def migrate(client: Any, db: str) -> None:
     dedupe_snapshots(client, db)
 
 
-EVENT_COLUMNS = [
+BASE_EVENT_COLUMNS = [
     "event_id",
     "profile_id",
     "type",
@@ -277,6 +285,15 @@ EVENT_COLUMNS = [
     "src_offset",
     "ingested_at",
 ]
+
+#: Added columns of ``events``, as (name, type) DDL.
+REBUILD_COLUMNS = (
+    "group_id String",
+    "invalid_ids Array(String)",
+    "sealed_ids Map(String, String)",
+)
+
+EVENT_COLUMNS = BASE_EVENT_COLUMNS + [c.split()[0] for c in REBUILD_COLUMNS]
 
 
 def _amount(props: dict[str, Any]) -> float:
@@ -308,6 +325,9 @@ def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> l
         partition,
         offset,
         now,
+        e.group_id or "",
+        [i.key() for i in e.identifiers if not i.normalized],
+        {i.key(): i.sealed for i in e.identifiers if i.sealed is not None},
     ]
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the privacy tests."""
+"""Fixtures of the integration tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tests.support.worker import WorkerProcess
 
 @pytest.fixture
 def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes a test starts; any still running at its end is killed."""
     started: list[WorkerProcess] = []
     yield started
     for w in started:
