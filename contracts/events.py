@@ -258,3 +258,7 @@ class ResolvedEvent(BaseModel):
     raw_offset: int
     #: Profiles this event caused to be merged into ``profile_id``.
     merged: list[str] = Field(default_factory=list)
+    #: Its place in the one order in which identity resolved events, across every worker
+    #: (0: not recorded). Resolution depends on the order events meet, so a rebuild from
+    #: history replays them in this order.
+    resolution: int = Field(default=0, ge=0)

@@ -605,13 +605,17 @@ async def _rebuild(settings: Settings, namespace: str, force: bool) -> Any:
     job = Rebuild(
         client,
         namespace,
-        IdentityStore(client, settings.identity, namespace),
+        IdentityStore(
+            client,
+            settings.identity,
+            namespace,
+            settings.worker.identity_retry_window_s,
+            settings.worker.identity_retry_buckets,
+        ),
         profiles,
         tags,
         query,
         settings.clickhouse.database,
-        settings.worker.identity_retry_window_s,
-        settings.worker.identity_retry_buckets,
         progress=progress,
     )
     try:

@@ -32,15 +32,17 @@ import orjson
 import redis.asyncio as aioredis
 
 from contracts.events import Channel, Event, EventType, Identifier
-from identity.store import RETRY_BUCKETS, IdentityStore, Located, fingerprint
+from identity.store import IdentityStore, Located
 from profiles.store import ProfileStore, Stored
 from tagging.store import TagStore
 
 #: The columns a replay reads, in this order.
 COLUMNS = (
     "event_id, profile_id, type, name, channel, source, identifiers, timestamp, received_at,"
-    " traits, properties, consent, group_id, invalid_ids, sealed_ids, src_partition, src_offset"
+    " traits, properties, consent, group_id, invalid_ids, sealed_ids, src_partition, src_offset,"
+    " resolution"
 )
+NAMES = [c.strip() for c in COLUMNS.split(",")]
 
 
 class RebuildError(Exception):
@@ -60,8 +62,6 @@ class Report:
     seconds: float = 0.0
     resumed: bool = False
     steps: int = 0
-    #: raw partition -> the highest raw offset replayed from history
-    frontier: dict[int, int] = field(default_factory=dict)
 
     def rate(self) -> float:
         """Events replayed per second."""
@@ -144,8 +144,6 @@ class Rebuild:
         tags: TagStore | None,
         query: Callable[[str, dict[str, Any]], Awaitable[list[Any]]],
         db: str,
-        retry_window_s: int,
-        retry_buckets: int = RETRY_BUCKETS,
         step_rows: int = 20_000,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -156,8 +154,6 @@ class Rebuild:
         self._tags = tags
         self._query = query
         self._db = db
-        self._window_s = retry_window_s
-        self._buckets = retry_buckets
         self._step_rows = step_rows
         self._progress = progress or (lambda done, total: None)
         self._state = f"{namespace}:rebuild"
@@ -176,38 +172,48 @@ class Rebuild:
                 "namespace (--into) and compare, or empty it first (--force replays into it)"
             )
         db = self._db
+        # Rows stored before the order of resolution was recorded: partitions in offset
+        # order, interleaved by receive time. Then every other row, in the recorded order.
         parts = await self._rows(
-            f"SELECT src_partition, min(src_offset), max(src_offset), count() "  # noqa: S608
-            f"FROM {db}.events GROUP BY src_partition ORDER BY src_partition"
+            f"SELECT src_partition, min(src_offset), max(src_offset) FROM {db}.events "  # noqa: S608
+            "WHERE resolution = 0 GROUP BY src_partition ORDER BY src_partition"
         )
-        total = sum(int(c) for *_, c in parts)
-        ends = {int(p): int(hi) for p, _, hi, _ in parts}
-        cursor = {int(p): int(lo) - 1 for p, lo, _, _ in parts}
+        top, total = (
+            int(x)
+            for x in (
+                await self._rows(f"SELECT max(resolution), count() FROM {db}.events")  # noqa: S608
+            )[0]
+        )
+        ends = {int(p): int(hi) for p, _, hi in parts}
+        cursor = {int(p): int(lo) - 1 for p, lo, _ in parts}
         for key, value in state.items():
             if key.startswith("p:"):
                 cursor[int(key[2:])] = int(value)
+        order = int(state.get("order", 0))
         done = int(state.get("events", 0))
-        report.events = done
         self._progress(done, total)
         touched: set[str] = set()
-        while any(cursor[p] < ends[p] for p in ends):
-            rows = await self._step(cursor, ends, len(ends))
+        per = max(self._step_rows // max(len(ends), 1), 100)
+        while any(cursor[p] < ends[p] for p in ends) or order < top:
+            mapping: dict[str, int] = {}
+            if any(cursor[p] < ends[p] for p in ends):
+                window = {p: (cursor[p], min(cursor[p] + per, ends[p])) for p in ends}
+                rows = await self._unordered(window)
+                cursor = {p: hi for p, (_, hi) in window.items()}
+                mapping = {f"p:{p}": c for p, c in cursor.items()}
+            else:
+                rows = await self._ordered(order, min(order + self._step_rows, top))
+                order = min(order + self._step_rows, top)
+                mapping["order"] = order
             if rows:
-                touched |= await self._replay(rows, report)
-            for row in rows:
-                p = row["src_partition"]
-                cursor[p] = max(cursor[p], row["src_offset"])
-            for p in ends:  # a step that found nothing more below the end: the partition is done
-                if not any(r["src_partition"] == p for r in rows):
-                    cursor[p] = ends[p]
+                touched |= await self._replay(rows)
             done += len(rows)
             report.steps += 1
-            mapping: dict[str, int] = {f"p:{p}": c for p, c in cursor.items()}
             mapping["events"] = done
             await self._redis.hset(self._state, mapping=mapping)  # type: ignore[arg-type]
             self._progress(done, total)
+        await self._redis.set(f"{self._ns}:order", top)
         report.events = done
-        report.frontier = dict(ends)
         survivors = await self._survivors(touched) if not report.resumed else await self._all()
         report.profiles = len(survivors)
         report.merged = int(await self._redis.hlen(f"{self._ns}:alias"))
@@ -223,24 +229,27 @@ class Rebuild:
         report.seconds = time.perf_counter() - started
         return report
 
-    async def _step(
-        self, cursor: dict[int, int], ends: dict[int, int], partitions: int
-    ) -> list[dict[str, Any]]:
-        """The next offsets of every partition, about ``step_rows`` events in all."""
-        per = max(self._step_rows // max(partitions, 1), 100)
+    async def _unordered(self, window: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:
+        """Rows without a recorded order in the offset ``window`` of each partition."""
         where = " OR ".join(
-            f"(src_partition = {p} AND src_offset > {cursor[p]} AND src_offset <= "
-            f"{min(cursor[p] + per, ends[p])})"
-            for p in ends
-            if cursor[p] < ends[p]
+            f"(src_partition = {p} AND src_offset > {lo} AND src_offset <= {hi})"
+            for p, (lo, hi) in window.items()
+            if hi > lo
         )
+        return interleave(await self._select(f"resolution = 0 AND ({where})"))
+
+    async def _ordered(self, after: int, upto: int) -> list[dict[str, Any]]:
+        """Rows whose place in the order of resolution is in (after, upto], in that order."""
+        rows = await self._select(f"resolution > {after} AND resolution <= {upto}")
+        return sorted(rows, key=lambda r: r["resolution"])
+
+    async def _select(self, where: str) -> list[dict[str, Any]]:
         found = await self._rows(
             f"SELECT {COLUMNS} FROM {self._db}.events WHERE {where}"  # noqa: S608 - ints only
         )
-        names = [c.strip() for c in COLUMNS.split(",")]
-        return interleave([dict(zip(names, row, strict=True)) for row in found])
+        return [dict(zip(NAMES, row, strict=True)) for row in found]
 
-    async def _replay(self, rows: list[dict[str, Any]], report: Report) -> set[str]:
+    async def _replay(self, rows: list[dict[str, Any]]) -> set[str]:
         """Resolve and fold one step's rows; return the profiles they touched."""
         now = datetime.now(UTC)
         located, hints, seen = [], [], set()
@@ -271,26 +280,14 @@ class Rebuild:
 
     async def _fingerprints(self) -> int:
         """The retry window's fingerprints of the events history received in it."""
-        days = max(int(self._window_s // 86_400) + (self._window_s % 86_400 > 0), 1)
-        since = datetime.now(UTC) - timedelta(days=days)
+        since = datetime.now(UTC) - timedelta(days=self._identity.window_days)
         rows = await self._rows(
             f"SELECT source, event_id, toUInt32(toRelativeDayNum(received_at)) "  # noqa: S608
             f"FROM {self._db}.events WHERE received_at >= %(since)s",
             {"since": since},
         )
-        pipe = self._redis.pipeline(transaction=False)
-        keys = set()
-        for n, (source, event_id, day) in enumerate(rows):
-            fp = fingerprint(source, event_id)
-            key = f"{self._ns}:ev:w:{day}:{fp % self._buckets}"
-            pipe.sadd(key, fp)
-            keys.add((key, day))
-            if n % 10_000 == 9_999:
-                await pipe.execute()
-        today = int(time.time()) // 86_400
-        for key, day in keys:
-            pipe.expire(key, max((day + days + 1 - today) * 86_400, 1))
-        await pipe.execute()
+        seen = [(str(s), str(e), int(d)) for s, e, d in rows]
+        await self._identity.remember(seen, datetime.now(UTC))
         return len(rows)
 
     async def _raise_seq(self) -> None:

@@ -39,7 +39,9 @@
 --                   ms): the identifier links nothing and builds no profile, until an event
 --                   received after that time grants a consent with it (the person came back)
 --   suppressed:events  counter of events dropped because all their identifiers were suppressed
--- Returns a JSON array with one outcome per event: {pid, created, dup, merges, refusals}.
+--   order           counter of resolved events: each outcome's seq is its place in the one
+--                   order of resolution across workers (a rebuild replays in it)
+-- Returns a JSON array with one outcome per event: {pid, created, dup, merges, refusals, seq}.
 
 local ns = ARGV[1]
 local window = tonumber(ARGV[2])
@@ -106,6 +108,8 @@ local function hinted(hint)
   return hint
 end
 
+local resolution = 0
+
 local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms, hint)
   local held_key = k('ev', 'held', part)
   if not replay then
@@ -170,7 +174,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
     end
     local out = cjson.encode({
       pid = pid or '', created = created, dup = 0, merges = merges, refusals = refusals,
-      event = event_id, source = source, stripped = dropped,
+      event = event_id, source = source, stripped = dropped, seq = resolution,
     })
     if replay then
       -- History knows this event under an id the replay did not make (its profile was
@@ -324,8 +328,14 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   return finish(pid, created)
 end
 
+-- The order of resolution, across every worker (scripts run one at a time): a rebuild from
+-- history replays events in it.
+local order = 0
+if not replay then order = redis.call('INCRBY', k('order'), #batch) - #batch end
+
 local outs = {}
 for n, e in ipairs(batch) do
+  if not replay then resolution = order + n end
   outs[n] = resolve_event(
     e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], e[9], e[10] or {}, tonumber(e[11] or 0),
     e[12]

@@ -88,12 +88,14 @@ def to_outcome(item: Located, result: dict[str, Any], at: datetime) -> Outcome:
         # An erased person's identifiers beside others: the event goes on without them.
         kept = [i for i in event.identifiers if i.key() not in stripped]
         event = event.model_copy(update={"identifiers": kept})
-    resolved = ResolvedEvent(
+    # Constructed, not validated: every value comes from the event and the script's answer.
+    resolved = ResolvedEvent.model_construct(
         event=event,
         profile_id=result["pid"],
         raw_partition=item.partition,
         raw_offset=item.offset,
         merged=[m["merged"] for m in merges],
+        resolution=int(result.get("seq") or 0),
     )
     return Outcome(
         resolved,
@@ -135,8 +137,14 @@ class IdentityStore:
         here = Path(__file__).parent
         self._script = BatchScript(client, here / "resolve.lua", [GRAPH])
         self._upgrade = client.register_script(load(here / "graph_upgrade.lua", [GRAPH]))
+        self._remember = client.register_script((here / "remember.lua").read_text())
         self._rules_json = json.dumps({t: [int(r.unique), r.cap] for t, r in rules.types.items()})
         self._custom_json = json.dumps([int(rules.custom.unique), rules.custom.cap])
+
+    @property
+    def window_days(self) -> int:
+        """Days of the retry window."""
+        return self._window_days
 
     def _args(
         self, items: Sequence[Located], today: datetime, hints: Sequence[str] | None = None
@@ -205,6 +213,19 @@ class IdentityStore:
         ]
         answers = await self._script.run(calls)
         return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
+
+    async def remember(self, seen: Sequence[tuple[str, str, int]], today: datetime) -> int:
+        """Put (source, event id, day resolved) back into the retry window; return how many
+        fingerprints were new."""
+        now = int(today.timestamp()) // 86_400
+        added = 0
+        for start in range(0, len(seen), 2_000):
+            flat: list[int] = []
+            for source, event_id, day in seen[start : start + 2_000]:
+                fp = fingerprint(source, event_id)
+                flat += [day, fp % self._buckets, fp]
+            added += int(await self._remember(args=[self._ns, self._window_days, now, *flat]))
+        return added
 
     async def settle(self, batch: list[Located]) -> None:
         """Forget the held outcomes of ``batch`` once its records are published (acked).

@@ -108,7 +108,7 @@ class ProfileStore:
         change = None
         replayed = bool(answer.get("replay"))
         if (answer["applied"] or replayed) and (changed or r.merged):
-            change = ProfileChange(
+            change = ProfileChange.model_construct(
                 profile_id=answer["pid"],
                 event_id=r.event.event_id,
                 changed=changed,

@@ -132,9 +132,10 @@ def schema(db: str) -> list[str]:
         ) ENGINE = ReplacingMergeTree(ingested_at)
         ORDER BY (profile_id, timestamp, event_id) {settings}""",
         # What a rebuild of Redis from history needs besides the columns above (deploy/
-        # rebuild.py): a group call's account, the identifiers that failed normalisation, and
-        # each sealed identifier's sealed value (what the read API opens). Rows stored
-        # before these columns existed rebuild without them.
+        # rebuild.py): a group call's account, the identifiers that failed normalisation,
+        # each sealed identifier's sealed value (what the read API opens), and the event's
+        # place in the order of resolution. Rows stored before these columns existed
+        # rebuild without them.
         *(
             f"ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS {column}"
             for column in REBUILD_COLUMNS
@@ -291,6 +292,7 @@ REBUILD_COLUMNS = (
     "group_id String",
     "invalid_ids Array(String)",
     "sealed_ids Map(String, String)",
+    "resolution UInt64",
 )
 
 EVENT_COLUMNS = BASE_EVENT_COLUMNS + [c.split()[0] for c in REBUILD_COLUMNS]
@@ -328,6 +330,7 @@ def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> l
         e.group_id or "",
         [i.key() for i in e.identifiers if not i.normalized],
         {i.key(): i.sealed for i in e.identifiers if i.sealed is not None},
+        r.resolution,
     ]
 
 
