@@ -13,6 +13,8 @@ class Decision(StrEnum):
 
     MERGED = "merged"
     REFUSED = "refused"
+    #: An operator split a profile (``POST /v1/identity/splits``): the two are kept apart.
+    SPLIT = "split"
 
 
 class Rule(StrEnum):
@@ -26,6 +28,8 @@ class Rule(StrEnum):
     #: The value failed its type's validation (an email without a domain, a phone that is not
     #: a number: "call me", "无"): it identifies nobody, so it never links profiles.
     INVALID = "invalid"
+    #: The two were split by an operator and are kept apart.
+    SPLIT = "split"
 
 
 class LedgerEntry(BaseModel):

@@ -15,13 +15,15 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
+from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, SEGMENTS_MEMBERSHIP
 from deploy.forward import Forward
 from deploy.lifecycle import STOP, Stop
 from deploy.privacy import audit as audit_log
 from deploy.privacy import build as build_privacy
-from deploy.privacy import erasures
+from deploy.privacy import erasures, stored_identifier
 from deploy.settings import Settings
+from deploy.split import Splitter, clickhouse_io
+from deploy.split import router as split_router
 from identity.store import IdentityStore
 from ingest.api import IngestConfig, IngestEndpoints, build_router, json_response
 from ingest.client import ClientAddresses
@@ -37,6 +39,7 @@ from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
 from runtime.auth import require
 from runtime.publisher import Publisher
+from segments.agents import LiveMembership
 from segments.api import build_router as segments_router
 from segments.live import LiveIndex
 from segments.service import Segments
@@ -193,7 +196,7 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
         app.add_middleware(
             Forward,
             target=settings.api.history_owner,
-            prefixes=("/v1/segments", "/v1/privacy/subjects", "/v1/audit"),
+            prefixes=("/v1/segments", "/v1/privacy/subjects", "/v1/audit", "/v1/identity/splits"),
         )
     ns = settings.worker.namespace
     profile_store = ProfileStore(redis_client, settings.profiles, ns)
@@ -277,6 +280,47 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             settings.privacy.approval_threshold,
             reveal=reveal_for_export if privacy else None,
             blind=privacy.sealer.blind if privacy else None,
+        )
+    )
+
+    segment_store = SegmentStore.durable(redis_client, ns, publisher, settings.kafka)
+    membership = LiveMembership(
+        segment_store,
+        tag_store.catalog,
+        settings.kafka.topic(SEGMENTS_MEMBERSHIP.name),
+        settings.segments.live_reload_s,
+    )
+
+    def splitter() -> Splitter:
+        try:
+            client = history_client()
+        except RuntimeError as exc:
+            raise HTTPException(
+                503, {"code": "history_unavailable", "message": str(exc), "field": None}
+            ) from exc
+
+        query, command, insert = clickhouse_io(client, db)
+        return Splitter(
+            redis_client,
+            ns,
+            settings.identity,
+            settings.profiles,
+            tag_store if settings.tags.enabled else None,
+            db,
+            query,
+            command,
+            insert,
+            publisher.publish,
+            settings.kafka.topic,
+            membership.records,
+        )
+
+    app.include_router(
+        split_router(
+            splitter,
+            require(tokens, "identity:write"),
+            audited,
+            lambda kind, value: stored_identifier(settings, kind, value).key(),
         )
     )
 

@@ -36,6 +36,7 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
+from deploy.privacy_cli import api_base, api_error
 from deploy.privacy_cli import register as register_privacy_commands
 from deploy.serve import api_processes, attach_api, check_port_free, supervise
 from deploy.serve import serve as serve_api
@@ -522,6 +523,53 @@ def identity_explain(settings: Settings, profile_id: str, clear: bool) -> None:
     for h in history:
         other = f" profile {h['other']}" if h.get("other") else ""
         click.echo(f"  {h['decision']:8} {h['rule']:18}{other} via {h['id']} (event {h['event']})")
+
+
+@identity.command("split")
+@click.argument("profile_id")
+@click.option("--merged", default=None, help="Undo the merge of this profile id into it.")
+@click.option(
+    "--detach",
+    "detach",
+    multiple=True,
+    metavar="TYPE:VALUE",
+    help="An identifier to detach into a person of its own (repeatable).",
+)
+@click.option("--reason", default=None, help="Why (a ticket number); audited.")
+@click.option("--api", "api_url", default=None, help="The API (default: the configured one).")
+@click.option("--token", envvar="CDP_TOKEN", required=True, help="A token with identity:write.")
+@click.pass_obj
+def identity_split(
+    settings: Settings,
+    profile_id: str,
+    merged: str | None,
+    detach: tuple[str, ...],
+    reason: str | None,
+    api_url: str | None,
+    token: str,
+) -> None:
+    """Split a profile: undo a merge (--merged) or detach identifiers (--detach), rebuilt
+    from history (the API's process must reach ClickHouse)."""
+    import httpx
+
+    identifiers = []
+    for item in detach:
+        kind, sep, value = item.partition(":")
+        if not sep:
+            raise click.UsageError(f"--detach {item!r}: give TYPE:VALUE")
+        identifiers.append({"type": kind, "value": value})
+    body = {"profile_id": profile_id, "merged": merged, "identifiers": identifiers}
+    if reason:
+        body["reason"] = reason
+    answer = httpx.post(
+        api_base(settings, api_url) + "/v1/identity/splits",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=300,
+    )
+    if answer.status_code != 200:
+        raise click.ClickException(api_error(answer))
+    _echo_json(answer.json())
 
 
 @cli.group()

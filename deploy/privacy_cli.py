@@ -176,12 +176,12 @@ def register(cli: click.Group) -> None:
         params = _person_params(type_name, value, profile_id) | {"format": fmt}
         if approval:
             params["approval"] = approval
-        url = _base(settings, api_url) + "/v1/privacy/subjects/export"
+        url = api_base(settings, api_url) + "/v1/privacy/subjects/export"
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.stream("GET", url, params=params, headers=headers, timeout=300) as answer:
             if answer.status_code != 200:
                 answer.read()
-                raise click.ClickException(_api_error(answer))
+                raise click.ClickException(api_error(answer))
             with out.open("wb") as f:
                 for chunk in answer.iter_bytes():
                     f.write(chunk)
@@ -202,13 +202,13 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Print a person's consent ledger and its current state."""
         answer = httpx.get(
-            _base(settings, api_url) + "/v1/privacy/subjects/consents",
+            api_base(settings, api_url) + "/v1/privacy/subjects/consents",
             params=_person_params(type_name, value, profile_id),
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
         if answer.status_code != 200:
-            raise click.ClickException(_api_error(answer))
+            raise click.ClickException(api_error(answer))
         click.echo(json.dumps(answer.json(), indent=2, ensure_ascii=False))
 
     @privacy_group.command("request")
@@ -231,13 +231,13 @@ def register(cli: click.Group) -> None:
         if action == "export":
             body["subject"] = _person_params(type_name, value, profile_id)
         answer = httpx.post(
-            _base(settings, api_url) + "/v1/privacy/approvals",
+            api_base(settings, api_url) + "/v1/privacy/approvals",
             json=body,
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
         if answer.status_code != 201:
-            raise click.ClickException(_api_error(answer))
+            raise click.ClickException(api_error(answer))
         click.echo(json.dumps(answer.json(), indent=2))
 
     @privacy_group.command("approve")
@@ -248,12 +248,12 @@ def register(cli: click.Group) -> None:
     def approve(settings: Settings, approval_id: str, api_url: str | None, token: str) -> None:
         """Approve another token's request (yours cannot be approved by you)."""
         answer = httpx.post(
-            _base(settings, api_url) + f"/v1/privacy/approvals/{approval_id}/approve",
+            api_base(settings, api_url) + f"/v1/privacy/approvals/{approval_id}/approve",
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
         if answer.status_code != 200:
-            raise click.ClickException(_api_error(answer))
+            raise click.ClickException(api_error(answer))
         click.echo(json.dumps(answer.json(), indent=2))
 
     @cli.command("audit")
@@ -300,11 +300,11 @@ def _person_params(
     raise click.UsageError("give --type and --value, or --profile")
 
 
-def _base(settings: Settings, api_url: str | None) -> str:
+def api_base(settings: Settings, api_url: str | None) -> str:
     return (api_url or f"http://{settings.api.host}:{settings.api.port}").rstrip("/")
 
 
-def _api_error(answer: httpx.Response) -> str:
+def api_error(answer: httpx.Response) -> str:
     try:
         body = answer.json()
         return f"{answer.status_code} {body.get('code')}: {body.get('message')}"

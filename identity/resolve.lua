@@ -13,6 +13,8 @@
 --         (each event was accepted once already), and an event that creates a profile
 --         takes the profile id it had (the entry's 12th item) when that id is free, so a
 --         rebuilt namespace names its profiles as history does.
+-- ARGV[9] (replay) the namespace whose counter issues new profile ids, when not this one
+--         (a split replays into a scratch namespace; its new profiles join the live one).
 -- Each event entry may end with a consent time: the event's receipt in epoch ms when it
 -- grants a consent, else 0 (see "suppressed" below).
 --
@@ -51,6 +53,20 @@ local custom = cjson.decode(ARGV[5])
 local batch = cjson.decode(ARGV[6])
 local today = tonumber(ARGV[7])
 local replay = ARGV[8] == '1'
+local seq_key = (ARGV[9] and ARGV[9] ~= '') and (ARGV[9] .. ':seq') or (ns .. ':seq')
+
+-- A split keeps people apart with a mark, a unique value its own ("!split/<id>" = side) in
+-- each side's graph: two profiles with different marks never merge (rule "split"). A replay
+-- takes the marks to give from the hash "apart": "p:<pid>" (the profile, when created) or
+-- "i:<type:value>" (whatever profile the identifier joins) -> "split/<id>=<side>".
+local marks = {}
+if replay then
+  local flat = redis.call('HGETALL', ns .. ':apart')
+  for j = 1, #flat, 2 do
+    local t, v = string.match(flat[j + 1], '^(.-)=(.*)$')
+    marks[flat[j]] = {t, v}
+  end
+end
 
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
@@ -98,13 +114,17 @@ local function unsuppressed(list, consent_ms, dropped)
 end
 
 -- The profile id a replayed event had, when no profile, alias or graph holds it yet.
-local function hinted(hint)
+local function hinted(hint, uq)
   if not hint or hint == '' or not tonumber(hint) then return nil end
+  local mark = marks['p:' .. hint]
+  -- the event carries the other side's mark: the id is not this event's to take
+  if mark and uq[mark[1]] and uq[mark[1]] ~= mark[2] then return nil end
   if redis.call('HEXISTS', alias_key, hint) == 1 then return nil end
   if redis.call('EXISTS', graph_key(ns, hint)) == 1 then return nil end
-  if tonumber(redis.call('GET', k('seq')) or '0') < tonumber(hint) then
-    redis.call('SET', k('seq'), hint)
+  if tonumber(redis.call('GET', seq_key) or '0') < tonumber(hint) then
+    redis.call('SET', seq_key, hint)
   end
+  if mark then redis.call('HSET', graph_key(ns, hint), '!' .. mark[1], mark[2]) end
   return hint
 end
 
@@ -199,7 +219,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   -- it proves nothing about which of them an event is about, so it never picks a profile.
   -- It is still linked below, so that its holders are counted towards the supernode limit.
   local supernode, linked = {}, 0
-  local cands, via = {}, {}
+  local cands, via, owner_of = {}, {}, {}
   for _, id in ipairs(ids) do
     local holders = redis.call('SMEMBERS', k('i', id))
     if #holders > limit then
@@ -208,6 +228,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
       -- shared: not a candidate, and not counted as linked (so the slow path links it)
     elseif #holders == 1 then
       local s = resolve(holders[1])
+      owner_of[id] = s
       if not via[s] then via[s] = id; table.insert(cands, s) end
       linked = linked + 1
     end
@@ -228,7 +249,10 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   local function conflict(pid)
     local _, u, c = graph(pid)
     for t, v in pairs(u) do
-      if group_uq[t] and group_uq[t] ~= v then return 'unique_conflict' end
+      if group_uq[t] and group_uq[t] ~= v then
+        if string.sub(t, 1, 6) == 'split/' then return 'split' end
+        return 'unique_conflict'
+      end
     end
     for t, n in pairs(c) do
       local _, cap = rule_of(t)
@@ -242,6 +266,8 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
   for _, id in ipairs(ids) do
     local t = type_of(id)
     if rule_of(t) and not group_uq[t] then group_uq[t] = value_of(id) end
+    local mark = marks['i:' .. id]
+    if mark and not group_uq[mark[1]] then group_uq[mark[1]] = mark[2] end
   end
 
   local pid, created = nil, 0
@@ -267,11 +293,17 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
     table.sort(group, function(a, b) return tonumber(a) < tonumber(b) end)
     pid = group[1]
   elseif holdable then
-    pid = replay and hinted(hint) or tostring(redis.call('INCR', k('seq')))
+    pid = replay and hinted(hint, group_uq) or tostring(redis.call('INCR', seq_key))
     created = 1
   end
+  -- Profiles kept apart by a split: their identifiers are not linked to this one either
+  -- (an event carrying both sides' identifiers makes none of them shared).
+  local apart = {}
   if pid then
-    for _, p in ipairs(pending) do refuse(pid, p[1], via[p[1]], p[2]) end
+    for _, p in ipairs(pending) do
+      refuse(pid, p[1], via[p[1]], p[2])
+      if p[2] == 'split' then apart[p[1]] = true end
+    end
   end
 
   local function merge(gone, into)
@@ -306,8 +338,14 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
     local g = graph_key(ns, pid)
     for _, id in ipairs(ids) do
       local t = type_of(id)
+      local mark = marks['i:' .. id]
+      local marked = mark and redis.call('HGET', g, '!' .. mark[1])
       if supernode[id] then
         refuse(pid, nil, id, 'supernode')
+      elseif mark and marked and marked ~= mark[2] then
+        refuse(pid, nil, id, 'split')
+      elseif owner_of[id] and apart[owner_of[id]] then
+        refuse(pid, owner_of[id], id, 'split')
       elseif redis.call('HEXISTS', g, '=' .. id) == 0 then
         local unique, cap = rule_of(t)
         local held = redis.call('HGET', g, '!' .. t)
@@ -321,6 +359,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
           redis.call('HSET', g, '=' .. id, sealed[id] or '1')
           redis.call('HINCRBY', g, '#' .. t, 1)
           if unique then redis.call('HSET', g, '!' .. t, value_of(id)) end
+          if mark then redis.call('HSET', g, '!' .. mark[1], mark[2]) end
         end
       end
     end

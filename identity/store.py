@@ -147,7 +147,11 @@ class IdentityStore:
         return self._window_days
 
     def _args(
-        self, items: Sequence[Located], today: datetime, hints: Sequence[str] | None = None
+        self,
+        items: Sequence[Located],
+        today: datetime,
+        hints: Sequence[str] | None = None,
+        ids_from: str = "",
     ) -> list[str | int | bytes]:
         batch = []
         for n, item in enumerate(items):
@@ -192,6 +196,7 @@ class IdentityStore:
             orjson.dumps(batch),
             int(today.timestamp()) // 86_400,
             "1" if hints is not None else "0",
+            ids_from,
         ]
 
     async def resolve(self, batch: list[Located], at: datetime) -> list[Outcome]:
@@ -203,12 +208,15 @@ class IdentityStore:
         answers = await self._script.run([self._args(chunk, at) for chunk in chunks(batch)])
         return [to_outcome(item, raw, at) for item, raw in zip(batch, answers, strict=True)]
 
-    async def replay(self, batch: list[Located], hints: list[str], at: datetime) -> list[Outcome]:
+    async def replay(
+        self, batch: list[Located], hints: list[str], at: datetime, ids_from: str = ""
+    ) -> list[Outcome]:
         """Resolve events of history again (a rebuild): as ``resolve``, without the retry
         window or held outcomes, each new profile taking its id from ``hints`` (the profile id
-        history recorded for the event) when that id is free."""
+        history recorded for the event) when that id is free, else from the counter of the
+        namespace ``ids_from`` (default: this one)."""
         calls = [
-            self._args(batch[start : start + CHUNK], at, hints[start : start + CHUNK])
+            self._args(batch[start : start + CHUNK], at, hints[start : start + CHUNK], ids_from)
             for start in range(0, len(batch), CHUNK)
         ]
         answers = await self._script.run(calls)

@@ -14,6 +14,7 @@ TOKENS = {
     "tk_segments_pii": frozenset({"segments:read", "pii:read"}),
     "tk_segments_rw": frozenset({"segments:read", "segments:write"}),
     "tk_segments_admin": frozenset({"segments:read", "segments:admin"}),
+    "tk_identity_admin": frozenset({"identity:read", "identity:write", "profiles:read"}),
     "tk_dpo": frozenset({"privacy:erase", "privacy:export", "audit:read"}),
     "tk_dpo2": frozenset({"privacy:erase", "privacy:export", "audit:read", "privacy:approve"}),
 }

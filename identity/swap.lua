@@ -1,0 +1,62 @@
+-- Replace a group of profiles in the live namespace by what a split rebuilt for them in a
+-- scratch namespace, atomically (deploy/split.py).
+--
+-- ARGV[1] live namespace   ARGV[2] scratch namespace
+-- ARGV[3] JSON {old: [pids of the group before], new: [pids the scratch holds], gone:
+--         {merged pid: survivor} (scratch aliases), wm: {pid: {partition: offset}} (the
+--         group's fold watermarks when history was read), version: n (added to each new
+--         profile's version, so a tag evaluation in flight sees it changed)}
+-- Returns "stale" when the group folded another event since history was read (the split
+-- is computed again), else "ok". Tags are left to the caller: the profiles come without.
+
+local live, scratch = ARGV[1], ARGV[2]
+local plan = cjson.decode(ARGV[3])
+local function L(...) return live .. ':' .. table.concat({...}, ':') end
+local function S(...) return scratch .. ':' .. table.concat({...}, ':') end
+
+for pid, marks in pairs(plan.wm) do
+  local now = redis.call('HGETALL', L('wm', pid))
+  local seen = {}
+  for j = 1, #now, 2 do seen[now[j]] = now[j + 1] end
+  for part, off in pairs(marks) do
+    if seen[part] ~= tostring(off) then return 'stale' end
+    seen[part] = nil
+  end
+  if next(seen) ~= nil then return 'stale' end
+end
+
+-- Out with the group as it was: identifiers' holders, tag bits, keys, aliases.
+for _, pid in ipairs(plan.old) do
+  local g = redis.call('HGETALL', graph_key(live, pid))
+  for j = 1, #g, 2 do
+    if string.sub(g[j], 1, 1) == '=' then redis.call('SREM', L('i', string.sub(g[j], 2)), pid) end
+  end
+  untag(live, pid)
+  redis.call('DEL', graph_key(live, pid), L('p', pid, 'log'), L('pf', pid), L('wm', pid))
+  redis.call('HDEL', L('alias'), pid)
+end
+
+-- In with the group as the split made it.
+for _, pid in ipairs(plan.new) do
+  for _, key in ipairs({graph_key(scratch, pid), S('p', pid, 'log'), S('pf', pid), S('wm', pid)}) do
+    local dump = redis.call('DUMP', key)
+    if dump then
+      redis.call('RESTORE', live .. string.sub(key, #scratch + 1), 0, dump, 'REPLACE')
+    end
+  end
+  local g = redis.call('HGETALL', graph_key(live, pid))
+  for j = 1, #g, 2 do
+    if string.sub(g[j], 1, 1) == '=' then redis.call('SADD', L('i', string.sub(g[j], 2)), pid) end
+  end
+  if redis.call('EXISTS', L('pf', pid)) == 1 then
+    redis.call('HDEL', L('pf', pid), '_tg', '_ord')
+    redis.call('HINCRBY', L('pf', pid), '_v', plan.version)
+    redis.call('SADD', L('dirty'), pid)
+  end
+end
+for gone, into in pairs(plan.gone) do
+  redis.call('HSET', L('alias'), gone, into)
+  local dump = redis.call('DUMP', S('wm', gone))
+  if dump then redis.call('RESTORE', L('wm', gone), 0, dump, 'REPLACE') end
+end
+return 'ok'
