@@ -603,9 +603,18 @@ def history_sql(settings: Settings, query: str) -> None:
     help="Rebuild into this Redis namespace (default: the configured one, which must be empty).",
 )
 @click.option("--force", is_flag=True, help="Replay into a namespace that already holds state.")
+@click.option(
+    "--step-rows",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Events read from history per step (memory; progress is recorded per step).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def rebuild(ctx: click.Context, namespace: str | None, force: bool, as_json: bool) -> None:
+def rebuild(
+    ctx: click.Context, namespace: str | None, force: bool, step_rows: int, as_json: bool
+) -> None:
     """Rebuild identity graph, profiles and tags in Redis from the history in ClickHouse.
 
     With embedded ClickHouse, run it while no history worker holds the data directory (stop
@@ -616,7 +625,7 @@ def rebuild(ctx: click.Context, namespace: str | None, force: bool, as_json: boo
         return
     settings: Settings = ctx.obj
     target = namespace or settings.worker.namespace
-    report = asyncio.run(_rebuild(settings, target, force))
+    report = asyncio.run(_rebuild(settings, target, force, step_rows))
     if as_json:
         _echo_json(report.__dict__)
         return
@@ -628,7 +637,7 @@ def rebuild(ctx: click.Context, namespace: str | None, force: bool, as_json: boo
     )
 
 
-async def _rebuild(settings: Settings, namespace: str, force: bool) -> Any:
+async def _rebuild(settings: Settings, namespace: str, force: bool, step_rows: int) -> Any:
     import redis.asyncio as aioredis
 
     from deploy.rebuild import Rebuild, RebuildError
@@ -664,6 +673,7 @@ async def _rebuild(settings: Settings, namespace: str, force: bool) -> Any:
         tags,
         query,
         settings.clickhouse.database,
+        step_rows=step_rows,
         progress=progress,
     )
     try:

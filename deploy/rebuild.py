@@ -21,7 +21,9 @@ applies a raw offset once per profile).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +45,10 @@ COLUMNS = (
     " resolution"
 )
 NAMES = [c.strip() for c in COLUMNS.split(",")]
+
+
+#: Fault injection for the tests: hold (for a kill -9) once this many steps are recorded.
+HOLD_ENV = "CDP_FAULT_REBUILD_HOLD_AFTER_STEPS"
 
 
 class RebuildError(Exception):
@@ -212,6 +218,8 @@ class Rebuild:
             mapping["events"] = done
             await self._redis.hset(self._state, mapping=mapping)  # type: ignore[arg-type]
             self._progress(done, total)
+            if os.environ.get(HOLD_ENV) == str(report.steps):
+                await asyncio.Event().wait()
         await self._redis.set(f"{self._ns}:order", top)
         report.events = done
         survivors = await self._survivors(touched) if not report.resumed else await self._all()

@@ -11,6 +11,9 @@ with history.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from deploy import topics
 from deploy.demo import demo_key, demo_sources
 from deploy.demo_run import push
 from deploy.generator import generate
+from deploy.rebuild import HOLD_ENV
 from deploy.settings import Settings
 from tests.conftest import make_settings
 from tests.integration.privacy.test_end_to_end import ROLES, TOPICS
@@ -65,6 +69,11 @@ def _events_in_profiles(settings: Settings) -> int:
         client.close()
 
 
+def _replayed(client: redis.Redis, namespace: str) -> int:
+    """The events an unfinished rebuild of ``namespace`` recorded as replayed."""
+    return int(client.hget(f"{namespace}:rebuild", "events") or 0)  # type: ignore[arg-type]
+
+
 def _compare(worker: WorkerProcess, other: str) -> dict[str, Any]:
     done = worker.run_cli("rebuild", "compare", "--with", other, "--json")
     found: dict[str, Any] = json.loads(done.stdout)
@@ -96,6 +105,37 @@ def test_rebuild_from_history_equals_the_live_state_and_the_stream_continues(
     diff = _compare(worker, f"{ns}-rebuilt")
     assert diff["same"], {k: v for k, v in diff.items() if v}
     assert diff["equal"] == diff["profiles"] == report["profiles"]
+
+    # 1b. Killed -9 in the middle, started again: it continues, and the result is the same.
+    held = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy",
+            "rebuild",
+            "--into",
+            f"{ns}-resumed",
+            "--step-rows",
+            "100",
+        ],
+        env={**worker.env, HOLD_ENV: "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        deadline = time.monotonic() + 120
+        while _replayed(state, f"{ns}-resumed") == 0:
+            assert held.poll() is None, f"the rebuild exited with {held.returncode}"
+            assert time.monotonic() < deadline, "the rebuild recorded no step in 120 s"
+            time.sleep(0.05)
+    finally:
+        held.kill()
+        held.wait()
+        state.close()
+    resumed = json.loads(worker.cli("rebuild", "--into", f"{ns}-resumed", "--json"))
+    assert resumed["resumed"] and resumed["profiles"] == report["profiles"], resumed
+    assert _compare(worker, f"{ns}-resumed")["same"]
 
     # 2. The live namespace lost entirely; rebuilt in place; a second run refuses to replay
     # into it again without --force.
