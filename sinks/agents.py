@@ -89,25 +89,30 @@ class Erased:
         self._version_key = f"{namespace}:erased:version"
         self._known: set[str] = set()
         self._version: bytes | None = None
-        self._checked = 0.0
+        self._checked = -float("inf")
+        self._lock = asyncio.Lock()
 
     def add(self, pids: list[str]) -> None:
         """Profiles this process erased itself: dropped from now on."""
         self._known.update(pids)
 
     async def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < self.REFRESH_S:
-            return
-        self._checked = now
-        try:
-            version = await self._redis.get(self._version_key)
-            if version != self._version:
-                members = await self._redis.smembers(self._key)
-                self._known |= {m.decode() if isinstance(m, bytes) else m for m in members}
-                self._version = version
-        except RedisError as exc:
-            log.warning("history.erased_not_refreshed", error=str(exc))
+        # One refresh at a time: the sinks call this concurrently, and one that found a
+        # refresh under way must wait for its answer, not go on with the set before it (at
+        # start, an empty set: a replay of old events would bring the erased back).
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._checked < self.REFRESH_S:
+                return
+            try:
+                version = await self._redis.get(self._version_key)
+                if version != self._version:
+                    members = await self._redis.smembers(self._key)
+                    self._known |= {m.decode() if isinstance(m, bytes) else m for m in members}
+                    self._version = version
+            except RedisError as exc:
+                log.warning("history.erased_not_refreshed", error=str(exc))
+            self._checked = time.monotonic()
 
     async def kept(self, items: list[T], *pids_of: Callable[[T], str | None]) -> list[T]:
         """The items none of whose profile ids (by ``pids_of``) was erased."""
