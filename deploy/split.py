@@ -153,11 +153,12 @@ class Splitter:
         survivor = await self._identity.survivor(profile_id)
         if not await self._redis.exists(f"{self._ns}:pf:{survivor}"):
             raise SplitError(404, "profile_id", f"no profile {profile_id}")
-        group = [survivor, *await self._identity.merged(survivor)]
-        marks = await self._marks(split_id, survivor, group, merged, detach or [])
         result = SplitResult(split_id, survivor)
         for attempt in range(1, 6):
             result.attempts = attempt
+            # Read again on every attempt: another profile may have merged in meanwhile.
+            group = [survivor, *await self._identity.merged(survivor)]
+            marks = await self._marks(split_id, survivor, group, merged, detach or [])
             wm = await self._wait_for_history(group)
             rows = await self._history(group)
             scratch = f"{self._ns}:split:{split_id}"
@@ -165,12 +166,17 @@ class Splitter:
                 outcome = await self._replay(scratch, rows, marks)
                 before = await self._tags_of(group)
                 version = await self._version(group)
+                held = [
+                    _text(k)
+                    async for k in self._redis.scan_iter(match=f"{self._ns}:ev:held:*")
+                ]
                 plan = {
                     "old": group,
                     "new": outcome["survivors"],
                     "gone": outcome["aliases"] or {},
                     "wm": wm,
                     "version": version,
+                    "held": held,
                 }
                 answer = _text(
                     await self._swap(args=[self._ns, scratch, orjson.dumps(plan).decode()])
@@ -179,6 +185,7 @@ class Splitter:
                 await _drop(self._redis, scratch)
             if answer == "ok":
                 break
+            await asyncio.sleep(0.1 * attempt)
         else:
             raise SplitError(409, "profile_id", "the profile kept changing; try again")
         now = datetime.now(UTC)

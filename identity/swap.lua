@@ -5,14 +5,25 @@
 -- ARGV[3] JSON {old: [pids of the group before], new: [pids the scratch holds], gone:
 --         {merged pid: survivor} (scratch aliases), wm: {pid: {partition: offset}} (the
 --         group's fold watermarks when history was read), version: n (added to each new
---         profile's version, so a tag evaluation in flight sees it changed)}
--- Returns "stale" when the group folded another event since history was read (the split
--- is computed again), else "ok". Tags are left to the caller: the profiles come without.
+--         profile's version, so a tag evaluation in flight sees it changed), held:
+--         [ev:held:<partition> keys] (outcomes resolved and not yet settled)}
+-- Returns "stale" when the group folded another event since history was read, or an event
+-- resolved to it is still on its way to the fold (the split is computed again), else "ok".
+-- Tags are left to the caller: the profiles come without.
 
 local live, scratch = ARGV[1], ARGV[2]
 local plan = cjson.decode(ARGV[3])
 local function L(...) return live .. ':' .. table.concat({...}, ':') end
 local function S(...) return scratch .. ':' .. table.concat({...}, ':') end
+
+local in_group = {}
+for _, pid in ipairs(plan.old) do in_group[pid] = true end
+for _, key in ipairs(plan.held or {}) do
+  for _, raw in ipairs(redis.call('HVALS', key)) do
+    local ok, outcome = pcall(cjson.decode, raw)
+    if ok and type(outcome) == 'table' and in_group[outcome.pid] then return 'stale' end
+  end
+end
 
 for pid, marks in pairs(plan.wm) do
   local now = redis.call('HGETALL', L('wm', pid))

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,25 @@ class Shop:
         assert r.status_code == 200, r.text
         # one at a time, each resolved before the next: the order is the story
         self.run.wait_for(f"event {self.sent}", lambda: self.events() >= self.sent)
+
+    def orders_without_waiting(self, anon: str, count: int, total: int) -> None:
+        """Post ``count`` orders one request after another, not waiting for them to land."""
+        for _ in range(count):
+            self.sent += 1
+            body = {
+                "type": "track",
+                "anonymousId": anon,
+                "messageId": f"m-{self.sent}",
+                "event": "Order Completed",
+                "properties": {"total": total, "order_id": f"o-{self.sent}"},
+            }
+            r = httpx.post(
+                self.base + "/v1/batch",
+                json={"batch": [body]},
+                auth=(key_of("test-web"), ""),
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
 
     def order(self, anon: str, total: int) -> None:
         self.send(anon, "track", event="Order Completed", properties={"total": total})
@@ -146,20 +166,27 @@ def test_a_wrong_merge_is_undone_from_history_and_stays_undone(
         )
         assert wrong.status_code == 422 and wrong.json()["field"] == "merged", wrong.text
 
-        done = httpx.post(
-            base + "/v1/identity/splits",
-            json={"profile_id": merged["profile_id"], "merged": gone[0], "reason": "T-1"},
-            headers=ADMIN,
-            timeout=60,
-        )
+        # Bo keeps buying while the split runs: every order lands once, on Bo.
+        with ThreadPoolExecutor(1) as pool:
+            during = pool.submit(shop.orders_without_waiting, "anon-b", 15, 10)
+            done = httpx.post(
+                base + "/v1/identity/splits",
+                json={"profile_id": merged["profile_id"], "merged": gone[0], "reason": "T-1"},
+                headers=ADMIN,
+                timeout=120,
+            )
+            during.result()
+        print("split:", done.json())  # attempts, moved rows: shown with -rP
         assert done.status_code == 200, done.text
         assert len(done.json()["profiles"]) == 2
+        run.wait_for("the orders posted during the split", lambda: shop.events() >= shop.sent)
+        assert shop.events() == shop.sent
 
         ann, bo = shop.profile("anon-a"), shop.profile("anon-b")
         assert ann is not None and bo is not None
         assert ann["profile_id"] == merged["profile_id"] and bo["profile_id"] == gone[0]
         assert (ann["order_count"], ann["total_spend"]) == (1, 20)
-        assert (bo["order_count"], bo["total_spend"]) == (2, 80)
+        assert (bo["order_count"], bo["total_spend"]) == (2 + 15, 80 + 150)
         assert ann["traits"]["name"] == "Ann" and bo["traits"]["name"] == "Bo"
         assert f"email:{EMAIL}" in ann["identifiers"]
         assert f"email:{EMAIL}" not in bo["identifiers"]
@@ -179,7 +206,7 @@ def test_a_wrong_merge_is_undone_from_history_and_stays_undone(
         shop.order("anon-b", 10)
         ann, bo = shop.profile("anon-a"), shop.profile("anon-b")
         assert ann is not None and bo is not None and ann["profile_id"] != bo["profile_id"]
-        assert (ann["order_count"], bo["order_count"]) == (1, 3)
+        assert (ann["order_count"], bo["order_count"]) == (1, 2 + 15 + 1)
         assert f"email:{EMAIL}" not in bo["identifiers"]
 
         # A family's phone: detach the child's device id from the parent, with the CLI.
