@@ -235,14 +235,18 @@
       return;
     }
     out.replaceChildren(el("span", { class: "muted", i18n: "seg.counting" }));
+    delete out.dataset.count;
+    const asked = body();
     const started = performance.now();
     try {
-      const answer = await call("/v1/segments/count", { method: "POST", json: body() });
+      const answer = await call("/v1/segments/count", { method: "POST", json: asked });
       if (seq !== state.seq) return;
       const ms = Math.round(performance.now() - started);
       out.replaceChildren(el("span", { class: "big", id: "live-count", text: answer.count.toLocaleString() }),
         el("span", { class: "muted" }, [" · " + t("seg.source") + ": ", el("b", { id: "live-source", text: answer.source }),
           " · " + t("seg.query_time") + ": ", el("span", { id: "live-ms", text: ms + " ms" })]));
+      // What was counted, so that a reader (or a test) knows which edit this count is for.
+      out.dataset.for = JSON.stringify(asked);
       out.dataset.count = answer.count;
     } catch (e) {
       if (seq === state.seq) problem(out, e);

@@ -1,0 +1,332 @@
+"""The console in a real headless Chromium against `cdp run` fed a generated demo feed.
+
+Each page is checked against the API it draws from (same tags as the profile lookup, same
+count as the segment count, the lag of the running groups), and photographed into
+artifacts/console/ (not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from contracts.segments import SavedSegment, SegmentDefinition
+from deploy import topics
+from deploy.generator import LAST_EVENT
+from deploy.lag import total_lag
+from deploy.worker import STREAM_ROLES, group_id
+from tests.conftest import make_settings
+from tests.support.services import Services
+from tests.support.stack import Stack, running_stack
+
+ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts" / "console"
+CONSOLE = {"Authorization": "Bearer tk_console"}
+PAGES = ("customers", "segments", "tags", "ops")
+
+
+@pytest.fixture(scope="module")
+def stack(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = make_settings(services, f"t{uuid.uuid4().hex[:10]}.")
+    topics.create_all(settings.kafka)
+    with running_stack(settings, tmp_path_factory.mktemp("console")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed: run scripts/install.sh --test"
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def signed_in(browser: Browser, stack: Stack, token: str) -> Page:
+    """A fresh browser context signed in through the sign-in form."""
+    page = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-GB").new_page()
+    page.goto(stack.base + "/console/customers")
+    expect(page).to_have_url(f"{stack.base}/console/signin?next=/console/customers")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(stack.base + "/console/customers")
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def api(stack: Stack, method: str, path: str, **kw: Any) -> Any:
+    answer = httpx.request(method, stack.base + path, headers=CONSOLE, timeout=60, **kw)
+    assert answer.is_success, answer.text
+    return answer.json()
+
+
+def sent_phones(stack: Stack) -> dict[str, set[str]]:
+    """Every phone the feed sent (11 digits), with the spellings it was sent in."""
+    found: dict[str, set[str]] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("type") == "phone" and isinstance(value.get("value"), str):
+                note(value["value"])
+            if isinstance(value.get("phone"), str):
+                note(value["phone"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    def note(spelling: str) -> None:
+        digits = re.sub(r"\D", "", spelling)
+        found.setdefault(digits[-11:], set()).add(spelling)
+
+    for _, _, body in stack.feed.calls:
+        walk(body)
+    return found
+
+
+def customer_with_orders(stack: Stack) -> tuple[str, dict[str, Any]]:
+    """A demo customer's phone digits and profile (as the API answers), one who ordered."""
+    phones = sent_phones(stack)
+    for phone in sorted(phones):
+        found = httpx.get(
+            stack.base + "/v1/profiles/lookup",
+            params={"type": "phone", "value": phone},
+            headers=CONSOLE,
+            timeout=30,
+        )
+        if found.status_code == 200 and found.json()["order_count"] > 0:
+            return phone.removeprefix("+86"), found.json()
+    raise AssertionError("no demo customer with orders")
+
+
+def test_without_a_token_every_page_sends_to_sign_in(stack: Stack, browser: Browser) -> None:
+    page = browser.new_page()
+    for name in PAGES:
+        page.goto(f"{stack.base}/console/{name}")
+        expect(page).to_have_url(f"{stack.base}/console/signin?next=/console/{name}")
+        expect(page.locator("#token")).to_be_visible()
+    page.close()
+    answer = httpx.get(stack.base + "/console/api/v1/tags", timeout=10)
+    assert answer.status_code == 401, answer.text
+    forged = httpx.get(
+        stack.base + "/console/api/v1/tags", cookies={"cdp_console": "tk_forged"}, timeout=10
+    )
+    assert forged.status_code == 401, forged.text
+
+
+def test_no_page_answers_a_cross_origin_request(stack: Stack) -> None:
+    cookie = {"cdp_console": "tk_console"}
+    for path in ("/console/customers", "/console/api/v1/tags", "/console/api/ops"):
+        for header in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            answer = httpx.get(stack.base + path, headers=header, cookies=cookie, timeout=10)
+            assert answer.status_code == 403, (path, header, answer.text)
+            assert answer.json()["code"] == "cross_origin"
+            assert "access-control-allow-origin" not in answer.headers
+    posted = httpx.post(
+        stack.base + "/console/signin",
+        content="token=tk_console",
+        headers={"Origin": "http://evil.example"},
+        timeout=10,
+    )
+    assert posted.status_code == 403 and "set-cookie" not in posted.headers
+    own = httpx.get(
+        stack.base + "/console/api/v1/tags",
+        headers={"Origin": stack.base, "Sec-Fetch-Site": "same-origin"},
+        cookies=cookie,
+        timeout=10,
+    )
+    assert own.status_code == 200 and own.json()["count"] == 238
+
+
+def test_customer_360_finds_a_phone_spelled_differently(stack: Stack, browser: Browser) -> None:
+    digits, expected = customer_with_orders(stack)
+    spelled = f"+86 {digits[:3]} {digits[3:7]} {digits[7:]}"
+    assert spelled not in sent_phones(stack)[digits]
+    page = signed_in(browser, stack, "tk_console")
+    page.select_option("#id-type", "phone")
+    page.fill("#id-value", spelled)
+    page.click("#find")
+    expect(page.locator("#profile-id")).to_have_text(expected["profile_id"])
+    tags = page.locator("#tags [data-tag]")
+    expect(tags).to_have_count(len(expected["tags"]))
+    assert sorted(tags.evaluate_all("els => els.map(e => e.dataset.tag)")) == sorted(
+        expected["tags"]
+    )
+    explain = api(
+        stack, "GET", "/v1/identity/explain", params={"profile_id": expected["profile_id"]}
+    )
+    identifiers = page.locator("#identifiers .chip")
+    expect(identifiers).to_have_count(len(explain["identifiers"]))
+    expect(page.locator("#identity-graph canvas")).to_have_count(1)
+    rows = page.locator("#timeline tbody tr")
+    expect(rows.first).to_be_visible()
+    assert rows.count() == min(expected["events"], 300)
+    page.select_option("#tl-type", "order_completed")
+    expect(page.locator("#timeline tbody tr")).to_have_count(expected["order_count"])
+    shot(page, "customers")
+
+    # The language switch: labels, tag and category names from the catalog, in Chinese.
+    catalog = api(stack, "GET", "/v1/tags")
+    zh = {t["id"]: t["name_zh"] for t in catalog["tags"]}
+    page.click("#lang")
+    expect(page.locator("[data-nav=customers]")).to_have_text("客户360")
+    expect(page.locator("#key-facts dt").first).to_have_text("客户等级")
+    chip = page.locator("#tags [data-tag]").first
+    assert chip.text_content() == zh[str(chip.get_attribute("data-tag"))]
+    category = {c["id"]: c["name_zh"] for c in catalog["categories"]}
+    first = page.locator("#tags [data-category]").first
+    expect(first.locator("b")).to_have_text(
+        category[str(first.get_attribute("data-category"))] + ":"
+    )
+    shot(page, "customers-zh")
+    page.click("#lang")
+    expect(page.locator("[data-nav=customers]")).to_have_text("Customer 360")
+
+
+def window_days() -> str:
+    """A window reaching the demo feed's first events, however long ago it was generated."""
+    return f"{(datetime.now(UTC) - LAST_EVENT).days + 200}d"
+
+
+def add_tag(page: Page, tag: dict[str, Any]) -> None:
+    page.click("[data-add=tag] >> nth=0")
+    row = page.locator(".cond[data-kind=tag]").last
+    row.locator(".tag-category").select_option(tag["category"])
+    row.locator(".tag-pick").select_option(tag["id"])
+
+
+def test_segment_builder_counts_like_the_api_and_saves(stack: Stack, browser: Browser) -> None:
+    _, profile = customer_with_orders(stack)
+    catalog = {t["id"]: t for t in api(stack, "GET", "/v1/tags")["tags"]}
+    picked = [catalog[t] for t in sorted(profile["tags"]) if catalog[t]["category"] != "consent"]
+    a, b = picked[0], picked[-1]
+    within = window_days()
+    definition = {
+        "all": [
+            {"tag": a["id"]},
+            {"tag": b["id"]},
+            {"event": "order_completed", "op": "gte", "value": 1, "within": {"last": within}},
+        ]
+    }
+    expected = api(stack, "POST", "/v1/segments/count", json={"definition": definition})
+    assert expected["count"] >= 1 and expected["source"] == "history"
+
+    page = signed_in(browser, stack, "tk_console")
+    page.goto(stack.base + "/console/segments")
+    page.select_option("#code-format", "json")
+    add_tag(page, a)
+    add_tag(page, b)
+    page.click("[data-add=event] >> nth=0")
+    event = page.locator(".cond[data-kind=event]")
+    event.locator(".value").fill("1")
+    event.locator(".event-within").fill(within)
+    live = page.locator("#live")
+    expect(live).to_have_attribute(
+        "data-for", json.dumps({"definition": definition}, separators=(",", ":"))
+    )
+    assert live.get_attribute("data-count") == str(expected["count"])
+    expect(page.locator("#live-source")).to_have_text("history")
+    assert json.loads(page.locator("#code").input_value()) == {"definition": definition}
+
+    page.click("#preview-btn")
+    expect(page.locator("#preview-table tbody tr")).to_have_count(min(expected["count"], 20))
+    page.fill("#seg-id", "console-built")
+    page.fill("#seg-name", "Built in the console")
+    page.click("#save-btn")
+    expect(page.locator("#saved-version")).to_contain_text("1")
+    saved = api(stack, "GET", "/v1/segments/console-built")
+    stored = SavedSegment.model_validate(saved)
+    assert (
+        stored.definition == SegmentDefinition.model_validate({"definition": definition}).definition
+    )
+    assert stored.name == "Built in the console" and saved["version"] == 1
+    expect(page.locator("#saved-table tbody tr")).to_have_count(1)
+    expect(page.locator("#saved-table tbody td").nth(5)).to_have_text(str(expected["count"]))
+    shot(page, "segments")
+
+
+def test_a_definition_pasted_back_is_built_again(stack: Stack, browser: Browser) -> None:
+    page = signed_in(browser, stack, "tk_console")
+    page.goto(stack.base + "/console/segments")
+    yaml_text = (
+        "definition:\n  any:\n    - tag: lifecycle_active\n    - not:\n        tag: tier_vip\n"
+    )
+    page.fill("#code", yaml_text)
+    page.click("#code-load")
+    expect(page.locator(".cond[data-kind=tag]")).to_have_count(2)
+    expect(page.locator(".combinator").first).to_have_value("any")
+    expect(page.locator(".cond[data-kind=tag] .negate").nth(1)).to_be_checked()
+    definition = {"any": [{"tag": "lifecycle_active"}, {"not": {"tag": "tier_vip"}}]}
+    expected = api(stack, "POST", "/v1/segments/count", json={"definition": definition})
+    live = page.locator("#live")
+    expect(live).to_have_attribute(
+        "data-for", json.dumps({"definition": definition}, separators=(",", ":"))
+    )
+    assert live.get_attribute("data-count") == str(expected["count"])
+    expect(page.locator("#live-source")).to_have_text("tags")
+
+
+def test_a_token_without_segment_write_cannot_save(stack: Stack, browser: Browser) -> None:
+    page = signed_in(browser, stack, "tk_console_readonly")
+    page.goto(stack.base + "/console/segments")
+    page.fill("#code", '{"definition": {"tag": "lifecycle_active"}}')
+    page.click("#code-load")
+    expect(page.locator("#live-count")).to_be_visible()
+    page.fill("#seg-id", "not-allowed")
+    page.click("#save-btn")
+    expect(page.locator("#save-msg .error")).to_contain_text("segments:write")
+    missing = httpx.get(stack.base + "/v1/segments/not-allowed", headers=CONSOLE, timeout=10)
+    assert missing.status_code == 404
+
+
+def test_tag_catalog_shows_every_tag_with_its_count(stack: Stack, browser: Browser) -> None:
+    counts = api(stack, "GET", "/v1/tags/counts")["counts"]
+    page = signed_in(browser, stack, "tk_console")
+    page.goto(stack.base + "/console/tags")
+    expect(page.locator("#tag-table tbody tr")).to_have_count(238)
+    vip = page.locator("#tag-table tr[data-tag=tier_vip] .count")
+    expect(vip).to_have_text(str(counts["tier_vip"]))
+    expect(page.locator("#chart-tier canvas")).to_have_count(1)
+    page.select_option("#category", "lifecycle")
+    lifecycle = sum(
+        1 for t in api(stack, "GET", "/v1/tags")["tags"] if t["category"] == "lifecycle"
+    )
+    expect(page.locator("#tag-table tbody tr")).to_have_count(lifecycle)
+    shot(page, "tags")
+
+
+def test_ops_shows_the_lag_of_the_running_groups(stack: Stack, browser: Browser) -> None:
+    settings = stack.settings
+    k = settings.kafka
+    groups = {
+        group_id(settings, STREAM_ROLES): [k.topic("cdp.events.raw")],
+        group_id(settings, ["history"]): [
+            k.topic(t)
+            for t in ("cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes")
+        ],
+    }
+    page = signed_in(browser, stack, "tk_console")
+    page.goto(stack.base + "/console/ops")
+    for group, group_topics in groups.items():
+        shown = page.locator(f'.lag[data-group="{group}"]')
+        expect(shown).to_be_visible()
+        assert shown.text_content() == str(total_lag(k, group, group_topics))
+    for service in ("kafka", "redis", "clickhouse"):
+        expect(page.locator(f'[data-service="{service}"] b')).to_have_text("OK")
+    expect(page.locator("#stages tbody tr")).to_have_count(6)
+    shot(page, "ops")
