@@ -44,7 +44,7 @@
       tooltip: {}, series: [{ type: "pie", radius: ["35%", "65%"], data: Object.entries(d.by_reason).map(([name, value]) => ({ name, value })) }] });
     chart(document.getElementById("lag-chart"), {
       tooltip: { trigger: "axis" }, legend: { bottom: 0, type: "scroll" }, grid: { left: 40, right: 10, top: 10, bottom: 40 },
-      xAxis: { type: "time" }, yAxis: { type: "value", minInterval: 1 },
+      xAxis: { type: "time", min: "dataMin", max: "dataMax", splitNumber: 4 }, yAxis: { type: "value", minInterval: 1 },
       series: Object.entries(state.lagHistory).map(([group, points]) => ({ type: "line", name: group, showSymbol: false, data: points })) });
   }
 

@@ -22,6 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from contracts.segments import SavedSegment, SegmentDefinition
 from deploy import topics
+from deploy.demo import demo_key
 from deploy.generator import LAST_EVENT
 from deploy.lag import total_lag
 from deploy.worker import STREAM_ROLES, group_id
@@ -257,6 +258,21 @@ def test_segment_builder_counts_like_the_api_and_saves(stack: Stack, browser: Br
     assert stored.name == "Built in the console" and saved["version"] == 1
     expect(page.locator("#saved-table tbody tr")).to_have_count(1)
     expect(page.locator("#saved-table tbody td").nth(5)).to_have_text(str(expected["count"]))
+
+    # The scheduled refresh publishes who entered; the size over time ends at the count.
+    cookie = {"cdp_console": "tk_console"}
+    sizes = stack.process.wait_for(
+        "the saved segment's membership",
+        lambda: httpx.get(
+            stack.base + "/console/api/history/segments/console-built/sizes",
+            cookies=cookie,
+            timeout=30,
+        ).json()["points"],
+        timeout_s=120,
+    )
+    assert sizes[-1]["size"] == expected["count"]
+    page.click("#saved-table button >> nth=1")
+    expect(page.locator("#sizes canvas")).to_have_count(1)
     shot(page, "segments")
 
 
@@ -320,8 +336,20 @@ def test_ops_shows_the_lag_of_the_running_groups(stack: Stack, browser: Browser)
             for t in ("cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes")
         ],
     }
+    bad = httpx.post(
+        stack.base + "/v1/events",
+        json={"events": [{"type": "order_completed", "properties": {"total": 1}}]},
+        auth=(demo_key("demo-pos"), ""),
+        timeout=30,
+    )
+    assert bad.status_code == 400 and bad.json()["rejected"] == 1, bad.text
     page = signed_in(browser, stack, "tk_console")
     page.goto(stack.base + "/console/ops")
+    latest = page.locator("#deadletters tbody tr").first
+    error = bad.json()["errors"][0]
+    expect(latest.locator("td").nth(1)).to_have_text(error["code"])
+    expect(latest.locator("td").nth(2)).to_have_text(error["field"])
+    expect(latest.locator("td").nth(3)).to_have_text(error["message"])
     for group, group_topics in groups.items():
         shown = page.locator(f'.lag[data-group="{group}"]')
         expect(shown).to_be_visible()
@@ -329,4 +357,8 @@ def test_ops_shows_the_lag_of_the_running_groups(stack: Stack, browser: Browser)
     for service in ("kafka", "redis", "clickhouse"):
         expect(page.locator(f'[data-service="{service}"] b')).to_have_text("OK")
     expect(page.locator("#stages tbody tr")).to_have_count(6)
+    # It refreshes itself: a newer snapshot replaces this one, with rates between the two.
+    at = page.locator("#ops-at")
+    expect(at).not_to_have_text(str(at.text_content()), timeout=20_000)
+    expect(page.locator("#stages tbody tr td").nth(3)).to_have_text(re.compile(r"^\d+\.\d$"))
     shot(page, "ops")
