@@ -92,6 +92,7 @@
 
   function table(headers, rows) {
     const head = el("tr", {}, headers.map((h) => el("th", { i18n: h })));
+    if (!rows.length) rows = [[t("common.none")].concat(headers.slice(1).map(() => ""))];
     const body = rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, [c instanceof Node ? c : String(c ?? "")]))));
     return el("table", { class: "grid" }, [el("thead", {}, [head]), el("tbody", {}, body)]);
   }

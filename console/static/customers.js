@@ -10,7 +10,7 @@
 
   function searchForm() {
     const type = el("select", { id: "id-type", "aria-label": t("cust.type") },
-      TYPES.map((x) => el("option", { value: x, text: x === "profile_id" ? t("cust.profile_id") : x })));
+      TYPES.map((x) => el("option", { value: x, text: t("idtype." + x) })));
     const value = el("input", { id: "id-value", size: 36, required: "", "data-i18n-placeholder": "cust.placeholder", placeholder: t("cust.placeholder") });
     if (state.query) { type.value = state.query.type; value.value = state.query.value; }
     const form = el("form", { class: "row", id: "search" }, [
@@ -110,7 +110,7 @@
     if (x instanceof Error) return problem(card, x), card;
     const graph = el("div", { class: "chart", id: "identity-graph" });
     const decisions = (x.history || []).map((h) => [
-      h.decision, h.rule, h.other ?? "—", h.id ?? "—", h.event ?? "—"]);
+      t("decision." + h.decision), h.rule, h.other ?? "—", h.id ?? "—", h.event ?? "—"]);
     card.append(el("div", { class: "cols" }, [graph, el("div", {}, [
       el("h2", { i18n: "cust.identifiers" }),
       el("div", { id: "identifiers" }, x.identifiers.map((i) => el("span", { class: "chip", text: i }))),
@@ -121,23 +121,24 @@
   }
 
   function drawGraph(node, x) {
-    const me = "profile " + x.profile_id;
+    const me = t("graph.profile") + " " + x.profile_id;
     const nodes = [{ name: me, symbolSize: 46, category: 0 }];
     const links = [];
     x.identifiers.forEach((i) => { nodes.push({ name: i, symbolSize: 22, category: 1 }); links.push({ source: me, target: i }); });
     (x.history || []).forEach((h) => {
       if (h.other == null) return;
-      const other = "profile " + h.other;
+      const other = t("graph.profile") + " " + h.other;
       if (!nodes.some((n) => n.name === other)) nodes.push({ name: other, symbolSize: 30, category: h.decision === "merged" ? 2 : 3 });
-      links.push({ source: me, target: other, label: { show: true, formatter: h.decision + " · " + h.rule, fontSize: 10 },
+      links.push({ source: me, target: other, label: { show: true, formatter: t("decision." + h.decision) + " · " + h.rule, fontSize: 10 },
         lineStyle: { type: h.decision === "merged" ? "solid" : "dashed", color: h.decision === "merged" ? "#1a8a4a" : "#c0392b" } });
     });
+    const names = ["profile", "identifier", "merged", "refused"].map((k) => t("graph." + k));
     chart(node, {
       tooltip: {},
-      legend: [{ data: ["profile", "identifier", "merged", "refused"], bottom: 0 }],
+      legend: [{ data: names, bottom: 0 }],
       series: [{ type: "graph", layout: "force", roam: true, draggable: true, force: { repulsion: 220, edgeLength: 90 },
         label: { show: true, fontSize: 10 }, data: nodes, links: links,
-        categories: [{ name: "profile" }, { name: "identifier" }, { name: "merged" }, { name: "refused" }] }],
+        categories: names.map((name) => ({ name })) }],
     });
   }
 

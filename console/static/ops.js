@@ -25,7 +25,7 @@
     const stageOf = (name) => (snap) => (snap.stages.find((x) => x.stage === name) || { written: 0 }).written;
     const stages = el("section", { class: "card", id: "stages" }, [el("h2", { i18n: "ops.stages" }),
       table(["ops.stage", "ops.topic", "ops.written", "ops.rate", "ops.freshness"],
-        s.stages.map((x) => [x.stage, x.topic, x.written.toLocaleString(), rate(s, before, stageOf(x.stage)), age(x.freshness_s)]))]);
+        s.stages.map((x) => [t("stage." + x.stage), x.topic, x.written.toLocaleString(), rate(s, before, stageOf(x.stage)), age(x.freshness_s)]))]);
     const groupOf = (name) => (snap) => (snap.groups.find((g) => g.group === name) || { consumed: 0 }).consumed;
     const groups = el("section", { class: "card", id: "groups" }, [el("h2", { i18n: "ops.groups" }),
       table(["ops.group", "ops.topic", "ops.lag", "ops.consumed", "ops.rate"],

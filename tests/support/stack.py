@@ -17,6 +17,7 @@ from deploy.lag import total_lag
 from deploy.local.kafka import free_port
 from deploy.settings import Settings
 from deploy.worker import STREAM_ROLES, group_id
+from privacy.crypto import MasterKeys
 from tests.support.keys import known_tokens
 from tests.support.spawned import Spawned
 
@@ -32,7 +33,8 @@ class Stack:
 
 
 def run_env(settings: Settings, home: Path, port: int) -> dict[str, str]:
-    """The settings of a `cdp run` on ``settings``' services, with the test tokens."""
+    """The settings of a `cdp run` on ``settings``' services, with the test tokens and field
+    encryption on."""
     s = settings
     return {
         "CDP_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
@@ -46,7 +48,9 @@ def run_env(settings: Settings, home: Path, port: int) -> dict[str, str]:
         "CDP_API__TOKENS": json.dumps([t.model_dump(mode="json") for t in known_tokens()]),
         "CDP_SEGMENTS__REFRESH_INTERVAL_S": "2",
         "XDG_STATE_HOME": str(home / "state"),
-        "CDP_PRIVACY__ENABLED": "false",
+        # Field encryption on, as `scripts/run.sh` runs it, with master keys of its own.
+        "CDP_PRIVACY__ENABLED": "true",
+        "CDP_PRIVACY__MASTER_KEYS": MasterKeys.generate().dumps(),
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from contracts.segments import SavedSegment, SegmentDefinition
 from deploy import topics
@@ -53,9 +53,35 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+#: Requests the pages made anywhere but the console's own origin (refused, and a failure).
+OUTSIDE: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def nothing_from_outside() -> Iterator[None]:
+    OUTSIDE.clear()
+    yield
+    assert OUTSIDE == [], "the console reached outside its own origin"
+
+
+def fresh_page(browser: Browser, stack: Stack) -> Page:
+    """A page in a new browser context (no cookie) that may reach only the console's origin."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-GB")
+
+    def local_only(route: Route) -> None:
+        if route.request.url.startswith(stack.base + "/"):
+            route.continue_()
+        else:
+            OUTSIDE.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", local_only)
+    return context.new_page()
+
+
 def signed_in(browser: Browser, stack: Stack, token: str) -> Page:
     """A fresh browser context signed in through the sign-in form."""
-    page = browser.new_context(viewport={"width": 1440, "height": 900}, locale="en-GB").new_page()
+    page = fresh_page(browser, stack)
     page.goto(stack.base + "/console/customers")
     expect(page).to_have_url(f"{stack.base}/console/signin?next=/console/customers")
     page.fill("#token", token)
@@ -116,7 +142,7 @@ def customer_with_orders(stack: Stack) -> tuple[str, dict[str, Any]]:
 
 
 def test_without_a_token_every_page_sends_to_sign_in(stack: Stack, browser: Browser) -> None:
-    page = browser.new_page()
+    page = fresh_page(browser, stack)
     for name in PAGES:
         page.goto(f"{stack.base}/console/{name}")
         expect(page).to_have_url(f"{stack.base}/console/signin?next=/console/{name}")
@@ -199,6 +225,27 @@ def test_customer_360_finds_a_phone_spelled_differently(stack: Stack, browser: B
     expect(page.locator("[data-nav=customers]")).to_have_text("Customer 360")
 
 
+def test_personal_data_is_masked_unless_the_token_may_read_it(
+    stack: Stack, browser: Browser
+) -> None:
+    digits, profile = customer_with_orders(stack)
+    shown = {}
+    for token in ("tk_console", "tk_pii"):
+        page = signed_in(browser, stack, token)
+        page.select_option("#id-type", "phone")
+        page.fill("#id-value", digits)
+        page.click("#find")
+        expect(page.locator("#profile-id")).to_have_text(profile["profile_id"])
+        phone = page.locator("#traits dt", has_text="phone").locator(
+            "xpath=following-sibling::dd[1]"
+        )
+        shown[token] = phone.text_content()
+        page.context.close()
+    assert shown["tk_pii"] is not None and digits in shown["tk_pii"].replace(" ", "")
+    assert shown["tk_console"] is not None and "*" in shown["tk_console"]
+    assert digits not in shown["tk_console"]
+
+
 def window_days() -> str:
     """A window reaching the demo feed's first events, however long ago it was generated."""
     return f"{(datetime.now(UTC) - LAST_EVENT).days + 200}d"
@@ -246,6 +293,13 @@ def test_segment_builder_counts_like_the_api_and_saves(stack: Stack, browser: Br
 
     page.click("#preview-btn")
     expect(page.locator("#preview-table tbody tr")).to_have_count(min(expected["count"], 20))
+    for fmt, lines in (("csv", expected["count"] + 1), ("jsonl", expected["count"])):
+        page.select_option("#export-format", fmt)
+        with page.expect_download() as download:
+            page.click("#export-btn")
+        path = download.value.path()
+        assert download.value.suggested_filename == f"segment.{fmt}"
+        assert len(Path(path).read_text().splitlines()) == lines
     page.fill("#seg-id", "console-built")
     page.fill("#seg-name", "Built in the console")
     page.click("#save-btn")
