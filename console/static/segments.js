@@ -286,6 +286,7 @@
 
   async function preview() {
     const out = document.getElementById("preview");
+    document.getElementById("preview-card").hidden = false;
     out.replaceChildren(el("p", { class: "muted", i18n: "common.loading" }));
     try {
       const answer = await call("/v1/segments/preview?limit=20&fields=profile_id&fields=order_count&fields=total_spend&fields=last_purchase_at&fields=traits.city", { method: "POST", json: body() });
@@ -338,6 +339,8 @@
           el("button", { type: "button", i18n: "seg.sizes", onclick: () => drawSizes(s.id) })])]);
       out.replaceChildren(table(["seg.id", "seg.name", "seg.version", "seg.live", "seg.updated", "seg.size", ""], rows));
       out.querySelector("table").id = "saved-table";
+      if (list.length) await drawSizes(list[0].id);
+      else document.getElementById("sizes").textContent = t("seg.no_sizes");
     } catch (e) { problem(out, e); }
   }
 
@@ -392,7 +395,7 @@
     const saved = el("section", { class: "card" }, [el("h2", { i18n: "seg.saved" }), el("div", { id: "saved" }),
       el("h2", { id: "sizes-title", i18n: "seg.sizes", style: "margin-top:12px" }), el("div", { id: "sizes", class: "chart small" })]);
     return [el("h1", { i18n: "seg.title" }), el("div", { class: "cols" }, [builder, el("div", {}, [live, code])]),
-      el("section", { class: "card" }, [el("div", { id: "preview" })]), saved];
+      el("section", { class: "card", id: "preview-card", hidden: "" }, [el("h2", { i18n: "seg.preview" }), el("div", { id: "preview" })]), saved];
   }
 
   CDP.start(async (me) => {

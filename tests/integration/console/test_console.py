@@ -251,6 +251,11 @@ def window_days() -> str:
     return f"{(datetime.now(UTC) - LAST_EVENT).days + 200}d"
 
 
+def counted(definition: dict[str, Any]) -> str:
+    """The body the page says its live count is for (as the browser serialises it)."""
+    return json.dumps({"definition": definition}, separators=(",", ":"), ensure_ascii=False)
+
+
 def add_tag(page: Page, tag: dict[str, Any]) -> None:
     page.click("[data-add=tag] >> nth=0")
     row = page.locator(".cond[data-kind=tag]").last
@@ -284,9 +289,7 @@ def test_segment_builder_counts_like_the_api_and_saves(stack: Stack, browser: Br
     event.locator(".value").fill("1")
     event.locator(".event-within").fill(within)
     live = page.locator("#live")
-    expect(live).to_have_attribute(
-        "data-for", json.dumps({"definition": definition}, separators=(",", ":"))
-    )
+    expect(live).to_have_attribute("data-for", counted(definition))
     assert live.get_attribute("data-count") == str(expected["count"])
     expect(page.locator("#live-source")).to_have_text("history")
     assert json.loads(page.locator("#code").input_value()) == {"definition": definition}
@@ -330,6 +333,63 @@ def test_segment_builder_counts_like_the_api_and_saves(stack: Stack, browser: Br
     shot(page, "segments")
 
 
+def test_every_kind_of_condition_and_nesting_is_built_with_forms(
+    stack: Stack, browser: Browser
+) -> None:
+    within = window_days()
+    definition = {
+        "all": [
+            {
+                "not": {
+                    "any": [
+                        {"trait": "city", "op": "eq", "value": "Shanghai"},
+                        {"attribute": "order_count", "op": "gte", "value": 4},
+                    ]
+                }
+            },
+            {"consent": "sms"},
+            {
+                "event": "order_completed",
+                "op": "gte",
+                "value": 1,
+                "within": {"last": within},
+                "where": [{"field": "channel", "op": "eq", "value": "pos"}],
+            },
+        ]
+    }
+    expected = api(stack, "POST", "/v1/segments/count", json={"definition": definition})
+    assert expected["count"] >= 1
+
+    page = signed_in(browser, stack, "tk_console")
+    page.goto(stack.base + "/console/segments")
+    page.click("#form > .group > .adds [data-add=group]")
+    nested = page.locator(".group .group")
+    nested.locator("> .row .negate").check()
+    nested.locator("[data-add=trait]").click()
+    trait = page.locator(".cond[data-kind=trait]")
+    trait.locator(".trait-name").fill("city")
+    trait.locator(".value").fill("Shanghai")
+    nested.locator("[data-add=attribute]").click()
+    attribute = page.locator(".cond[data-kind=attribute]")
+    attribute.locator(".attribute-name").select_option("order_count")
+    attribute.locator(".op").select_option("gte")
+    attribute.locator(".value").fill("4")
+    page.click("#form > .group > .adds [data-add=consent]")
+    page.locator(".cond[data-kind=consent] .consent-purpose").select_option("sms")
+    page.click("#form > .group > .adds [data-add=event]")
+    event = page.locator(".cond[data-kind=event]")
+    event.locator(".value").fill("1")
+    event.locator(".event-within").fill(within)
+    event.locator(".add-where").click()
+    event.locator(".where .value").fill("pos")
+
+    live = page.locator("#live")
+    expect(live).to_have_attribute("data-for", counted(definition))
+    assert live.get_attribute("data-count") == str(expected["count"])
+    expect(page.locator("#live-source")).to_have_text("history")
+    shot(page, "segments-nested")
+
+
 def test_a_definition_pasted_back_is_built_again(stack: Stack, browser: Browser) -> None:
     page = signed_in(browser, stack, "tk_console")
     page.goto(stack.base + "/console/segments")
@@ -344,9 +404,7 @@ def test_a_definition_pasted_back_is_built_again(stack: Stack, browser: Browser)
     definition = {"any": [{"tag": "lifecycle_active"}, {"not": {"tag": "tier_vip"}}]}
     expected = api(stack, "POST", "/v1/segments/count", json={"definition": definition})
     live = page.locator("#live")
-    expect(live).to_have_attribute(
-        "data-for", json.dumps({"definition": definition}, separators=(",", ":"))
-    )
+    expect(live).to_have_attribute("data-for", counted(definition))
     assert live.get_attribute("data-count") == str(expected["count"])
     expect(page.locator("#live-source")).to_have_text("tags")
 
