@@ -116,7 +116,12 @@
       node.textContent = "charts unavailable: run scripts/install.sh";
       return null;
     }
-    const existing = window.echarts.getInstanceByDom(node);
+    let existing = window.echarts.getInstanceByDom(node);
+    if (existing && !node.firstElementChild) {
+      // The node's content was replaced (a message shown instead): start the chart afresh.
+      existing.dispose();
+      existing = null;
+    }
     const instance = existing || window.echarts.init(node);
     instance.setOption(option, true);
     return instance;

@@ -354,8 +354,10 @@
     document.getElementById("sizes-title").textContent = t("seg.sizes") + " · " + id;
     try {
       const points = (await call("/history/segments/" + encodeURIComponent(id) + "/sizes")).points;
-      if (!points.length) { chart(node, {}); node.textContent = t("seg.no_sizes"); return; }
-      node.textContent = "";
+      const drawn = window.echarts && window.echarts.getInstanceByDom(node);
+      if (drawn) drawn.dispose();
+      node.textContent = points.length ? "" : t("seg.no_sizes");
+      if (!points.length) return;
       chart(node, { tooltip: { trigger: "axis" }, xAxis: { type: "time" }, yAxis: { type: "value", minInterval: 1 },
         series: [{ type: "line", step: "end", name: id, data: points.map((p) => [p.at, p.size]) }] });
     } catch (e) { problem(node, e); }
