@@ -420,6 +420,10 @@ def test_a_token_without_segment_write_cannot_save(stack: Stack, browser: Browse
     expect(page.locator("#save-msg .error")).to_contain_text("segments:write")
     missing = httpx.get(stack.base + "/v1/segments/not-allowed", headers=CONSOLE, timeout=10)
     assert missing.status_code == 404
+    page.click("text=Sign out")
+    expect(page).to_have_url(stack.base + "/console/signin")
+    page.goto(stack.base + "/console/segments")
+    expect(page).to_have_url(f"{stack.base}/console/signin?next=/console/segments")
 
 
 def test_tag_catalog_shows_every_tag_with_its_count(stack: Stack, browser: Browser) -> None:
