@@ -26,22 +26,23 @@
 
   function drawCharts(cat) {
     const box = document.getElementById("charts");
+    box.querySelectorAll(".chart").forEach((n) => window.echarts && window.echarts.getInstanceByDom(n) && window.echarts.getInstanceByDom(n).dispose());
     box.replaceChildren();
     if (!state.counts) return;
-    cat.categories.filter((c) => !state.category || c.id === state.category).forEach((c) => {
+    // Every card is laid out first, then drawn: a chart takes its size from its card.
+    const drawn = cat.categories.filter((c) => !state.category || c.id === state.category).map((c) => {
       const tags = cat.tags.filter((x) => x.category === c.id);
-      const node = el("div", { class: "chart small", id: "chart-" + c.id });
+      const node = el("div", { class: "chart", id: "chart-" + c.id, style: `height:${Math.max(160, 18 * tags.length + 30)}px` });
       box.append(el("section", { class: "card" }, [el("h2", { text: `${named(c)} · ${t("tags.distribution")}` }), node]));
-      chart(node, {
-        grid: { left: 8, right: 24, top: 8, bottom: 8, containLabel: true },
-        tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
-        xAxis: { type: "value", minInterval: 1 },
-        yAxis: { type: "category", inverse: true, data: tags.map((x) => named(x)), axisLabel: { fontSize: 10 } },
-        series: [{ type: "bar", data: tags.map((x) => state.counts[x.id] || 0), itemStyle: { color: "#3b7ddd" } }],
-      });
-      node.style.height = Math.max(160, 18 * tags.length + 30) + "px";
-      window.echarts && window.echarts.getInstanceByDom(node) && window.echarts.getInstanceByDom(node).resize();
+      return [node, tags];
     });
+    drawn.forEach(([node, tags]) => chart(node, {
+      grid: { left: 8, right: 24, top: 8, bottom: 8, containLabel: true },
+      tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
+      xAxis: { type: "value", minInterval: 1 },
+      yAxis: { type: "category", inverse: true, data: tags.map((x) => named(x)), axisLabel: { fontSize: 10 } },
+      series: [{ type: "bar", data: tags.map((x) => state.counts[x.id] || 0), itemStyle: { color: "#3b7ddd" } }],
+    }));
   }
 
   CDP.start(async () => {

@@ -55,13 +55,17 @@ def browser() -> Iterator[Browser]:
 
 #: Requests the pages made anywhere but the console's own origin (refused, and a failure).
 OUTSIDE: list[str] = []
+#: Uncaught errors of the pages' scripts (a failure too).
+ERRORS: list[str] = []
 
 
 @pytest.fixture(autouse=True)
-def nothing_from_outside() -> Iterator[None]:
+def nothing_from_outside_and_no_script_error() -> Iterator[None]:
     OUTSIDE.clear()
+    ERRORS.clear()
     yield
     assert OUTSIDE == [], "the console reached outside its own origin"
+    assert ERRORS == [], "a page's script failed"
 
 
 def fresh_page(browser: Browser, stack: Stack) -> Page:
@@ -76,7 +80,9 @@ def fresh_page(browser: Browser, stack: Stack) -> Page:
             route.abort()
 
     context.route("**/*", local_only)
-    return context.new_page()
+    page = context.new_page()
+    page.on("pageerror", lambda error: ERRORS.append(f"{page.url}: {error}"))
+    return page
 
 
 def signed_in(browser: Browser, stack: Stack, token: str) -> Page:
