@@ -71,7 +71,8 @@ def _settled(stack_settings: Settings) -> bool:
 def running_stack(settings: Settings, home: Path, customers: int = 60) -> Iterator[Stack]:
     """Start `cdp run`, push ``customers`` generated customers, wait until all is processed."""
     port = free_port()
-    args = ["run", "--api-workers", "1", "--stream-workers", "1"]
+    # Two API processes, as `cdp run` on two cores: history reads are forwarded to the owner.
+    args = ["run", "--api-workers", "2", "--stream-workers", "1"]
     process = Spawned(args, run_env(settings, home, port), home).start()
     base = f"http://127.0.0.1:{port}"
     try:

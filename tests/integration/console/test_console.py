@@ -191,6 +191,10 @@ def test_customer_360_finds_a_phone_spelled_differently(stack: Stack, browser: B
     spelled = f"+86 {digits[:3]} {digits[3:7]} {digits[7:]}"
     assert spelled not in sent_phones(stack)[digits]
     page = signed_in(browser, stack, "tk_console")
+    page.select_option("#id-type", "email")
+    page.fill("#id-value", f"nobody.{digits}@example.com")
+    page.click("#find")
+    expect(page.locator("#not-found")).to_be_visible()
     page.select_option("#id-type", "phone")
     page.fill("#id-value", spelled)
     page.click("#find")
