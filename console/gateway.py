@@ -23,6 +23,19 @@ API = "/console/api"
 SAME_SITE = frozenset({b"same-origin", b"none"})
 #: Headers a request carries to the rest of the app from here: the origin was checked once.
 DROPPED = frozenset({b"authorization", b"origin", b"sec-fetch-site"})
+#: What a console page may load and who may frame it: its own origin only (ECharts styles
+#: inline, and draws on canvases), never framed by another site.
+SECURITY_HEADERS = (
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        b"img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
+        b"base-uri 'none'; form-action 'self'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -84,7 +97,17 @@ class ConsoleGateway:
         if path.startswith(API + "/v1/"):
             inner = path[len(API) :]
             scope.update(path=inner, raw_path=inner.encode())
-        await self.app(scope, receive, send)
+
+        async def secured(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {bytes(k).lower() for k, _ in headers}
+                # A response forwarded from the history owner carries them already.
+                headers += [h for h in SECURITY_HEADERS if h[0] not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, secured)
 
 
 async def _forbidden(send: Any, why: str) -> None:

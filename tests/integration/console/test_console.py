@@ -184,6 +184,18 @@ def test_no_page_answers_a_cross_origin_request(stack: Stack) -> None:
         timeout=10,
     )
     assert own.status_code == 200 and own.json()["count"] == 238
+    page = httpx.get(stack.base + "/console/signin", timeout=10)
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-frame-options"] == "DENY"
+    timeline = httpx.get(
+        stack.base + "/console/api/history/timeline",
+        params={"profile_id": "1"},
+        cookies=cookie,
+        timeout=30,
+    )
+    assert timeline.status_code == 200, timeline.text
+    assert len(timeline.headers.get_list("content-security-policy")) == 1
 
 
 def test_customer_360_finds_a_phone_spelled_differently(stack: Stack, browser: Browser) -> None:
