@@ -15,8 +15,12 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from console.ops import OpsSources
+from console.ops import sizes as membership_sizes
+from console.router import install as install_console
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, SEGMENTS_MEMBERSHIP
 from deploy.forward import Forward
+from deploy.lag import consumer_lag, topic_ends
 from deploy.lifecycle import STOP, Stop
 from deploy.privacy import audit as audit_log
 from deploy.privacy import build as build_privacy
@@ -34,11 +38,13 @@ from ingest.sources import SourceRegistry
 from privacy.api import build_router as privacy_router
 from privacy.approvals import Approvals
 from privacy.audit import Audited, query_audit, record_changes
+from privacy.reveal import Revealer
 from privacy.subjects import Subjects
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
 from runtime.auth import require
 from runtime.publisher import Publisher
+from runtime.readback import read_last, read_to_end
 from segments.agents import LiveMembership
 from segments.api import build_router as segments_router
 from segments.live import LiveIndex
@@ -92,6 +98,46 @@ async def _run_checks(checks: dict[str, Check]) -> dict[str, dict[str, Any]]:
 
     results = await asyncio.gather(*(one(c) for c in checks.values()))
     return dict(zip(checks, results, strict=True))
+
+
+def _ops_sources(settings: Settings, checks: dict[str, Check]) -> OpsSources:
+    kafka = settings.kafka
+    return OpsSources(
+        topic=kafka.topic,
+        ends=lambda topics: topic_ends(kafka, topics),
+        lag=lambda: [row.as_dict() for row in consumer_lag(kafka)],
+        last=lambda topic, n: read_last(kafka.bootstrap_servers, topic, n),
+        health=lambda: _run_checks(checks),
+    )
+
+
+def _timeline(subjects: Subjects, identity: IdentityStore, revealer: Revealer | None) -> Any:
+    """A profile's latest events for the console, sensitive values masked."""
+
+    async def timeline(
+        pid: str, types: list[str], channels: list[str], limit: int
+    ) -> list[dict[str, Any]]:
+        try:
+            events = await subjects.timeline(pid, types, channels, limit)
+        except RuntimeError as exc:  # the history belongs to another process
+            raise HTTPException(
+                503, {"code": "history_unavailable", "message": str(exc), "field": None}
+            ) from exc
+        if revealer is None or not events:
+            return events
+        opened: list[dict[str, Any]] = await revealer.document(
+            events, False, await identity.sealed(pid)
+        )
+        return opened
+
+    return timeline
+
+
+async def _sizes(settings: Settings, segment_id: str) -> list[dict[str, Any]]:
+    """A saved segment's size after each membership change, from the membership topic."""
+    topic = settings.kafka.topic(SEGMENTS_MEMBERSHIP.name)
+    changes = await asyncio.to_thread(read_to_end, settings.kafka.bootstrap_servers, topic, 30.0)
+    return membership_sizes(changes, segment_id)
 
 
 def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP) -> FastAPI:
@@ -196,7 +242,13 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
         app.add_middleware(
             Forward,
             target=settings.api.history_owner,
-            prefixes=("/v1/segments", "/v1/privacy/subjects", "/v1/audit", "/v1/identity/splits"),
+            prefixes=(
+                "/v1/segments",
+                "/v1/privacy/subjects",
+                "/v1/audit",
+                "/v1/identity/splits",
+                "/console/api/history",
+            ),
         )
     ns = settings.worker.namespace
     profile_store = ProfileStore(redis_client, settings.profiles, ns)
@@ -261,6 +313,8 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             ) from exc
         return await asyncio.to_thread(query_audit, client, db, query)
 
+    subjects = Subjects(redis_client, ns, profile_store, identity_store, history_client, db)
+
     async def reveal_for_export(doc: Any, clear: bool, ids: dict[str, str] | None) -> Any:
         assert privacy is not None
         return await privacy.revealer.document(doc, clear, ids)
@@ -274,7 +328,7 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             Approvals(
                 redis_client, ns, settings.privacy.approval_ttl_s, audit_log(settings, publisher)
             ),
-            Subjects(redis_client, ns, profile_store, identity_store, history_client, db),
+            subjects,
             audited,
             audit_rows,
             settings.privacy.approval_threshold,
@@ -322,6 +376,16 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             audited,
             lambda kind, value: stored_identifier(settings, kind, value).key(),
         )
+    )
+
+    install_console(
+        app,
+        tokens,
+        lambda scope: require(tokens, scope),
+        _ops_sources(settings, checks),
+        _timeline(subjects, identity_store, privacy.revealer if privacy else None),
+        lambda segment_id: _sizes(settings, segment_id),
+        tag_store.catalog,
     )
 
     @app.exception_handler(StarletteHTTPException)

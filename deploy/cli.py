@@ -20,7 +20,7 @@ from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
 from deploy import privacy
 from deploy import topics as topics_mod
-from deploy.demo import add_demo_task, demo_sources
+from deploy.demo import DEMO_CONSOLE_TOKEN, add_demo_task, demo_sources, demo_tokens
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
 from deploy.keys_cli import register as register_key_commands
@@ -161,7 +161,8 @@ def _with_demo(settings: Settings) -> Settings:
     blocklist = {**settings.identity.blocklist}
     blocklist["email"] = [*blocklist.get("email", []), CASHIER_EMAIL]
     identity = settings.identity.model_copy(update={"blocklist": blocklist})
-    return settings.model_copy(update={"ingest": ingest, "identity": identity})
+    api = settings.api.model_copy(update={"tokens": [*settings.api.tokens, *demo_tokens()]})
+    return settings.model_copy(update={"ingest": ingest, "identity": identity, "api": api})
 
 
 @cli.command()
@@ -259,6 +260,7 @@ def run(
         + (f"on (master keys: {_key_source(settings)})" if sealing else "off (docs/privacy.md)")
     )
     if demo:
+        click.echo(f"console on {base}/console  (demo sign-in token: {DEMO_CONSOLE_TOKEN})")
         add_demo_task(app, settings, base, exit_after_demo)
     run_worker(app, settings)
 

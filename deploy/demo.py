@@ -17,6 +17,7 @@ from typing import Any
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW
 from deploy.settings import Settings
 from ingest.sources import Source
+from runtime.auth import Token, hash_token
 from runtime.readback import read_to_end
 
 DEMO_SOURCES_FILE = Path(__file__).parent / "local" / "demo-sources.json"
@@ -27,6 +28,23 @@ RATE_LIMITED_ATTEMPTS = 5
 def demo_key(source_name: str) -> str:
     """Return the documented write key of a demo source (for local demos only)."""
     return f"wk_{source_name}_key"
+
+
+#: The documented token of the local demo's console (``cdp run --demo`` only): every read
+#: scope and saving segments, personal data masked (no ``pii:read``).
+DEMO_CONSOLE_TOKEN = "tk_demo_console"  # noqa: S105 - documented, for local demos only
+DEMO_CONSOLE_SCOPES = frozenset(
+    {"profiles:read", "identity:read", "segments:read", "segments:write", "ops:read"}
+)
+
+
+def demo_tokens() -> list[Token]:
+    """Return the demo's console token (for local demos only)."""
+    return [
+        Token(
+            name="demo-console", sha256=hash_token(DEMO_CONSOLE_TOKEN), scopes=DEMO_CONSOLE_SCOPES
+        )
+    ]
 
 
 def demo_sources() -> list[Source]:

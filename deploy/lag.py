@@ -140,3 +140,22 @@ def render_table(rows: list[PartitionLag]) -> str:
         totals[r.group] = totals.get(r.group, 0) + r.lag
     lines += [f"total lag {g}: {t}" for g, t in totals.items()]
     return "\n".join(lines)
+
+
+def topic_ends(kafka: KafkaSettings, topics: list[str]) -> dict[str, int]:
+    """Messages ever written to each of ``topics`` (the sum of its partitions' end offsets)."""
+    client = admin(kafka)
+    try:
+        described = client.describe_topics(topics)
+        partitions = [
+            TopicPartition(t["name"], p["partition_index"])
+            for t in described
+            for p in t["partitions"]
+        ]
+        ends = client.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))
+    finally:
+        client.close()
+    totals = dict.fromkeys(topics, 0)
+    for tp, info in ends.items():
+        totals[tp.topic] += _offset(info)
+    return totals

@@ -167,8 +167,7 @@ class Splitter:
                 before = await self._tags_of(group)
                 version = await self._version(group)
                 held = [
-                    _text(k)
-                    async for k in self._redis.scan_iter(match=f"{self._ns}:ev:held:*")
+                    _text(k) async for k in self._redis.scan_iter(match=f"{self._ns}:ev:held:*")
                 ]
                 plan = {
                     "old": group,

@@ -70,6 +70,14 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _event(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A history row of ``EVENT_COLUMNS`` as a JSON-ready event."""
+    event = dict(zip([c.strip() for c in EVENT_COLUMNS.split(",")], row, strict=True))
+    for field in ("traits", "properties", "consent"):
+        event[field] = orjson.loads(event[field])
+    return {k: _iso(v) for k, v in event.items()}
+
+
 class Subjects:
     """Read everything held about a person."""
 
@@ -109,6 +117,26 @@ class Subjects:
         )
         return consent_changes(rows)
 
+    async def timeline(
+        self, pid: str, types: list[str], channels: list[str], limit: int
+    ) -> list[dict[str, Any]]:
+        """The person's latest ``limit`` events, newest first, of ``types`` and ``channels``
+        (all when empty); values as stored (sealed ones still sealed)."""
+        where = "profile_id IN {p:Array(String)}"
+        params: dict[str, Any] = {"p": await self.profile_ids(pid), "n": limit}
+        if types:
+            where += " AND type IN {t:Array(String)}"
+            params["t"] = types
+        if channels:
+            where += " AND channel IN {c:Array(String)}"
+            params["c"] = channels
+        rows = await self._query(
+            f"SELECT {EVENT_COLUMNS} FROM {self._db}.events FINAL WHERE {where} "  # noqa: S608
+            "ORDER BY timestamp DESC, event_id DESC LIMIT {n:UInt32}",
+            params,
+        )
+        return [_event(row) for row in rows]
+
     async def lines(self, pid: str, reveal: Reveal) -> AsyncIterator[dict[str, Any]]:
         """Every record held about the person, as export lines (values opened by ``reveal``)."""
         ids = await self._identity.sealed(pid)
@@ -143,11 +171,7 @@ class Subjects:
                 params,
             )
             for row in rows:
-                event = dict(zip([c.strip() for c in EVENT_COLUMNS.split(",")], row, strict=True))
-                for field in ("traits", "properties", "consent"):
-                    event[field] = orjson.loads(event[field])
-                event = {k: _iso(v) for k, v in event.items()}
-                yield {"kind": "event", **await reveal(event, ids)}
+                yield {"kind": "event", **await reveal(_event(row), ids)}
             if len(rows) < PAGE:
                 break
             after = (rows[-1][7], rows[-1][0])

@@ -35,8 +35,9 @@ def _deny(status: int, code: str, message: str) -> HTTPException:
     )
 
 
-def require(tokens: list[Token], scope: str) -> Callable[..., Any]:
-    """Return a FastAPI dependency admitting bearer tokens that carry ``scope``."""
+def require(tokens: list[Token], scope: str | None) -> Callable[..., Any]:
+    """Return a FastAPI dependency admitting bearer tokens that carry ``scope`` (any known
+    token when None)."""
     by_hash = {t.sha256: t for t in tokens}
 
     async def check(authorization: Annotated[str | None, Header()] = None) -> Token:
@@ -46,7 +47,7 @@ def require(tokens: list[Token], scope: str) -> Callable[..., Any]:
         token = by_hash.get(hash_token(value.strip()))
         if token is None:
             raise _deny(401, "unauthorized", "unknown token")
-        if scope not in token.scopes:
+        if scope is not None and scope not in token.scopes:
             raise _deny(403, "forbidden", f"token lacks scope {scope}")
         return token
 

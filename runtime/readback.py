@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -60,3 +61,48 @@ def read_records(
         return values
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class Tail:
+    """One of a topic's last messages: where it is, when it was written, what it holds."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_last(
+    bootstrap: str, topic: str, per_partition: int, timeout_s: float = 10.0
+) -> list[Tail]:
+    """The last ``per_partition`` messages of every partition of ``topic``, newest first.
+
+    Bounded however long the topic is (an operator's view of recent dead letters or of when a
+    stage last wrote); TimeoutError like ``read_to_end`` when the broker does not deliver them.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        ids = consumer.partitions_for_topic(topic) or set()
+        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+        consumer.assign(partitions)
+        ends = consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(ends[tp] - per_partition, 0))
+        found: list[Tail] = []
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the last messages of {topic} not read in {timeout_s:.0f} s")
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                found += [
+                    Tail(tp.partition, r.offset, r.timestamp, r.key, r.value)
+                    for r in records
+                    if r.offset < ends[tp]
+                ]
+            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+    finally:
+        consumer.close()
+    return sorted(found, key=lambda t: (t.timestamp_ms, t.partition, t.offset), reverse=True)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the platform and its tests need on a Debian machine with Python 3.11:
 # Debian packages (redis-server, and Java 17 + Maven if missing), a virtualenv in .venv with
-# the package and its dev extras, and the Kafka broker's jars from Maven Central (~/.m2).
-# With --test, also Node (if missing) and the pinned browser SDK the tests run (npm).
+# the package and its dev extras, the Kafka broker's jars from Maven Central (~/.m2), and the
+# console's pinned chart assets (npm, into console/vendor: the console never loads a CDN).
+# With --test, also the pinned browser SDK the tests run (npm) and Debian's Chromium (with a
+# CJK font) that the console's browser tests drive through Playwright.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=false
@@ -12,9 +14,11 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if $tests; then
-  command -v node >/dev/null || need+=(nodejs)
-  command -v npm >/dev/null || need+=(npm)
+  command -v chromium >/dev/null || need+=(chromium)
+  fc-list 2>/dev/null | grep -qi "wqy\|noto sans cjk" || need+=(fonts-wqy-zenhei)
 fi
 if ((${#need[@]})); then
   sudo=""
@@ -34,6 +38,9 @@ fi
 
 echo "resolving the Kafka broker from Maven Central (jars cached in ~/.m2)"
 .venv/bin/python -c "from deploy.local.kafka import classpath, KAFKA_VERSION; classpath(); print('Kafka', KAFKA_VERSION, 'ready')"
+
+echo "installing the console's chart assets (console/vendor, pinned, from npm)"
+npm ci --prefix console/vendor --no-audit --no-fund --loglevel=error
 
 if $tests; then
   echo "installing the browser SDK the tests run (tests/sdk/browser, from npm)"

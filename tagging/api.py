@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from tagging.catalog import CATEGORIES, Tag
+from tagging.catalog import CATEGORIES, CATEGORY_NAMES, Tag
 from tagging.store import TagStore
 
 
@@ -47,7 +47,20 @@ def build_router(tags: TagStore, redis_url: str, read_tags: Any) -> APIRouter:
                 },
             )
         listed = [t.describe() for t in tags.catalog.tags if category in (None, t.category)]
-        return {"count": len(listed), "tags": listed}
+        categories = [
+            {"id": c, "name_en": CATEGORY_NAMES[c][0], "name_zh": CATEGORY_NAMES[c][1]}
+            for c in CATEGORIES
+        ]
+        return {"count": len(listed), "tags": listed, "categories": categories}
+
+    @router.get(
+        "/v1/tags/counts",
+        dependencies=[Depends(read_tags)],
+        summary="How many profiles have each tag now (from the tag index)",
+    )
+    async def counts() -> Any:
+        store = await bound()
+        return {"counts": await store.counts(list(tags.catalog.tags))}
 
     @router.get("/v1/tags/{tag_id}", dependencies=[Depends(read_tags)], summary="One tag")
     async def one(tag_id: str) -> Any:

@@ -34,6 +34,21 @@ CATEGORIES = (
     "b2b",
     "consent",
 )
+#: Each category's name in English and Chinese, as consoles and reports show it.
+CATEGORY_NAMES: dict[str, tuple[str, str]] = {
+    "demographics": ("Demographics", "人口属性"),
+    "value": ("Value", "价值"),
+    "tier": ("Tier", "客户等级"),
+    "lifecycle": ("Lifecycle", "生命周期"),
+    "channel": ("Channel", "渠道"),
+    "behaviour": ("Behaviour", "行为偏好"),
+    "service": ("Service", "服务"),
+    "satisfaction": ("Satisfaction", "满意度"),
+    "loyalty": ("Loyalty", "会员忠诚"),
+    "care": ("Care", "关怀"),
+    "b2b": ("B2B", "企业客户"),
+    "consent": ("Consent", "授权同意"),
+}
 DEFAULT_DIR = Path(__file__).parent / "catalog"
 _REQUIRED = ("id", "name_en", "name_zh", "category", "description", "rule")
 _OPTIONAL = ("examples",)

@@ -362,6 +362,14 @@ class TagStore:
         """How many profiles have ``tag`` now (one BITCOUNT)."""
         return int(await self._redis.bitcount(f"{self._ns}:tag:{tag.bit}"))
 
+    async def counts(self, tags: list[Tag]) -> dict[str, int]:
+        """How many profiles have each of ``tags`` now (one pipelined round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for tag in tags:
+            pipe.bitcount(f"{self._ns}:tag:{tag.bit}")
+        found = await pipe.execute()
+        return {tag.id: int(n) for tag, n in zip(tags, found, strict=True)}
+
     async def profiles(self, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
         """One SCAN step over stored profiles: (next cursor, profile ids)."""
         prefix = f"{self._ns}:pf:"

@@ -15,6 +15,10 @@ TOKENS = {
     "tk_segments_rw": frozenset({"segments:read", "segments:write"}),
     "tk_segments_admin": frozenset({"segments:read", "segments:admin"}),
     "tk_identity_admin": frozenset({"identity:read", "identity:write", "profiles:read"}),
+    "tk_console": frozenset(
+        {"profiles:read", "identity:read", "segments:read", "segments:write", "ops:read"}
+    ),
+    "tk_console_readonly": frozenset({"profiles:read", "identity:read", "segments:read"}),
     "tk_dpo": frozenset({"privacy:erase", "privacy:export", "audit:read"}),
     "tk_dpo2": frozenset({"privacy:erase", "privacy:export", "audit:read", "privacy:approve"}),
 }
