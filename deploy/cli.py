@@ -19,6 +19,7 @@ from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
 from deploy import privacy
 from deploy import topics as topics_mod
+from deploy.deadletters_cli import register as register_deadletter_commands
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
@@ -567,6 +568,7 @@ def contracts_export(check: bool) -> None:
 
 cli.add_command(tags_group)
 register_privacy_commands(cli)
+register_deadletter_commands(cli)
 cli.add_command(segments_group)
 
 

@@ -16,6 +16,8 @@ TOKENS = {
     "tk_segments_admin": frozenset({"segments:read", "segments:admin"}),
     "tk_dpo": frozenset({"privacy:erase", "privacy:export", "audit:read"}),
     "tk_dpo2": frozenset({"privacy:erase", "privacy:export", "audit:read", "privacy:approve"}),
+    "tk_ops": frozenset({"deadletters:read", "deadletters:redrive"}),
+    "tk_ops_read": frozenset({"deadletters:read"}),
 }
 
 SOURCES = {
