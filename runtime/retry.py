@@ -36,8 +36,9 @@ RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT, ResponseError)
 #: Redis answers that it cannot take writes for now: its disk is full or failing (``MISCONF``:
 #: the AOF cannot be written), or it is a replica after a failover (``READONLY``). Retried
 #: like a lost connection; anything else Redis answers is a bug.
-#: The answer opens the error, or follows redis-py's "... of pipeline caused error: ".
-REDIS_UNAVAILABLE = re.compile(r"(^|error: )(MISCONF|READONLY) ")
+#: The answer opens the error, or follows redis-py's "... of pipeline caused error: " (which
+#: quotes it: ``error: ('MISCONF ...',)``).
+REDIS_UNAVAILABLE = re.compile(r"(^|error: \(?'?)(MISCONF|READONLY) ")
 
 
 def transient(exc: BaseException) -> bool:
@@ -56,6 +57,8 @@ async def until_done(what: str, step: Callable[[], Awaitable[T]], max_wait_s: fl
         except RETRIED as exc:
             if not transient(exc):
                 raise
-            log.warning("processor.retry", step=what, error=repr(exc), retry_in_s=delay)
+            # The cause in words (a full disk, a refused connection): what an operator acts on.
+            cause = f"{type(exc).__name__}: {exc}"
+            log.warning("processor.retry", step=what, error=cause, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_wait_s)

@@ -21,6 +21,8 @@ def test_a_full_or_read_only_redis_is_waited_out_other_answers_crash() -> None:
     assert transient(
         ResponseError(f"Command # 1 (EVALSHA x 0) of pipeline caused error: {MISCONF}")
     )
+    quoted = f"Command # 1 (EVALSHA y 0) of pipeline caused error: ('{MISCONF} script: y',)"
+    assert transient(ResponseError(quoted))
     assert transient(ResponseError("READONLY You can't write against a read only replica."))
     assert transient(RedisConnectionError("Connection refused"))
     assert transient(StoreUnavailable("disk full"))

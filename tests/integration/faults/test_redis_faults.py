@@ -1,0 +1,86 @@
+"""Redis restarted with its AOF mid-stream, and Redis's disk full: nothing lost or doubled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from deploy.local.kafka import free_port
+from deploy.local.redis import RedisServer
+from tests.integration.faults.conftest import on_services
+from tests.support.faults import Feed, events_in_redis, reconcile, small_disk
+from tests.support.server import running_api
+from tests.support.services import Services
+from tests.support.worker import WorkerProcess
+
+ALL = ["history", "identity", "profiles"]
+TOPICS = {"cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"}
+
+
+def test_redis_restarted_with_its_aof_mid_stream(
+    services: Services,
+    prefix: str,
+    tmp_path: Path,
+    own_redis: RedisServer,
+    workers: list[WorkerProcess],
+) -> None:
+    settings = on_services(services, prefix, redis=own_redis)
+    with running_api(settings) as api:
+        feed = Feed(api, customers=200)
+        feed.send(3000)
+        worker = WorkerProcess(settings, tmp_path, ALL).start()
+        workers.append(worker)
+        worker.wait_for(lambda: events_in_redis(settings) >= 500, "500 events folded")
+        own_redis.stop()  # SIGTERM: Redis writes its AOF to disk and exits
+        with feed.in_background(2000):  # ingest does not need Redis (no field encryption)
+            worker.wait_for(lambda: "processor.retry" in worker.tail(20_000), "a retry logged")
+            own_redis.start()  # the same directory: the AOF is loaded
+        worker.wait_caught_up(TOPICS)
+        assert worker.stop() == 0
+        counts = reconcile(settings, worker, feed)
+    assert counts["sent"] == 5000
+
+
+def test_redis_disk_full_is_waited_out_without_corruption(
+    services: Services, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    with small_disk(tmp_path / "redis-disk", 48) as disk:
+        server = RedisServer(disk.path / "redis", free_port())
+        server.start()
+        try:
+            settings = on_services(services, prefix, redis=server)
+            with running_api(settings) as api:
+                feed = Feed(api, customers=100)
+                feed.send(500)
+                worker = WorkerProcess(settings, tmp_path, ALL).start()
+                workers.append(worker)
+                worker.wait_caught_up(TOPICS)
+                disk.fill()
+                feed.send(1500)
+                # A clear error: Redis refuses writes, the worker says why and waits.
+                worker.wait_for(
+                    lambda: "MISCONF" in worker.tail(20_000), "the refusal named in the log"
+                )
+                assert events_in_redis(settings) < 2000
+                disk.free()
+                worker.wait_caught_up(TOPICS)
+                assert worker.stop() == 0
+                assert events_in_redis(settings) == 2000
+                # No corruption: Redis restarts from its AOF with every effect in it.
+                server.stop()
+                server.start()
+                assert redis.Redis.from_url(server.url).ping()
+                print("AFTER", events_in_redis(settings))
+                print((disk.path / "redis" / "redis.log").read_text()[-5000:])
+                import subprocess
+
+                print(
+                    subprocess.run(
+                        ["ls", "-laR", str(disk.path)], capture_output=True, text=True
+                    ).stdout
+                )
+                counts = reconcile(settings, worker, feed)
+            assert counts["sent"] == 2000
+        finally:
+            server.stop()
