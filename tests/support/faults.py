@@ -27,7 +27,17 @@ from deploy.settings import Settings
 from runtime.readback import read_to_end
 from tests.support.worker import WorkerProcess
 
+#: How many times the suite's volumes a run sends (``bench/faults.py`` raises it).
+SCALE = int(os.environ.get("CDP_FAULTS_SCALE", "1"))
+#: A JSON-lines file each reconciliation is appended to (``bench/faults.py`` reads it).
+REPORT = os.environ.get("CDP_FAULTS_REPORT")
+
 POS_KEY = "Basic " + base64.b64encode(b"wk_test-pos_secret:").decode()
+
+
+def scaled(count: int) -> int:
+    """``count`` events at this run's scale."""
+    return count * SCALE
 
 
 def events_in_redis(settings: Settings) -> int:
@@ -152,7 +162,12 @@ def reconcile(settings: Settings, worker: WorkerProcess, feed: Feed) -> dict[str
     assert profiles_in_redis(settings) == feed.customers
     stored = history_counts(worker)
     assert stored == {"rows": sent, "ids": sent}, f"history {stored}, {sent} acknowledged"
-    return {"sent": sent, "folded": folded, "history": stored["rows"], "refused": feed.refused}
+    counts = {"sent": sent, "folded": folded, "history": stored["rows"], "refused": feed.refused}
+    if REPORT:
+        case = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        with open(REPORT, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"case": case, **counts}) + "\n")
+    return counts
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deploy.settings import Settings
 from tests.integration.faults.conftest import on_services
-from tests.support.faults import Feed, events_in_redis, reconcile, small_disk
+from tests.support.faults import Feed, events_in_redis, reconcile, scaled, small_disk
 from tests.support.server import running_api
 from tests.support.services import Services
 from tests.support.worker import WorkerProcess
@@ -30,13 +30,16 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
         worker.env["CDP_CLICKHOUSE__PATH"] = str(disk.path / "chdb")
         workers.append(worker.start())
         feed = Feed(api, customers=50)
-        feed.send(500)
+        feed.send(scaled(500))
         worker.wait_caught_up(TOPICS)
 
         disk.fill()
-        feed.send(2000)
+        feed.send(scaled(2000))
         # The rest keeps working: every event is resolved and folded into its profile...
-        worker.wait_for(lambda: events_in_redis(settings) == 2500, "2500 events folded")
+        worker.wait_for(
+            lambda: events_in_redis(settings) == scaled(2500),
+            "2500 events folded (times the scale)",
+        )
         # ...while the history waits, retrying, with the disk named in its log.
         worker.wait_for(
             lambda: "NOT_ENOUGH_SPACE" in worker.log.read_text(errors="replace"),
@@ -48,4 +51,4 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
         worker.wait_caught_up(TOPICS)
         assert worker.stop() == 0
         counts = reconcile(settings, worker, feed)
-    assert counts["history"] == 2500
+    assert counts["history"] == scaled(2500)

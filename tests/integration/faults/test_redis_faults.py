@@ -9,7 +9,7 @@ import redis
 from deploy.local.kafka import free_port
 from deploy.local.redis import RedisServer
 from tests.integration.faults.conftest import on_services
-from tests.support.faults import Feed, events_in_redis, reconcile, small_disk
+from tests.support.faults import Feed, events_in_redis, reconcile, scaled, small_disk
 from tests.support.server import running_api
 from tests.support.services import Services
 from tests.support.worker import WorkerProcess
@@ -28,18 +28,20 @@ def test_redis_restarted_with_its_aof_mid_stream(
     settings = on_services(services, prefix, redis=own_redis)
     with running_api(settings) as api:
         feed = Feed(api, customers=200)
-        feed.send(3000)
+        feed.send(scaled(3000))
         worker = WorkerProcess(settings, tmp_path, ALL).start()
         workers.append(worker)
-        worker.wait_for(lambda: events_in_redis(settings) >= 500, "500 events folded")
+        worker.wait_for(
+            lambda: events_in_redis(settings) >= scaled(500), "500 events folded (times the scale)"
+        )
         own_redis.stop()  # SIGTERM: Redis writes its AOF to disk and exits
-        with feed.in_background(2000):  # ingest does not need Redis (no field encryption)
+        with feed.in_background(scaled(2000)):  # ingest does not need Redis (no field encryption)
             worker.wait_for(lambda: "processor.retry" in worker.tail(20_000), "a retry logged")
             own_redis.start()  # the same directory: the AOF is loaded
         worker.wait_caught_up(TOPICS)
         assert worker.stop() == 0
         counts = reconcile(settings, worker, feed)
-    assert counts["sent"] == 5000
+    assert counts["sent"] == scaled(5000)
 
 
 def test_redis_disk_full_is_waited_out_without_corruption(
@@ -52,21 +54,21 @@ def test_redis_disk_full_is_waited_out_without_corruption(
             settings = on_services(services, prefix, redis=server)
             with running_api(settings) as api:
                 feed = Feed(api, customers=100)
-                feed.send(500)
+                feed.send(scaled(500))
                 worker = WorkerProcess(settings, tmp_path, ALL).start()
                 workers.append(worker)
                 worker.wait_caught_up(TOPICS)
                 disk.fill()
-                feed.send(1500)
+                feed.send(scaled(1500))
                 # A clear error: Redis refuses writes, the worker says why and waits.
                 worker.wait_for(
                     lambda: "MISCONF" in worker.tail(20_000), "the refusal named in the log"
                 )
-                assert events_in_redis(settings) < 2000
+                assert events_in_redis(settings) < scaled(2000)
                 disk.free()
                 worker.wait_caught_up(TOPICS)
                 assert worker.stop() == 0
-                assert events_in_redis(settings) == 2000
+                assert events_in_redis(settings) == scaled(2000)
                 # No corruption: Redis restarts from its AOF with every effect in it.
                 server.stop()
                 server.start()
@@ -81,6 +83,6 @@ def test_redis_disk_full_is_waited_out_without_corruption(
                     ).stdout
                 )
                 counts = reconcile(settings, worker, feed)
-            assert counts["sent"] == 2000
+            assert counts["sent"] == scaled(2000)
         finally:
             server.stop()
