@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -57,10 +57,6 @@ def _filters(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _utc(when: datetime | None) -> datetime | None:
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
-
-
 def _filter(
     reasons: tuple[str, ...],
     source: str | None,
@@ -69,7 +65,7 @@ def _filter(
     until: datetime | None,
     ids: tuple[str, ...] = (),
 ) -> Filter:
-    return Filter(frozenset(reasons), source, field, _utc(since), _utc(until), frozenset(ids))
+    return Filter(frozenset(reasons), source, field, since, until, frozenset(ids))
 
 
 def register(cli: click.Group) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -71,6 +71,13 @@ class Filter:
     since: datetime | None = None
     until: datetime | None = None
     ids: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        # A time without an offset (a CLI option, a query string) is UTC, as letters are.
+        for name in ("since", "until"):
+            when = getattr(self, name)
+            if when is not None and when.tzinfo is None:
+                object.__setattr__(self, name, when.replace(tzinfo=UTC))
 
     def admits(self, stored: Stored) -> bool:
         """Whether ``stored`` passes every given criterion."""

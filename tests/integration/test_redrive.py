@@ -91,11 +91,17 @@ def test_refused_for_an_unknown_key_then_redriven_once(
             timeout=30,
         )
         assert mixed.status_code == 200 and mixed.json()["rejected"] == 1
-        listed = httpx.get(api + "/v1/deadletters", params={"reason": "unauthorized"}, headers=OPS)
+        listed = httpx.get(
+            api + "/v1/deadletters",
+            params={"reason": "unauthorized", "since": "2020-01-01T00:00:00"},  # no offset: UTC
+            headers=OPS,
+        )
         assert listed.status_code == 200, listed.text
         # The key is unknown still: no source is named, and a re-drive would find none.
         assert listed.json()["count"] == 3
         assert {r["source"] for r in listed.json()["letters"]} == {None}
+        later = {"reason": "unauthorized", "since": "2999-01-01T00:00:00Z"}
+        assert httpx.get(api + "/v1/deadletters", params=later, headers=OPS).json()["count"] == 0
         denied = httpx.post(
             api + "/v1/deadletters/redrive",
             json={"reasons": ["unauthorized"]},

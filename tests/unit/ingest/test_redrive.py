@@ -116,6 +116,8 @@ def test_filters_take_reason_source_field_and_time() -> None:
     assert not Filter(field="userId").admits(stored)
     assert Filter(since=AT, until=datetime(2026, 12, 1, tzinfo=UTC)).admits(stored)
     assert not Filter(until=AT).admits(stored)
+    assert Filter(since=datetime(2026, 11, 30, 11, 0)).admits(stored)  # no offset: UTC
+    assert not Filter(since=datetime(2026, 11, 30, 13, 0)).admits(stored)
     assert not Filter(source="unknown").admits(stored)
     assert Filter(source="unknown").admits(Stored("1-1", letter(source=None), None))
     assert Filter(ids=frozenset({"0-4"})).admits(stored)
