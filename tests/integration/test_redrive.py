@@ -164,6 +164,12 @@ def test_refused_for_an_unknown_key_then_redriven_once(
         [s.model_dump(mode="json") for s in [*known_sources(), kiosk()]]
     )
     worker.env["CDP_PRIVACY__ENABLED"] = "false"
+    listed = json.loads(worker.cli("deadletters", "list", "--reason", "invalid_event", "--json"))
+    assert [r["redrive_of"] is None for r in listed["letters"]] == [True, False]
+    assert listed["letters"][0]["redriven"]["rejected"] == 1
+    shown = json.loads(worker.cli("deadletters", "show", listed["letters"][1]["id"]))
+    assert shown["letter"]["payload"]["messageId"] == "m2"
+    assert shown["letter"]["payload"]["context"] == {"ip": "10.0.0.1"}  # the batch's, kept
     forced = json.loads(worker.cli("deadletters", "redrive", "--source", "kiosk", "--force"))
     assert (forced["redriven"], forced["accepted"]) == (3, 5)
     raw = read_to_end(settings.kafka.bootstrap_servers, settings.kafka.topic("cdp.events.raw"))
@@ -183,4 +189,6 @@ def test_refused_for_an_unknown_key_then_redriven_once(
     done = [a for a in audit if a["action"] == "deadletters.redrive.done"]
     by_token = [a["detail"]["redriven"] for a in done if a["actor"] == "tk_ops"]
     assert sorted(by_token) == [0, 0, 1, 3]
+    reads = [a for a in audit if a["action"] == "deadletters.read"]
+    assert {a["target"] for a in reads} >= {listed["letters"][1]["id"]}
     assert [a["detail"]["accepted"] for a in done if a["actor"].startswith("cli:")] == [5]
