@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deploy.settings import Settings
 from tests.integration.faults.conftest import on_services
-from tests.support.faults import Feed, events_in_redis, reconcile, scaled, small_disk
+from tests.support.faults import SCALE, Feed, events_in_redis, reconcile, scaled, small_disk
 from tests.support.server import running_api
 from tests.support.services import Services
 from tests.support.worker import WorkerProcess
@@ -25,7 +25,7 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
     services: Services, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     settings: Settings = on_services(services, prefix)
-    with small_disk(tmp_path / "chdb-disk", 64) as disk, running_api(settings) as api:
+    with small_disk(tmp_path / "chdb-disk", 64 * SCALE) as disk, running_api(settings) as api:
         worker = WorkerProcess(settings, tmp_path, ALL)
         worker.env["CDP_CLICKHOUSE__PATH"] = str(disk.path / "chdb")
         workers.append(worker.start())

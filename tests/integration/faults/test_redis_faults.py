@@ -9,7 +9,7 @@ import redis
 from deploy.local.kafka import free_port
 from deploy.local.redis import RedisServer
 from tests.integration.faults.conftest import on_services
-from tests.support.faults import Feed, events_in_redis, reconcile, scaled, small_disk
+from tests.support.faults import SCALE, Feed, events_in_redis, reconcile, scaled, small_disk
 from tests.support.server import running_api
 from tests.support.services import Services
 from tests.support.worker import WorkerProcess
@@ -47,7 +47,7 @@ def test_redis_restarted_with_its_aof_mid_stream(
 def test_redis_disk_full_is_waited_out_without_corruption(
     services: Services, prefix: str, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
-    with small_disk(tmp_path / "redis-disk", 48) as disk:
+    with small_disk(tmp_path / "redis-disk", 48 * SCALE) as disk:
         server = RedisServer(disk.path / "redis", free_port())
         server.start()
         try:
