@@ -61,3 +61,9 @@ class DeadLetter(BaseModel):
     count: int = Field(default=1, ge=1)
     #: A summary letter: when the first of its refusals was received (``received_at``: the last).
     since: datetime | None = None
+    #: A refused request's write key as SHA-256 (how sources store theirs): a re-drive finds
+    #: the source once that key is added. Never the key itself.
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: A letter written by a re-drive (the input failed again): the id of the letter first
+    #: re-driven (``<partition>-<offset>`` on this topic), whatever re-drive this was.
+    redrive_of: str | None = None

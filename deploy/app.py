@@ -22,9 +22,9 @@ from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, SEGMENTS_MEMBERSHIP
 from deploy.forward import Forward
 from deploy.lag import consumer_lag, topic_ends
 from deploy.lifecycle import STOP, Stop
+from deploy.privacy import Privacy, erasures, stored_identifier
 from deploy.privacy import audit as audit_log
 from deploy.privacy import build as build_privacy
-from deploy.privacy import erasures, stored_identifier
 from deploy.settings import Settings
 from deploy.split import Splitter, clickhouse_io
 from deploy.split import router as split_router
@@ -32,7 +32,11 @@ from identity.store import IdentityStore
 from ingest.api import IngestConfig, IngestEndpoints, build_router, json_response
 from ingest.client import ClientAddresses
 from ingest.cors import IngestCors
+from ingest.deadletters import DeadLetters
+from ingest.deadletters_api import READ, REDRIVE
+from ingest.deadletters_api import build_router as deadletters_router
 from ingest.ratelimit import Limiter
+from ingest.redrive import Redriver
 from ingest.refusals import Refusals
 from ingest.sources import SourceRegistry
 from privacy.api import build_router as privacy_router
@@ -44,7 +48,7 @@ from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
 from runtime.auth import require
 from runtime.publisher import Publisher
-from runtime.readback import read_last, read_to_end
+from runtime.readback import Message, read_last, read_messages, read_to_end
 from segments.agents import LiveMembership
 from segments.api import build_router as segments_router
 from segments.live import LiveIndex
@@ -80,6 +84,41 @@ def _publisher(settings: Settings) -> Publisher:
         request_timeout_ms=k.request_timeout_ms,
         linger_ms=k.linger_ms,
     )
+
+
+def ingest_config(
+    settings: Settings, publisher: Publisher, privacy: Privacy | None, processes: int | None = None
+) -> IngestConfig:
+    """Ingest's configuration: the sources known now, limits, topics, the sealer."""
+    share = settings.api.processes() if processes is None else processes
+    return IngestConfig(
+        registry=SourceRegistry(settings.ingest.all_sources()),
+        publisher=publisher,
+        raw_topic=settings.kafka.topic(EVENTS_RAW.name),
+        deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
+        limits=settings.ingest.limits,
+        default_region=settings.ingest.default_region,
+        clients=ClientAddresses(
+            settings.ingest.trusted_proxies, settings.ingest.client_ipv6_prefix
+        ),
+        limiter=Limiter(settings.ingest.rate_limits, share),
+        refusals=Refusals(settings.ingest.refusal_letters, share),
+        sealer=privacy.sealer if privacy else None,
+    )
+
+
+def dead_letters(
+    settings: Settings, config: IngestConfig, client: aioredis.Redis, privacy: Privacy | None
+) -> tuple[DeadLetters, Redriver]:
+    """The dead-letter topic's reader and the re-drive through ``config``'s intake."""
+
+    def reader(topic: str) -> list[Message]:
+        return read_messages(settings.kafka.bootstrap_servers, topic, timeout_s=60.0)
+
+    letters = DeadLetters(
+        config.deadletter_topic, reader, config.registry, privacy.keys if privacy else None
+    )
+    return letters, Redriver(config, letters, client, settings.worker.namespace)
 
 
 class NotUsedHere(Exception):
@@ -218,23 +257,7 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
     )
     privacy = build_privacy(settings, redis_client, publisher)
     audited = Audited(audit_log(settings, publisher))
-    processes = settings.api.processes()
-    ingest = IngestEndpoints(
-        IngestConfig(
-            registry=SourceRegistry(settings.ingest.all_sources()),
-            publisher=publisher,
-            raw_topic=settings.kafka.topic(EVENTS_RAW.name),
-            deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
-            limits=settings.ingest.limits,
-            default_region=settings.ingest.default_region,
-            clients=ClientAddresses(
-                settings.ingest.trusted_proxies, settings.ingest.client_ipv6_prefix
-            ),
-            limiter=Limiter(settings.ingest.rate_limits, processes),
-            refusals=Refusals(settings.ingest.refusal_letters, processes),
-            sealer=privacy.sealer if privacy else None,
-        )
-    )
+    ingest = IngestEndpoints(ingest_config(settings, publisher, privacy))
     app.include_router(build_router(ingest))
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     if settings.api.history_owner and not owns_history:
@@ -270,6 +293,17 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
 
     app.include_router(
         tags_router(tag_store, redis_url, require(settings.api.tokens, "profiles:read"))
+    )
+    letters, redriver = dead_letters(settings, ingest.config, redis_client, privacy)
+    app.include_router(
+        deadletters_router(
+            letters,
+            redriver,
+            read=require(settings.api.tokens, READ),
+            redrive=require(settings.api.tokens, REDRIVE),
+            audited=audited,
+            sealed=privacy is not None,
+        )
     )
 
     def history_client() -> Any:

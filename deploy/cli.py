@@ -20,6 +20,7 @@ from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
 from deploy import privacy
 from deploy import topics as topics_mod
+from deploy.deadletters_cli import register as register_deadletter_commands
 from deploy.demo import DEMO_CONSOLE_TOKEN, add_demo_task, demo_sources, demo_tokens
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
@@ -751,6 +752,7 @@ def contracts_export(check: bool) -> None:
 
 cli.add_command(tags_group)
 register_privacy_commands(cli)
+register_deadletter_commands(cli)
 cli.add_command(segments_group)
 
 

@@ -27,7 +27,7 @@ from ingest.exceptions import Rejected, Throttled
 from ingest.limits import Limits
 from ingest.ratelimit import Limiter
 from ingest.refusals import Kind, Refusals, refusal_letter, summary_letter
-from ingest.sources import Source, SourceRegistry
+from ingest.sources import Source, SourceRegistry, hash_key
 from privacy.seal import Sealer
 from runtime.exceptions import KafkaUnavailable
 from runtime.publisher import Publisher, Record
@@ -61,6 +61,24 @@ class IngestConfig:
     sealer: Sealer | None = None
 
 
+async def records(
+    config: IngestConfig, source: str | None, events: list[Event], letters: list[DeadLetter]
+) -> list[Record]:
+    """What ingest publishes for accepted ``events`` and ``letters``: sealed first when field
+    encryption is on; events keyed by their strongest identifier, letters by their source."""
+    sealer = config.sealer
+    if sealer is not None:
+        events = await sealer.seal(events) if events else events
+        letters = await sealer.seal_letters(letters) if letters else letters
+    key = (source or "unknown").encode()
+    return [
+        Record(config.raw_topic, e.partition_key(), e.model_dump_json().encode()) for e in events
+    ] + [
+        Record(config.deadletter_topic, key, letter.model_dump_json().encode())
+        for letter in letters
+    ]
+
+
 @dataclass
 class _Request:
     """Per-request state gathered while reading, for the dead letter."""
@@ -72,6 +90,8 @@ class _Request:
     body: Any = None
     parsed: bool = False
     source: Source | None = None
+    #: SHA-256 of the write key the request presented (kept in a 401's letter for re-drive).
+    key_sha256: str | None = None
 
 
 def json_response(
@@ -131,7 +151,9 @@ class IngestEndpoints:
         header_key = basic_username(request.headers.get("authorization"))
         ctx.raw, more = await read_capped(request.stream(), limits.max_batch_bytes)
         if header_key is not None:
-            ctx.source = self.config.registry.authenticate(header_key)
+            # Hashed once: the lookup, and a refusal's letter (a re-drive finds the key by it).
+            ctx.key_sha256 = hash_key(header_key)
+            ctx.source = self.config.registry.by_hash(ctx.key_sha256)
             if ctx.source is None:
                 raise _unauthorized("Authorization")
         if more:
@@ -140,9 +162,9 @@ class IngestEndpoints:
         ctx.body, ctx.parsed = parse_json(decoded), True
         if ctx.source is None:
             body_key = ctx.body.get("writeKey") if isinstance(ctx.body, dict) else None
-            ctx.source = self.config.registry.authenticate(
-                body_key if isinstance(body_key, str) else None
-            )
+            body_key = body_key if isinstance(body_key, str) and body_key else None
+            ctx.key_sha256 = hash_key(body_key) if body_key else None
+            ctx.source = self.config.registry.by_hash(ctx.key_sha256) if ctx.key_sha256 else None
             if ctx.source is None:
                 raise _unauthorized("writeKey")
 
@@ -183,18 +205,8 @@ class IngestEndpoints:
     async def _records(
         self, ctx: _Request, events: list[Event], letters: list[DeadLetter]
     ) -> list[Record]:
-        sealer = self.config.sealer
-        if sealer is not None:
-            events = await sealer.seal(events) if events else events
-            letters = await sealer.seal_letters(letters) if letters else letters
-        key = (ctx.source.name if ctx.source else "unknown").encode()
-        return [
-            Record(self.config.raw_topic, e.partition_key(), e.model_dump_json().encode())
-            for e in events
-        ] + [
-            Record(self.config.deadletter_topic, key, letter.model_dump_json().encode())
-            for letter in letters
-        ]
+        source = ctx.source.name if ctx.source else None
+        return await records(self.config, source, events, letters)
 
     async def handle(self, request: Request, kind: str, call: EventType | None = None) -> Any:
         """Authenticate, read, validate, publish; answer only after Kafka acknowledged."""
@@ -241,6 +253,7 @@ class IngestEndpoints:
                 request_id=ctx.request_id,
                 raw=ctx.raw,
                 raw_bytes=self.config.refusals.raw_bytes,
+                key_sha256=ctx.key_sha256 if rejected.status == 401 else None,
             )
             if not await self._publish(ctx, [], [letter]):
                 return self._unavailable(ctx)

@@ -75,12 +75,18 @@ def _collect(messages: list[Any], prefix: str | None, mapper: Mapper, limits: Li
     return intake
 
 
-def _merge_context(msg: Any, shared: Any) -> Any:
-    """Apply a batch's top-level context under each message's own (the message wins)."""
-    if not isinstance(shared, dict) or not isinstance(msg, dict):
+def _apply_batch(msg: Any, shared: Any, sent_at: Any) -> Any:
+    """Apply a batch's top-level context under each message's own (the message wins), and
+    its ``sentAt`` to a message without one: each message then stands on its own, as its
+    dead letter keeps it (and a re-drive sends it again)."""
+    if not isinstance(msg, dict):
         return msg
-    own = msg.get("context")
-    return {**msg, "context": {**shared, **(own if isinstance(own, dict) else {})}}
+    if isinstance(shared, dict):
+        own = msg.get("context")
+        msg = {**msg, "context": {**shared, **(own if isinstance(own, dict) else {})}}
+    if sent_at is not None and msg.get("sentAt") is None:
+        msg = {**msg, "sentAt": sent_at}
+    return msg
 
 
 def message_count(kind: str, body: Any) -> int:
@@ -104,14 +110,18 @@ def segment_batch(body: Any, stamp: Stamp) -> Intake:
 
     def mapper(msg: Any) -> Event:
         return from_segment(
-            _merge_context(msg, shared),
+            msg,
             source=stamp.source,
             received_at=stamp.received_at,
             batch_sent_at=sent_at,
             default_region=stamp.region,
         )
 
-    return _collect(body["batch"], "batch", mapper, stamp.limits)
+    given = body.get("sentAt") if sent_at is not None else None
+    if not isinstance(shared, dict) and given is None:
+        return _collect(body["batch"], "batch", mapper, stamp.limits)
+    messages = [_apply_batch(msg, shared, given) for msg in body["batch"]]
+    return _collect(messages, "batch", mapper, stamp.limits)
 
 
 def segment_single(body: Any, stamp: Stamp, call: EventType) -> Intake:

@@ -137,6 +137,7 @@ def refusal_letter(
     request_id: str,
     raw: bytes,
     raw_bytes: int,
+    key_sha256: str | None = None,
 ) -> DeadLetter:
     """A refused request's own letter: the first ``raw_bytes`` of its body if unauthenticated
     (a 429's client sends its body again), never the parsed payload."""
@@ -155,6 +156,7 @@ def refusal_letter(
         raw=raw[:keep].decode("utf-8", "replace") if keep and raw else None,
         raw_truncated=len(raw) > keep,
         raw_sha256=hashlib.sha256(raw).hexdigest() if raw else None,
+        key_sha256=key_sha256,
     )
 
 

@@ -71,6 +71,7 @@ class SourceRegistry:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate source names in {names}")
         self._by_hash = {s.key_sha256: s for s in sources}
+        self._by_name = {s.name: s for s in sources}
 
     def authenticate(self, write_key: str | None) -> Source | None:
         """Return the source owning ``write_key``, or None."""
@@ -79,6 +80,14 @@ class SourceRegistry:
         # A dict lookup on the digest leaks at most timing about the hash, which does
         # not help anyone find a key (a preimage would be needed).
         return self._by_hash.get(hash_key(write_key))
+
+    def by_hash(self, key_sha256: str) -> Source | None:
+        """Return the source whose write key hashes to ``key_sha256``, or None."""
+        return self._by_hash.get(key_sha256)
+
+    def named(self, name: str) -> Source | None:
+        """Return the source called ``name``, or None."""
+        return self._by_name.get(name)
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -30,6 +30,21 @@ def read_records(
 ) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every message in ``topic`` up to the current end offsets, in offset
     order per partition (a tombstone's value is None). TimeoutError like ``read_to_end``."""
+    return [(m.key, m.value) for m in read_messages(bootstrap, topic, timeout_s)]
+
+
+class Message(NamedTuple):
+    """One message read back, with where it is."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_messages(bootstrap: str, topic: str, timeout_s: float = 120.0) -> list[Message]:
+    """Every message in ``topic`` up to the current end offsets, with its partition and
+    offset, in offset order per partition. TimeoutError like ``read_to_end``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -47,7 +62,7 @@ def read_records(
         consumer.assign(partitions)
         ends = consumer.end_offsets(partitions)
         consumer.seek_to_beginning(*partitions)
-        values: list[tuple[bytes | None, bytes | None]] = []
+        values: list[Message] = []
         pending = {tp for tp in partitions if ends[tp] > 0}
         while pending:
             if time.monotonic() > deadline:
@@ -56,7 +71,11 @@ def read_records(
                     f"{len(pending)} partitions short of their end offsets"
                 )
             for tp, records in consumer.poll(timeout_ms=500).items():
-                values.extend((r.key, r.value) for r in records if r.offset < ends[tp])
+                values.extend(
+                    Message(tp.partition, r.offset, r.key, r.value)
+                    for r in records
+                    if r.offset < ends[tp]
+                )
             pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
         return values
     finally:

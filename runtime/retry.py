@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime.exceptions import KafkaUnavailable
+from runtime.exceptions import KafkaUnavailable, StoreUnavailable
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -20,11 +22,30 @@ T = TypeVar("T")
 #: worker loudly; decoding errors are dead-lettered where they are read.
 TRANSIENT: tuple[type[BaseException], ...] = (
     KafkaUnavailable,
+    StoreUnavailable,
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
     TimeoutError,
 )
+
+
+#: What ``until_done`` looks at: the transient failures and Redis's answers.
+RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT, ResponseError)
+
+#: Redis answers that it cannot take writes for now: its disk is full or failing (``MISCONF``:
+#: the AOF cannot be written), or it is a replica after a failover (``READONLY``). Retried
+#: like a lost connection; anything else Redis answers is a bug.
+#: The answer opens the error, or follows redis-py's "... of pipeline caused error: " (which
+#: quotes it: ``error: ('MISCONF ...',)``).
+REDIS_UNAVAILABLE = re.compile(r"(^|error: \(?'?)(MISCONF|READONLY) ")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of a service that will come back (retry the batch)."""
+    if isinstance(exc, ResponseError):
+        return REDIS_UNAVAILABLE.search(str(exc)) is not None
+    return isinstance(exc, TRANSIENT)
 
 
 async def until_done(what: str, step: Callable[[], Awaitable[T]], max_wait_s: float = 30) -> T:
@@ -33,7 +54,11 @@ async def until_done(what: str, step: Callable[[], Awaitable[T]], max_wait_s: fl
     while True:
         try:
             return await step()
-        except TRANSIENT as exc:
-            log.warning("processor.retry", step=what, error=repr(exc), retry_in_s=delay)
+        except RETRIED as exc:
+            if not transient(exc):
+                raise
+            # The cause in words (a full disk, a refused connection): what an operator acts on.
+            cause = f"{type(exc).__name__}: {exc}"
+            log.warning("processor.retry", step=what, error=cause, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_wait_s)

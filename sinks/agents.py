@@ -19,6 +19,7 @@ from contracts.identity import LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
 from contracts.topics import AUDIT, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
+from runtime.agents import fatal
 from runtime.retry import until_done
 from runtime.undecodable import split
 from sinks.history import (
@@ -137,35 +138,40 @@ def register(app: Any, deps: Any) -> None:
     @app.agent(topic(EVENTS_RESOLVED.name), name="history-events")
     async def events_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            items = [
-                (r, ev.message.partition, ev.message.offset)
-                for r, ev in _decode(ResolvedEvent, list(events))
-            ]
-            fresh = await erased.kept(await history.fresh(items), lambda i: i[0].profile_id)
-            await until_done(
-                "history.events", partial(history.write, event_batches(resolved_name, fresh))
-            )
+            with fatal("history-events"):
+                items = [
+                    (r, ev.message.partition, ev.message.offset)
+                    for r, ev in _decode(ResolvedEvent, list(events))
+                ]
+                fresh = await erased.kept(await history.fresh(items), lambda i: i[0].profile_id)
+                await until_done(
+                    "history.events", partial(history.write, event_batches(resolved_name, fresh))
+                )
 
     @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
     async def ledger_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            entries = await erased.kept(
-                [e for e, _ in _decode(LedgerEntry, list(events))],
-                lambda e: e.profile_id,
-                lambda e: e.other_profile_id,
-            )
-            token = _token(IDENTITY_MERGES.name, list(events))
-            await until_done("history.ledger", partial(history.write, ledger_batch(entries, token)))
+            with fatal("history-ledger"):
+                entries = await erased.kept(
+                    [e for e, _ in _decode(LedgerEntry, list(events))],
+                    lambda e: e.profile_id,
+                    lambda e: e.other_profile_id,
+                )
+                token = _token(IDENTITY_MERGES.name, list(events))
+                await until_done(
+                    "history.ledger", partial(history.write, ledger_batch(entries, token))
+                )
 
     @app.agent(topic(PROFILES_CHANGES.name), name="history-changes")
     async def changes_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            changes = await erased.kept(
-                [c for c, _ in _decode(ProfileChange, list(events))], lambda c: c.profile_id
-            )
-            token = _token(PROFILES_CHANGES.name, list(events))
-            batches = [change_batch(changes, token), tag_batch(changes, token)]
-            await until_done("history.changes", partial(history.write, batches))
+            with fatal("history-changes"):
+                changes = await erased.kept(
+                    [c for c, _ in _decode(ProfileChange, list(events))], lambda c: c.profile_id
+                )
+                token = _token(PROFILES_CHANGES.name, list(events))
+                batches = [change_batch(changes, token), tag_batch(changes, token)]
+                await until_done("history.changes", partial(history.write, batches))
 
     async def snapshot() -> None:
         """Store the current state of every profile changed since the last snapshot.
@@ -200,6 +206,9 @@ def register(app: Any, deps: Any) -> None:
     @app.agent(topic(AUDIT.name), name="history-audit")
     async def audit_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            records = [r for r, _ in _decode(AuditRecord, list(events))]
-            token = _token(AUDIT.name, list(events))
-            await until_done("history.audit", partial(history.write, [audit_batch(records, token)]))
+            with fatal("history-audit"):
+                records = [r for r, _ in _decode(AuditRecord, list(events))]
+                token = _token(AUDIT.name, list(events))
+                await until_done(
+                    "history.audit", partial(history.write, [audit_batch(records, token)])
+                )

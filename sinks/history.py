@@ -8,11 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from contracts.events import ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import Profile, ProfileChange
+from runtime.exceptions import StoreUnavailable
+from sinks.clickhouse import unavailable
 
 #: Same-data retries within this many recent inserts per table are dropped by ClickHouse.
 DEDUP_WINDOW = 10_000
@@ -357,7 +360,17 @@ class HistoryWriter:
         return self._client
 
     def write(self, batch: Batch) -> None:
-        """Insert one batch (blocking: call from a worker thread)."""
+        """Insert one batch (blocking: call from a worker thread). ``StoreUnavailable`` when
+        ClickHouse cannot take it for now (its disk full, unreachable): the caller retries
+        the same batch, whose deduplication token makes a second insert a no-op."""
+        try:
+            self._write(batch)
+        except ClickHouseError as exc:
+            if not unavailable(exc):
+                raise
+            raise StoreUnavailable(f"ClickHouse refused the {batch.table} batch: {exc}") from exc
+
+    def _write(self, batch: Batch) -> None:
         if batch.rows:
             self._client.insert(
                 f"{self._db}.{batch.table}",

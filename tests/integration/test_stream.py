@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 
 from deploy.demo_run import tag_counts
@@ -28,15 +26,6 @@ def basic(source: str) -> dict[str, str]:
 
 
 READER = {"Authorization": "Bearer tk_reader"}
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        if w.proc is not None and w.proc.poll() is None:
-            w.stop(signal.SIGKILL)
 
 
 def post(api: str, source: str, batch: list[dict[str, Any]]) -> None:

@@ -21,6 +21,8 @@ TOKENS = {
     "tk_console_readonly": frozenset({"profiles:read", "identity:read", "segments:read"}),
     "tk_dpo": frozenset({"privacy:erase", "privacy:export", "audit:read"}),
     "tk_dpo2": frozenset({"privacy:erase", "privacy:export", "audit:read", "privacy:approve"}),
+    "tk_ops": frozenset({"deadletters:read", "deadletters:redrive"}),
+    "tk_ops_read": frozenset({"deadletters:read"}),
 }
 
 SOURCES = {
