@@ -184,6 +184,7 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             limiter=Limiter(settings.ingest.rate_limits, processes),
             refusals=Refusals(settings.ingest.refusal_letters, processes),
             sealer=privacy.sealer if privacy else None,
+            mappings=settings.ingest.mapping_registry(),
         )
     )
     app.include_router(build_router(ingest))

@@ -50,6 +50,7 @@ from deploy.worker import (
 from deploy.worker import run as run_worker
 from identity.normalize import BadIdentifier
 from identity.store import IdentityStore
+from ingest.cli import sources as sources_group
 from ingest.sources import Source, hash_key, new_key
 from privacy.crypto import MasterKeyError, MasterKeys
 from profiles.api import explanation, opened
@@ -568,6 +569,7 @@ def contracts_export(check: bool) -> None:
 cli.add_command(tags_group)
 register_privacy_commands(cli)
 cli.add_command(segments_group)
+cli.add_command(sources_group)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from ingest.body import decode, parse_json, read_capped, too_large
 from ingest.client import ClientAddresses
 from ingest.exceptions import Rejected, Throttled
 from ingest.limits import Limits
+from ingest.mappings import MappingRegistry
 from ingest.ratelimit import Limiter
 from ingest.refusals import Kind, Refusals, refusal_letter, summary_letter
 from ingest.sources import Source, SourceRegistry
@@ -59,6 +60,8 @@ class IngestConfig:
     #: With field encryption on: seals accepted events and dead letters before they are
     #: published (creating data keys, durably, first).
     sealer: Sealer | None = None
+    #: Each source's mapping into the platform's vocabulary (None: no source has one).
+    mappings: MappingRegistry | None = None
 
 
 @dataclass
@@ -148,8 +151,13 @@ class IngestEndpoints:
 
     def _intake(self, kind: str, ctx: _Request, call: EventType | None) -> take.Intake:
         assert ctx.source is not None
+        mappings = self.config.mappings
         stamp = take.Stamp(
-            ctx.source, ctx.received_at, self.config.limits, self.config.default_region
+            ctx.source,
+            ctx.received_at,
+            self.config.limits,
+            self.config.default_region,
+            mappings.for_source(ctx.source.name) if mappings is not None else None,
         )
         if kind == "batch":
             return take.segment_batch(ctx.body, stamp)
@@ -304,7 +312,7 @@ class IngestEndpoints:
             "success": status == 200,
             "request_id": ctx.request_id,
             "received": result.received,
-            "accepted": len(result.events),
+            "accepted": result.accepted,
             "rejected": len(result.rejections),
             "errors": [{k: v for k, v in e.items() if k != "request_id"} for e in errors],
         }
@@ -319,7 +327,7 @@ class IngestEndpoints:
         bound.info(
             "ingest.accepted",
             status=status,
-            accepted=len(result.events),
+            accepted=result.accepted,
             rejected=len(result.rejections),
         )
         return json_response(body, status_code=status)
