@@ -263,7 +263,9 @@ def run(
 
 
 def _check_keys(settings: Settings) -> None:
-    """Refuse to start when field encryption is on and its master keys cannot be read."""
+    """Refuse to start when field encryption is on and its master keys cannot be read, or
+    when a source mapping is invalid (before any process or port is taken)."""
+    settings.ingest.mapping_registry()
     if settings.privacy_enabled():
         try:
             privacy.wrapper(settings)
