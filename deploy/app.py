@@ -26,12 +26,14 @@ from identity.store import IdentityStore
 from ingest.api import IngestConfig, IngestEndpoints, build_router, json_response
 from ingest.client import ClientAddresses
 from ingest.cors import IngestCors
+from ingest.import_api import build_router as imports_router
 from ingest.ratelimit import Limiter
 from ingest.refusals import Refusals
 from ingest.sources import SourceRegistry
 from privacy.api import build_router as privacy_router
 from privacy.approvals import Approvals
 from privacy.audit import Audited, query_audit, record_changes
+from privacy.seal import Sealer
 from privacy.subjects import Subjects
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
@@ -63,13 +65,34 @@ Check = Callable[[], Awaitable[None]]
 CHECK_TIMEOUT_S = 3.0
 
 
-def _publisher(settings: Settings) -> Publisher:
+def kafka_publisher(settings: Settings) -> Publisher:
     k = settings.kafka
     return Publisher(
         k.bootstrap_servers,
         publish_timeout_s=k.publish_timeout_s,
         request_timeout_ms=k.request_timeout_ms,
         linger_ms=k.linger_ms,
+    )
+
+
+def ingest_config(
+    settings: Settings, publisher: Publisher, sealer: Sealer | None, processes: int = 1
+) -> IngestConfig:
+    """Ingest as configured: for the API's routes and for file imports alike."""
+    return IngestConfig(
+        registry=SourceRegistry(settings.ingest.all_sources()),
+        publisher=publisher,
+        raw_topic=settings.kafka.topic(EVENTS_RAW.name),
+        deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
+        limits=settings.ingest.limits,
+        default_region=settings.ingest.default_region,
+        clients=ClientAddresses(
+            settings.ingest.trusted_proxies, settings.ingest.client_ipv6_prefix
+        ),
+        limiter=Limiter(settings.ingest.rate_limits, processes),
+        refusals=Refusals(settings.ingest.refusal_letters, processes),
+        sealer=sealer,
+        mappings=settings.ingest.mapping_registry(),
     )
 
 
@@ -98,7 +121,7 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
     queries may open it; otherwise they need a ClickHouse server (``CDP_CLICKHOUSE__URL``).
     ``stop``: the process's stop; ``/healthz`` answers 503 once it began.
     """
-    publisher = _publisher(settings)
+    publisher = kafka_publisher(settings)
     redis_client = aioredis.from_url(settings.redis.url.get_secret_value())
     clickhouse: dict[str, Any] = {}
     url = settings.clickhouse.url.get_secret_value() if settings.clickhouse.url else None
@@ -171,23 +194,18 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
     audited = Audited(audit_log(settings, publisher))
     processes = settings.api.processes()
     ingest = IngestEndpoints(
-        IngestConfig(
-            registry=SourceRegistry(settings.ingest.all_sources()),
-            publisher=publisher,
-            raw_topic=settings.kafka.topic(EVENTS_RAW.name),
-            deadletter_topic=settings.kafka.topic(EVENTS_DEADLETTER.name),
-            limits=settings.ingest.limits,
-            default_region=settings.ingest.default_region,
-            clients=ClientAddresses(
-                settings.ingest.trusted_proxies, settings.ingest.client_ipv6_prefix
-            ),
-            limiter=Limiter(settings.ingest.rate_limits, processes),
-            refusals=Refusals(settings.ingest.refusal_letters, processes),
-            sealer=privacy.sealer if privacy else None,
-            mappings=settings.ingest.mapping_registry(),
-        )
+        ingest_config(settings, publisher, privacy.sealer if privacy else None, processes)
     )
     app.include_router(build_router(ingest))
+    app.include_router(
+        imports_router(
+            ingest,
+            redis_client,
+            settings.worker.namespace,
+            settings.ingest.import_dir,
+            settings.ingest.import_max_bytes,
+        )
+    )
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     if settings.api.history_owner and not owns_history:
         # Routes that read the history (embedded ClickHouse) go to the process that owns it.

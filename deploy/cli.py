@@ -22,6 +22,7 @@ from deploy import topics as topics_mod
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
+from deploy.import_cli import register as register_import_command
 from deploy.keys_cli import register as register_key_commands
 from deploy.lifecycle import (
     EXIT_CONFIG,
@@ -572,6 +573,7 @@ cli.add_command(tags_group)
 register_privacy_commands(cli)
 cli.add_command(segments_group)
 cli.add_command(sources_group)
+register_import_command(cli)
 
 
 def main() -> None:

@@ -157,6 +157,11 @@ class IngestSettings(BaseModel):
     #: A directory of source mappings (``*.yaml``) or one mapping file (docs/sources.md);
     #: re-read when a file changes, without a restart.
     mappings: Path | None = None
+    #: Where ``POST /v1/imports`` keeps an uploaded file while it is imported (removed
+    #: after); the system's temporary directory when unset.
+    import_dir: Path | None = None
+    #: The largest file ``POST /v1/imports`` takes (``cdp import`` reads files of any size).
+    import_max_bytes: int = Field(default=10 * 1024**3, gt=0)
     limits: Limits = Limits()
     #: Region used to read phone numbers given without a country code.
     default_region: str = "CN"

@@ -149,16 +149,36 @@ class IngestEndpoints:
             if ctx.source is None:
                 raise _unauthorized("writeKey")
 
-    def _intake(self, kind: str, ctx: _Request, call: EventType | None) -> take.Intake:
-        assert ctx.source is not None
+    def stamp(self, source: Source, received_at: datetime) -> take.Stamp:
+        """What ingest knows of a message besides itself: source, time, limits, mapping."""
         mappings = self.config.mappings
-        stamp = take.Stamp(
-            ctx.source,
-            ctx.received_at,
+        return take.Stamp(
+            source,
+            received_at,
             self.config.limits,
             self.config.default_region,
-            mappings.for_source(ctx.source.name) if mappings is not None else None,
+            mappings.for_source(source.name) if mappings is not None else None,
         )
+
+    async def publish_intake(
+        self, result: take.Intake, source: Source, endpoint: str, request_id: str
+    ) -> None:
+        """Publish what was taken outside a request (a file import): the events and a dead
+        letter per rejection, sealed, acknowledged by Kafka before it returns
+        (``KafkaUnavailable``, or ``RedisError`` when data keys are unreachable)."""
+        ctx = _Request(
+            request_id=request_id,
+            endpoint=endpoint,
+            received_at=datetime.now(UTC),
+            parsed=True,
+            source=source,
+        )
+        letters = [self._dead_letter(ctx, r, p, r.status) for r, p in result.rejections]
+        await self.config.publisher.publish(await self._records(ctx, result.events, letters))
+
+    def _intake(self, kind: str, ctx: _Request, call: EventType | None) -> take.Intake:
+        assert ctx.source is not None
+        stamp = self.stamp(ctx.source, ctx.received_at)
         if kind == "batch":
             return take.segment_batch(ctx.body, stamp)
         if kind == "native":

@@ -73,7 +73,9 @@ def _mapped(mapper: Mapper, stamp: Stamp) -> Callable[[Any], Event | list[Event]
     return lambda msg: mapping.apply(mapper(msg), region)
 
 
-def _collect(messages: list[Any], prefix: str | None, mapper: Mapper, stamp: Stamp) -> Intake:
+def _collect(
+    messages: list[Any], prefix: str | None, mapper: Mapper, stamp: Stamp, first: int = 0
+) -> Intake:
     limits = stamp.limits
     take = _mapped(mapper, stamp)
     if len(messages) > limits.max_batch_events:
@@ -93,7 +95,7 @@ def _collect(messages: list[Any], prefix: str | None, mapper: Mapper, stamp: Sta
             else:
                 intake.events.append(taken)
         except Rejected as rejected:
-            placed = rejected.at(index, prefix) if prefix else rejected
+            placed = rejected.at(first + index, prefix) if prefix else rejected
             intake.rejections.append((placed, msg))
     return intake
 
@@ -167,3 +169,19 @@ def native(body: Any, stamp: Stamp) -> Intake:
     if isinstance(body, list):
         return _collect(body, "events", mapper, stamp)
     return _collect([body], None, mapper, stamp)
+
+
+def rows(chunk: list[Any], stamp: Stamp, to_message: Callable[[Any], Any], first: int) -> Intake:
+    """Take rows of a file export (``row[first]`` onwards): each becomes a Segment message
+    (``to_message``) and is validated, mapped and limited as a batch's message is; a
+    rejection names the row and keeps the row as it was read."""
+
+    def mapper(row: Any) -> Event:
+        return from_segment(
+            to_message(row),
+            source=stamp.source,
+            received_at=stamp.received_at,
+            default_region=stamp.region,
+        )
+
+    return _collect(chunk, "row", mapper, stamp, first)

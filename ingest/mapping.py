@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from contracts.deadletter import DeadLetterReason
 from contracts.events import IDENTIFIER_TYPE, Event, EventType, Identifier
@@ -120,6 +127,39 @@ class IdentifierField(BaseModel):
     type: Annotated[str, StringConstraints(pattern=IDENTIFIER_TYPE.pattern)]
 
 
+class RowRules(BaseModel):
+    """How a flat row of a file export (CSV, Parquet, JSON lines) becomes a Segment message:
+    named columns become its ids, name and time; the others its properties (a ``track``)
+    or traits (an ``identify``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["track", "identify"] = "track"
+    #: The event name of every row (a ``track``), or the column that holds it.
+    event: FieldName | None = None
+    event_column: FieldName | None = None
+    #: Columns holding Segment's ``userId`` and ``anonymousId``.
+    user_id: FieldName | None = None
+    anonymous_id: FieldName | None = None
+    #: Column holding the event time (ISO-8601; without an offset, the source's zone).
+    timestamp: FieldName | None = None
+    #: Columns that make a row's identity (its message id is derived from them, so the same
+    #: row imported again is the same event); all columns when empty.
+    message_id: list[FieldName] = Field(default_factory=list)
+    #: Columns that go to traits of a ``track`` (an ``identify`` takes every column).
+    traits: list[FieldName] = Field(default_factory=list)
+    #: Columns left out.
+    drop: list[FieldName] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _named(self) -> RowRules:
+        if self.type == "track" and not (self.event or self.event_column):
+            raise ValueError("a track row needs event (a name) or event_column")
+        if self.event and self.event_column:
+            raise ValueError("give event or event_column, not both")
+        return self
+
+
 class MappingSpec(BaseModel):
     """A mapping file as written (see docs/sources.md)."""
 
@@ -132,6 +172,8 @@ class MappingSpec(BaseModel):
     events: list[EventRule] = Field(default_factory=list)
     traits: TraitRules = TraitRules()
     identifiers: list[IdentifierField] = Field(default_factory=list)
+    #: How rows of a file export become messages (``cdp import``, ``POST /v1/imports``).
+    rows: RowRules | None = None
 
 
 def event_key(name: str) -> str:
@@ -259,6 +301,7 @@ class Mapping:
     trait_convert: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
     trait_drop: frozenset[str] = frozenset()
     identifiers: tuple[tuple[tuple[str, ...], str], ...] = ()
+    rows: RowRules | None = None
 
     def apply(self, event: Event, region: str) -> list[Event]:
         """The events ``event`` becomes; raises ``Rejected`` naming the field that failed."""
@@ -398,6 +441,7 @@ def compile_mapping(raw: Any, where: str, digest: str = "") -> Mapping:
         ),
         trait_drop=frozenset(spec.traits.drop),
         identifiers=tuple(identifiers),
+        rows=spec.rows,
     )
 
 
