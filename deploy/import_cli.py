@@ -39,7 +39,8 @@ async def _import(
             ingest, client, settings.worker.namespace, sources[source_name], mapping
         )
         total = RowFile(path, fmt).total
-        with click.progressbar(length=total, label=path.name) as bar:
+        stderr = click.get_text_stream("stderr")
+        with click.progressbar(length=total, label=path.name, file=stderr) as bar:
 
             def progress(rows: RowFile) -> None:
                 bar.update(rows.done - (bar.pos or 0))
