@@ -462,6 +462,33 @@ def profiles_get(
     _echo_json(found)
 
 
+@cli.command()
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def quality(settings: Settings, top: int, as_json: bool) -> None:
+    """Data quality: the traits and source pairs that disagree most, with counts."""
+
+    async def main() -> list[dict[str, Any]]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.redis.url.get_secret_value())
+        try:
+            store = ProfileStore(client, settings.profiles, settings.worker.namespace)
+            return await store.conflict_report(top)
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(main())
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        pair = " vs ".join(row["sources"])
+        click.echo(f"{row['trait']:24} {pair:40} {row['disagreements']:>8}")
+    click.echo(f"{len(rows)} trait and source pairs disagree", err=True)
+
+
 def _audited_read(settings: Settings, clear: bool, action: str, profile_id: str) -> None:
     """Record a read that shows personal data in clear; refuse to show it unrecorded."""
     if not (clear or not settings.privacy_enabled()):

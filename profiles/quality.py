@@ -19,7 +19,7 @@ async def conflict_report(client: aioredis.Redis, namespace: str, top: int = 20)
     values), kept as a running tally (an erased or rebuilt profile is not taken back out).
     """
     raw = await client.hgetall(f"{namespace}:quality:conflicts")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for field, count in raw.items():
         trait, first, second = _text(field).rsplit("|", 2)
         rows.append({"trait": trait, "sources": [first, second], "disagreements": int(count)})

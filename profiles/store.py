@@ -17,6 +17,7 @@ from contracts.profiles import ChannelActivity, Profile, ProfileChange, TraitVal
 from identity.aliases import survivor
 from identity.scripts import GRAPH, BatchScript, chunks
 from profiles.fold import PARTS_OF_DAY, FoldRules, fold
+from profiles.quality import conflict_report
 
 #: The sets a profile can hold (see profiles/fold.py).
 _SETS = (
@@ -174,6 +175,10 @@ class ProfileStore:
     async def done_changed(self) -> None:
         """Forget the profiles ``take_changed`` returned: their snapshots are stored."""
         await self._redis.delete(f"{self._ns}:dirty:taking")
+
+    async def conflict_report(self, top: int = 20) -> list[dict[str, Any]]:
+        """The (trait, source pair) disagreements counted by the fold, most first."""
+        return await conflict_report(self._redis, self._ns, top)
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""

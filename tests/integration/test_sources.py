@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +210,42 @@ def test_cdp_sources_refuses_a_bad_mapping_with_the_path_of_the_error(tmp_path: 
     )
     assert out.returncode == 1
     assert f"{bad}: events[0].convert.total.scale: Input should be a valid number" in out.stderr
+
+
+def test_channels_disagreeing_on_age_show_as_conflicts_over_http_and_the_cli(
+    settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    email = f"li.{run}@example.com"
+    errors: list[Any] = []
+    with running_api(settings) as api:
+        pos = _sdk("test-pos", api, errors)
+        pos.identify(f"M-{run}", {"email": email, "age": 34}, timestamp=datetime(2026, 5, 1))
+        pos.flush()
+        web = _sdk("test-web", api, errors)
+        web.identify(f"C-{run}", {"email": email, "age": 52}, timestamp=datetime(2026, 6, 1))
+        web.flush()
+        assert errors == []
+        worker = WorkerProcess(settings, tmp_path, ALL)
+        # The age goes by the most recent report here, not by source priority (pos > web).
+        worker.env["CDP_PROFILES__TRAIT_POLICIES"] = '{"age": "most_recent"}'
+        workers.append(worker.start())
+        worker.wait_caught_up({"cdp.events.raw", "cdp.events.resolved"})
+
+        found = httpx.get(
+            api + "/v1/profiles/lookup",
+            params={"type": "email", "value": email},
+            headers=READER,
+        ).json()
+        assert found["traits"]["age"] == 52
+        assert [(c["value"], c["source"], c["count"]) for c in found["conflicts"]["age"]] == [
+            (52, "test-web", 1),
+            (34, "test-pos", 1),
+        ]
+        report = httpx.get(api + "/v1/quality/conflicts", headers=READER).json()
+        assert report["conflicts"] == [
+            {"trait": "age", "sources": ["test-pos", "test-web"], "disagreements": 1}
+        ]
+        assert httpx.get(api + "/v1/quality/conflicts").status_code == 401
+    printed = json.loads(worker.cli("quality", "--json"))
+    assert printed == report["conflicts"]
