@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 
-from deploy.settings import Settings
+from deploy.settings import PrivacySettings, Settings
 from ingest.sources import Source, hash_key
+from privacy.crypto import MasterKeys, is_blind, is_sealed
 from runtime.readback import read_to_end
 from tests.support.kafka import read_topic
 from tests.support.keys import key_of
@@ -233,3 +235,50 @@ def test_a_source_posts_its_export_over_http(settings: Settings, tmp_path: Path)
     assert (sale["type"], sale["properties"]["total"]) == ("order_completed", 268.5)
     assert [(i["type"], i["value"]) for i in sale["identifiers"]] == [("member_id", "M-1")]
     assert os.listdir(spool) == []  # the upload is removed once imported
+
+
+def test_an_import_with_field_encryption_on_rests_sealed_like_http_ingest(
+    settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    _mapping(folder)
+    text = (folder / "pos-export.yaml").read_text()
+    (folder / "pos-export.yaml").write_text(
+        text.replace("  message_id: [danhao]", "  message_id: [danhao]\n  traits: [shouji]")
+    )
+    ingest = settings.ingest.model_copy(
+        update={"sources": [*settings.ingest.sources, POS], "mappings": folder}
+    )
+    keys = MasterKeys.generate()
+    sealed = settings.model_copy(
+        update={
+            "ingest": ingest,
+            "privacy": PrivacySettings(enabled=True, master_keys=SecretStr(keys.dumps())),
+        }
+    )
+    body = (
+        b"huiyuanhao,riqi,danhao,jine_fen,mendian,pinlei,shouji\n"
+        b"M-1,2026-03-01 14:22:05,S-1,26850,SH-01,shoes,138 0013 8000\n"
+        b"M-2,2026-03-01 14:22:05,S-2,oops,SH-01,shoes,139 0013 8000\n"
+    )
+    with running_api(sealed) as api:
+        answer = httpx.post(
+            api + "/v1/imports",
+            params={"format": "csv"},
+            content=body,
+            auth=(key_of(POS.name), ""),
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["accepted"], answer.json()["rejected"]) == (1, 1)
+    (event,) = _raw(settings)
+    assert all(is_blind(i["value"]) and i["sealed"] for i in event["identifiers"])
+    assert is_sealed(event["traits"]["phone"])  # shouji, renamed by the mapping
+    assert is_sealed(event["context"]["mapped_from"])  # what the POS sent, whole
+    assert "138" not in json.dumps(event)
+    (letter,) = read_to_end(
+        settings.kafka.bootstrap_servers, settings.kafka.topic("cdp.events.deadletter")
+    )
+    assert letter["payload"] is None and is_sealed(letter["sealed"])
+    assert "139" not in json.dumps(letter)
