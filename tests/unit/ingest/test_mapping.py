@@ -268,3 +268,19 @@ def test_the_registry_reloads_a_changed_file_and_keeps_the_last_good_one(tmp_pat
     os.utime(path, ns=(2, 2))
     assert registry.for_source("t") is not None  # the last good set stays
     assert registry.error is not None and "events[0]" in registry.error
+
+
+def test_the_mapping_in_the_docs_loads_and_does_what_they_say() -> None:
+    doc = (EXAMPLES.parents[1] / "docs" / "sources.md").read_text(encoding="utf-8")
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    mapping = compile_mapping(yaml.safe_load(block), "docs/sources.md")
+    stamp = intake.Stamp(source("survey", "survey"), NOW, Limits(), "CN", mapping)
+    msg = {
+        "type": "track",
+        "userId": "u",
+        "event": "Order Pushed",
+        "properties": {"order_sn": "E-1", "total_fen": "1,299", "mobile": "13800138000"},
+    }
+    (event,) = intake.segment_batch({"batch": [msg]}, stamp).events
+    assert event.properties == {"order_id": "E-1", "total": 12.99, "mobile": "13800138000"}
+    assert "phone:+8613800138000" in {i.key() for i in event.identifiers}
