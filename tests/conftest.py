@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from deploy.settings import (
 from tests.support.keys import known_sources, known_tokens
 from tests.support.server import running_api, running_api_processes
 from tests.support.services import Services, real_services
+from tests.support.worker import WorkerProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,3 +86,13 @@ def api_processes(settings: Settings) -> Iterator[str]:
     """The real API as two processes on one port, as `cdp api` and `cdp run` serve it."""
     with running_api_processes(settings, 2) as base_url:
         yield base_url
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """`cdp worker` processes a test starts (append them): killed at its end if still up."""
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        if w.proc is not None and w.proc.poll() is None:
+            w.stop(signal.SIGKILL)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,15 +66,6 @@ def mapped(settings: Settings, tmp_path: Path) -> Settings:
         update={"sources": [*settings.ingest.sources, *extra], "mappings": folder}
     )
     return settings.model_copy(update={"ingest": ingest})
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        if w.proc is not None and w.proc.poll() is None:
-            w.stop(signal.SIGKILL)
 
 
 def _sdk(source: str, api: str, errors: list[Any]) -> SegmentClient:
