@@ -238,3 +238,30 @@ def test_channels_disagreeing_on_age_show_as_conflicts_over_http_and_the_cli(
         assert httpx.get(api + "/v1/quality/conflicts").status_code == 401
     printed = json.loads(worker.cli("quality", "--json"))
     assert printed == report["conflicts"]
+
+
+def test_cdp_sources_test_prints_what_a_mapping_makes_of_a_sample(tmp_path: Path) -> None:
+    def sources_test(properties: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        sample = tmp_path / "sample.json"
+        message = {"type": "track", "userId": "R-1", "event": "Survey Submitted"}
+        sample.write_text(json.dumps({**message, "messageId": "m1", "properties": properties}))
+        mapping = str(EXAMPLES / "survey-tool.yaml")
+        args = ["sources", "test", mapping, str(sample), "--channel", "survey"]
+        return subprocess.run(
+            [sys.executable, "-m", "deploy", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    good = sources_test({"nps": 9, "csat": "4"})
+    assert good.returncode == 0, good.stderr
+    events = [json.loads(line) for line in good.stdout.splitlines()]
+    assert [(e["event_id"], e["type"], e["properties"]) for e in events] == [
+        ("m1", "survey_answered", {"score": 9, "survey_type": "nps"}),
+        ("m1#2", "survey_answered", {"score": 4, "survey_type": "csat"}),
+    ]
+    # A score that is no number refuses the message, naming the field as it was sent.
+    bad = sources_test({"nps": 9, "csat": "x"})
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert "rejected batch[0].properties.csat: properties.csat: 'x' is not a number" in bad.stderr
