@@ -94,6 +94,20 @@ def row_messages(source: str, rules: RowRules | None) -> Callable[[Any], dict[st
     return convert
 
 
+def column_names(rules: RowRules | None) -> dict[str, str]:
+    """The column each Segment key of a row's message came from, so that a rejection names
+    what the file holds (``row[3].huiyuanhao``, not ``row[3].userId``)."""
+    if rules is None:
+        return {}
+    named = {
+        "userId": rules.user_id,
+        "anonymousId": rules.anonymous_id,
+        "timestamp": rules.timestamp,
+        "event": rules.event_column,
+    }
+    return {key: column for key, column in named.items() if column}
+
+
 def _object(row: Any) -> dict[str, Any]:
     if isinstance(row, Undecodable):
         raise _invalid("", f"line is not JSON: {row[:200]!r}")
@@ -171,7 +185,9 @@ class Importer:
         #: An explicit mapping wins over the source's configured one.
         self.mapping = mapping if mapping is not None else stamp.mapping
         self.chunk_rows = min(chunk_rows, stamp.limits.max_batch_events)
-        self.to_message = row_messages(source.name, self.mapping.rows if self.mapping else None)
+        rules = self.mapping.rows if self.mapping else None
+        self.to_message = row_messages(source.name, rules)
+        self.columns = column_names(rules)
 
     async def run(
         self,
@@ -220,6 +236,8 @@ class Importer:
                     self.source, now.received_at, now.limits, now.region, self.mapping
                 )
                 result = take.rows(chunk, stamp, self.to_message, first + 1)
+                if self.columns and result.rejections:
+                    result.rejections = [(self._named(r), p) for r, p in result.rejections]
                 task = asyncio.ensure_future(
                     self.ingest.publish_intake(
                         result, self.source, f"import:{report.file}", report.import_id
@@ -234,6 +252,15 @@ class Importer:
         finally:
             for task, _, _ in inflight:
                 task.cancel()
+
+    def _named(self, rejected: Rejected) -> Rejected:
+        """``rejected`` naming the column where the message key came from one."""
+        head, _, key = (rejected.field or "").partition("].")
+        column = self.columns.get(key)
+        if column is None:
+            return rejected
+        field = f"{head}].{column}"
+        return Rejected(rejected.status, rejected.reason, rejected.message, field, rejected.index)
 
     @staticmethod
     async def _settle(

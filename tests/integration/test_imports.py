@@ -220,7 +220,7 @@ def test_a_source_posts_its_export_over_http(settings: Settings, tmp_path: Path)
         assert (report["rows_read"], report["accepted"], report["rejected"]) == (3, 1, 2)
         assert report["file"] == "sales.csv"
         assert [s["field"] for s in report["samples"]] == [
-            "row[2].userId",
+            "row[2].huiyuanhao",  # the column, not the Segment key
             "row[3].properties.jine_fen",
         ]
         again = httpx.post(
