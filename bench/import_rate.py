@@ -106,16 +106,12 @@ def services(own: bool, home: Path) -> Iterator[tuple[str, str]]:
         yield found.kafka_bootstrap, found.redis_url
 
 
-def run_import(
-    env: dict[str, str], path: Path, processes: int
-) -> tuple[dict[str, object], float, float]:
+def run_import(env: dict[str, str], path: Path) -> tuple[dict[str, object], float, float]:
     """(report, wall seconds, CPU seconds) of one ``cdp import``."""
-    options = ["--source", SOURCE.name, "--processes", str(processes)]
-    # CPU of the import process and its pool (children reaped once the import ends).
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "deploy", "import", str(path), *options],
+        [sys.executable, "-m", "deploy", "import", str(path), "--source", SOURCE.name],
         env=env,
         capture_output=True,
         text=True,
@@ -132,7 +128,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--own-services", action="store_true")
-    parser.add_argument("--processes", type=int, default=1, help="cdp import --processes")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -167,7 +162,7 @@ def main() -> None:
             for run in range(args.repeats):
                 path = home / f"sales-{run}.csv"
                 write_export(path, args.rows, run)
-                report, wall, cpu = run_import(env, path, args.processes)
+                report, wall, cpu = run_import(env, path)
                 assert report["accepted"] == args.rows, report
                 imported += args.rows
                 rates.append(args.rows / float(report["seconds"]))  # type: ignore[arg-type]

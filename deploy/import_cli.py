@@ -22,12 +22,7 @@ from runtime.exceptions import KafkaUnavailable
 
 
 async def _import(
-    settings: Settings,
-    path: Path,
-    fmt: str,
-    source_name: str,
-    mapping_file: Path | None,
-    processes: int,
+    settings: Settings, path: Path, fmt: str, source_name: str, mapping_file: Path | None
 ) -> Report:
     publisher = kafka_publisher(settings)
     client = aioredis.from_url(settings.redis.url.get_secret_value())
@@ -41,12 +36,7 @@ async def _import(
             raise ConfigError(f"no source named {source_name!r} (known: {sorted(sources)})")
         mapping = load_mapping(mapping_file) if mapping_file else None
         importer = Importer(
-            ingest,
-            client,
-            settings.worker.namespace,
-            sources[source_name],
-            mapping,
-            processes=processes,
+            ingest, client, settings.worker.namespace, sources[source_name], mapping
         )
         total = RowFile(path, fmt).total
         stderr = click.get_text_stream("stderr")
@@ -75,28 +65,16 @@ def register(cli: click.Group) -> None:
         help="A mapping file (default: the source's configured mapping).",
     )
     @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Default: by suffix.")
-    @click.option(
-        "--processes",
-        type=click.IntRange(min=1),
-        default=1,
-        show_default=True,
-        help="Processes that validate and map rows (publishing stays in file order).",
-    )
     @click.pass_obj
     def import_file(
-        settings: Settings,
-        file: Path,
-        source_name: str,
-        mapping: Path | None,
-        fmt: str | None,
-        processes: int,
+        settings: Settings, file: Path, source_name: str, mapping: Path | None, fmt: str | None
     ) -> None:
         """Import a CSV, JSON lines or Parquet export (streamed, idempotent, resumable);
         print the report as JSON. Exit 1 if Kafka or Redis stopped it (run it again to
         resume)."""
         try:
             chosen = file_format(file, fmt)
-            report = asyncio.run(_import(settings, file, chosen, source_name, mapping, processes))
+            report = asyncio.run(_import(settings, file, chosen, source_name, mapping))
         except (ValueError, MappingError) as exc:
             raise click.UsageError(str(exc)) from None
         except (KafkaUnavailable, RedisError) as exc:

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +27,7 @@ import redis.asyncio as aioredis
 from contracts.deadletter import DeadLetterReason
 from ingest import intake as take
 from ingest.exceptions import Rejected
-from ingest.mapping import Mapping, RowRules, compile_mapping
+from ingest.mapping import Mapping, RowRules
 from ingest.rowfile import RowFile, Undecodable, fingerprint
 from ingest.sources import Source
 
@@ -169,41 +167,6 @@ class Ledger:
         await self.client.set(self.key, orjson.dumps(report.as_dict()))
 
 
-#: What a pool process takes rows with: set once by ``_start_worker``.
-_worker: tuple[take.Stamp, Callable[[Any], dict[str, Any]]] | None = None
-Refusal = tuple[int, str, str, str | None, int | None, Any]
-
-
-def _start_worker(source: Source, spec: Any, digest: str, limits: Any, region: str) -> None:
-    """Compile the import's mapping in a pool process (compiled functions do not pickle)."""
-    global _worker
-    mapping = compile_mapping(spec, "import", digest) if spec is not None else None
-    stamp = take.Stamp(source, datetime.now(UTC), limits, region, mapping)
-    _worker = (stamp, row_messages(source.name, mapping.rows if mapping else None))
-
-
-def _take_rows(chunk: list[Any], first: int) -> tuple[int, list[Any], list[Refusal]]:
-    """Take a chunk in a pool process; rejections as plain tuples (they cross processes)."""
-    assert _worker is not None, "the pool process was not started with _start_worker"
-    stamp, to_message = _worker
-    now = take.Stamp(stamp.source, datetime.now(UTC), stamp.limits, stamp.region, stamp.mapping)
-    result = take.rows(chunk, now, to_message, first)
-    refusals = [
-        (r.status, r.reason.value, r.message, r.field, r.index, payload)
-        for r, payload in result.rejections
-    ]
-    return result.received, result.events, refusals
-
-
-def _intake_of(taken: tuple[int, list[Any], list[Refusal]]) -> take.Intake:
-    received, events, refusals = taken
-    rejections = [
-        (Rejected(status, DeadLetterReason(reason), message, field, index), payload)
-        for status, reason, message, field, index, payload in refusals
-    ]
-    return take.Intake(received, events, rejections)
-
-
 class Importer:
     """Import files of one source through ingest."""
 
@@ -215,7 +178,6 @@ class Importer:
         source: Source,
         mapping: Mapping | None = None,
         chunk_rows: int = CHUNK_ROWS,
-        processes: int = 1,
     ) -> None:
         self.ingest, self.client, self.namespace = ingest, client, namespace
         self.source = source
@@ -226,10 +188,6 @@ class Importer:
         rules = self.mapping.rows if self.mapping else None
         self.to_message = row_messages(source.name, rules)
         self.columns = column_names(rules)
-        #: With more than one process, rows are taken (validated, mapped) in a pool and
-        #: published here, in file order, so the saved progress stays a prefix of the file.
-        self.processes = processes
-        self.window = max(WINDOW, 2 * processes)
 
     async def run(
         self,
@@ -270,59 +228,30 @@ class Importer:
     async def _stream(
         self, rows: RowFile, report: Report, ledger: Ledger, progress: Callable[[RowFile], None]
     ) -> None:
-        inflight: list[asyncio.Task[take.Intake]] = []
-        pool = self._pool()
+        inflight: list[tuple[asyncio.Task[None], int, take.Intake]] = []
         try:
             for first, chunk in self._chunks(rows, report.rows_read):
-                inflight.append(asyncio.ensure_future(self._chunk(pool, chunk, first + 1, report)))
+                now = self.ingest.stamp(self.source, datetime.now(UTC))
+                stamp = take.Stamp(
+                    self.source, now.received_at, now.limits, now.region, self.mapping
+                )
+                result = take.rows(chunk, stamp, self.to_message, first + 1)
+                if self.columns and result.rejections:
+                    result.rejections = [(self._named(r), p) for r, p in result.rejections]
+                task = asyncio.ensure_future(
+                    self.ingest.publish_intake(
+                        result, self.source, f"import:{report.file}", report.import_id
+                    )
+                )
+                inflight.append((task, first, result))
                 progress(rows)
-                if len(inflight) >= self.window:
-                    await self._settle(await inflight.pop(0), report, ledger)
+                if len(inflight) >= WINDOW:
+                    await self._settle(inflight.pop(0), report, ledger)
             while inflight:
-                await self._settle(await inflight.pop(0), report, ledger)
+                await self._settle(inflight.pop(0), report, ledger)
         finally:
-            for task in inflight:
+            for task, _, _ in inflight:
                 task.cancel()
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-
-    def _pool(self) -> ProcessPoolExecutor | None:
-        if self.processes <= 1:
-            return None
-        stamp = self.ingest.stamp(self.source, datetime.now(UTC))
-        mapping = self.mapping
-        # Spawned, not forked: this process runs threads (Kafka deliveries) a fork would copy
-        # mid-flight.
-        return ProcessPoolExecutor(
-            self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(
-                self.source,
-                mapping.spec if mapping else None,
-                mapping.version if mapping else "",
-                stamp.limits,
-                stamp.region,
-            ),
-        )
-
-    async def _chunk(
-        self, pool: ProcessPoolExecutor | None, chunk: list[Any], first: int, report: Report
-    ) -> take.Intake:
-        """Take one chunk (here, or in the pool) and publish it, acknowledged."""
-        if pool is None:
-            now = self.ingest.stamp(self.source, datetime.now(UTC))
-            stamp = take.Stamp(self.source, now.received_at, now.limits, now.region, self.mapping)
-            result = take.rows(chunk, stamp, self.to_message, first)
-        else:
-            loop = asyncio.get_running_loop()
-            result = _intake_of(await loop.run_in_executor(pool, _take_rows, chunk, first))
-        if self.columns and result.rejections:
-            result.rejections = [(self._named(r), p) for r, p in result.rejections]
-        await self.ingest.publish_intake(
-            result, self.source, f"import:{report.file}", report.import_id
-        )
-        return result
 
     def _named(self, rejected: Rejected) -> Rejected:
         """``rejected`` naming the column where the message key came from one."""
@@ -334,8 +263,12 @@ class Importer:
         return Rejected(rejected.status, rejected.reason, rejected.message, field, rejected.index)
 
     @staticmethod
-    async def _settle(result: take.Intake, report: Report, ledger: Ledger) -> None:
-        """Count one acknowledged chunk and save the progress."""
+    async def _settle(
+        done: tuple[asyncio.Task[None], int, take.Intake], report: Report, ledger: Ledger
+    ) -> None:
+        """Wait for one chunk's acknowledgement, then count it and save the progress."""
+        task, _, result = done
+        await task
         report.rows_read += result.received
         report.accepted += result.accepted
         report.rejected += len(result.rejections)

@@ -302,8 +302,6 @@ class Mapping:
     trait_drop: frozenset[str] = frozenset()
     identifiers: tuple[tuple[tuple[str, ...], str], ...] = ()
     rows: RowRules | None = None
-    #: The file as parsed, so that another process can compile the same mapping.
-    spec: Any = field(default=None, compare=False, repr=False)
 
     def apply(self, event: Event, region: str) -> list[Event]:
         """The events ``event`` becomes; raises ``Rejected`` naming the field that failed."""
@@ -444,7 +442,6 @@ def compile_mapping(raw: Any, where: str, digest: str = "") -> Mapping:
         trait_drop=frozenset(spec.traits.drop),
         identifiers=tuple(identifiers),
         rows=spec.rows,
-        spec=raw,
     )
 
 

@@ -75,9 +75,9 @@ def env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def cdp_import(env: dict[str, str], path: Path, *extra: str) -> dict[str, Any]:
+def cdp_import(env: dict[str, str], path: Path) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "deploy", "import", str(path), "--source", POS.name, *extra],
+        [sys.executable, "-m", "deploy", "import", str(path), "--source", POS.name],
         env=env,
         capture_output=True,
         text=True,
@@ -96,9 +96,7 @@ def test_an_import_reports_reconciles_with_dead_letters_and_a_second_one_changes
     settings: Settings, env: dict[str, str], tmp_path: Path
 ) -> None:
     path = _sales(tmp_path / "sales.csv", 2500, bad_every=100)
-    # Rows taken in two processes, published in file order (the in-process path is the
-    # default, which the other tests use).
-    report = cdp_import(env, path, "--processes", "2")
+    report = cdp_import(env, path)
     assert (report["rows_read"], report["accepted"], report["rejected"]) == (2500, 2475, 25)
     assert report["rejected_by_reason"] == {"invalid_event": 25}
     assert report["complete"] and not report["already_imported"]
