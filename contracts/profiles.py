@@ -18,6 +18,19 @@ class ChannelActivity(BaseModel):
     events: int
 
 
+class TraitValue(BaseModel):
+    """One of the values channels reported for a trait."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: Any
+    #: The source that reported it last.
+    source: str
+    #: Events that reported it.
+    count: int
+    last_seen: datetime
+
+
 class Profile(BaseModel):
     """One customer (or account) as every channel together knows them."""
 
@@ -64,6 +77,9 @@ class Profile(BaseModel):
     consent: dict[str, bool] = Field(default_factory=dict)
     #: Ids of the catalog tags that hold for this profile (see ``GET /v1/tags``).
     tags: list[str] = Field(default_factory=list)
+    #: Traits channels disagree on: every value kept, most reported first (the trait's
+    #: value in ``traits`` is the one its policy chose).
+    conflicts: dict[str, list[TraitValue]] = Field(default_factory=dict)
 
 
 class ProfileChange(BaseModel):

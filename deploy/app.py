@@ -35,6 +35,7 @@ from ingest.cors import IngestCors
 from ingest.deadletters import DeadLetters
 from ingest.deadletters_api import READ, REDRIVE
 from ingest.deadletters_api import build_router as deadletters_router
+from ingest.import_api import build_router as imports_router
 from ingest.ratelimit import Limiter
 from ingest.redrive import Redriver
 from ingest.refusals import Refusals
@@ -43,6 +44,7 @@ from privacy.api import build_router as privacy_router
 from privacy.approvals import Approvals
 from privacy.audit import Audited, query_audit, record_changes
 from privacy.reveal import Revealer
+from privacy.seal import Sealer
 from privacy.subjects import Subjects
 from profiles.api import build_router as profiles_router
 from profiles.store import ProfileStore
@@ -76,7 +78,7 @@ Check = Callable[[], Awaitable[None]]
 CHECK_TIMEOUT_S = 3.0
 
 
-def _publisher(settings: Settings) -> Publisher:
+def kafka_publisher(settings: Settings) -> Publisher:
     k = settings.kafka
     return Publisher(
         k.bootstrap_servers,
@@ -87,9 +89,11 @@ def _publisher(settings: Settings) -> Publisher:
 
 
 def ingest_config(
-    settings: Settings, publisher: Publisher, privacy: Privacy | None, processes: int | None = None
+    settings: Settings, publisher: Publisher, sealer: Sealer | None, processes: int | None = None
 ) -> IngestConfig:
-    """Ingest's configuration: the sources known now, limits, topics, the sealer."""
+    """Ingest as configured (sources, limits, topics, the sealer, mappings): for the API's
+    routes, file imports and re-drives alike. Rate limits are shared by ``processes`` (the
+    API's processes unless given)."""
     share = settings.api.processes() if processes is None else processes
     return IngestConfig(
         registry=SourceRegistry(settings.ingest.all_sources()),
@@ -103,7 +107,8 @@ def ingest_config(
         ),
         limiter=Limiter(settings.ingest.rate_limits, share),
         refusals=Refusals(settings.ingest.refusal_letters, share),
-        sealer=privacy.sealer if privacy else None,
+        sealer=sealer,
+        mappings=settings.ingest.mapping_registry(),
     )
 
 
@@ -186,7 +191,7 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
     queries may open it; otherwise they need a ClickHouse server (``CDP_CLICKHOUSE__URL``).
     ``stop``: the process's stop; ``/healthz`` answers 503 once it began.
     """
-    publisher = _publisher(settings)
+    publisher = kafka_publisher(settings)
     redis_client = aioredis.from_url(settings.redis.url.get_secret_value())
     clickhouse: dict[str, Any] = {}
     url = settings.clickhouse.url.get_secret_value() if settings.clickhouse.url else None
@@ -257,8 +262,19 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
     )
     privacy = build_privacy(settings, redis_client, publisher)
     audited = Audited(audit_log(settings, publisher))
-    ingest = IngestEndpoints(ingest_config(settings, publisher, privacy))
+    ingest = IngestEndpoints(
+        ingest_config(settings, publisher, privacy.sealer if privacy else None)
+    )
     app.include_router(build_router(ingest))
+    app.include_router(
+        imports_router(
+            ingest,
+            redis_client,
+            settings.worker.namespace,
+            settings.ingest.import_dir,
+            settings.ingest.import_max_bytes,
+        )
+    )
     app.add_middleware(IngestCors, origins=settings.ingest.cors_origins)
     if settings.api.history_owner and not owns_history:
         # Routes that read the history (embedded ClickHouse) go to the process that owns it.

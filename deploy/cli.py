@@ -24,6 +24,7 @@ from deploy.deadletters_cli import register as register_deadletter_commands
 from deploy.demo import DEMO_CONSOLE_TOKEN, add_demo_task, demo_sources, demo_tokens
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
 from deploy.generator import CASHIER_EMAIL, generate
+from deploy.import_cli import register as register_import_command
 from deploy.keys_cli import register as register_key_commands
 from deploy.lifecycle import (
     EXIT_CONFIG,
@@ -53,6 +54,7 @@ from deploy.worker import (
 from deploy.worker import run as run_worker
 from identity.normalize import BadIdentifier
 from identity.store import IdentityStore
+from ingest.cli import sources as sources_group
 from ingest.sources import Source, hash_key, new_key
 from privacy.crypto import MasterKeyError, MasterKeys
 from profiles.api import explanation, opened
@@ -267,7 +269,9 @@ def run(
 
 
 def _check_keys(settings: Settings) -> None:
-    """Refuse to start when field encryption is on and its master keys cannot be read."""
+    """Refuse to start when field encryption is on and its master keys cannot be read, or
+    when a source mapping is invalid (before any process or port is taken)."""
+    settings.ingest.mapping_registry()
     if settings.privacy_enabled():
         try:
             privacy.wrapper(settings)
@@ -461,6 +465,33 @@ def profiles_get(
         raise click.ClickException("no such profile")
     _audited_read(settings, clear, "profile.read", found["profile_id"])
     _echo_json(found)
+
+
+@cli.command()
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def quality(settings: Settings, top: int, as_json: bool) -> None:
+    """Data quality: the traits and source pairs that disagree most, with counts."""
+
+    async def main() -> list[dict[str, Any]]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.redis.url.get_secret_value())
+        try:
+            store = ProfileStore(client, settings.profiles, settings.worker.namespace)
+            return await store.conflict_report(top)
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(main())
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        pair = " vs ".join(row["sources"])
+        click.echo(f"{row['trait']:24} {pair:40} {row['disagreements']:>8}")
+    click.echo(f"{len(rows)} trait and source pairs disagree", err=True)
 
 
 def _audited_read(settings: Settings, clear: bool, action: str, profile_id: str) -> None:
@@ -754,6 +785,8 @@ cli.add_command(tags_group)
 register_privacy_commands(cli)
 register_deadletter_commands(cli)
 cli.add_command(segments_group)
+cli.add_command(sources_group)
+register_import_command(cli)
 
 
 def main() -> None:

@@ -30,7 +30,9 @@ def _run(settings: Settings, job: Callable[[DeadLetters, Redriver], Awaitable[T]
         await publisher.start()
         try:
             sealing = privacy.build(settings, client, publisher)
-            config = ingest_config(settings, publisher, sealing, processes=1)
+            config = ingest_config(
+                settings, publisher, sealing.sealer if sealing else None, processes=1
+            )
             return await job(*dead_letters(settings, config, client, sealing))
         finally:
             await publisher.stop()

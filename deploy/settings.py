@@ -26,6 +26,8 @@ from contracts.topics import REGISTRY
 from identity.rules import IdentityRules
 from identity.store import RETRY_BUCKETS
 from ingest.limits import Limits, RateLimits, RefusalLetters
+from ingest.mapping import MappingError
+from ingest.mappings import MappingRegistry
 from ingest.sources import Source
 from profiles.fold import FoldRules
 from runtime.auth import Token
@@ -152,6 +154,14 @@ class IngestSettings(BaseModel):
     #: JSON file holding a list of sources; merged with ``sources``.
     sources_file: Path | None = None
     sources: list[Source] = Field(default_factory=list)
+    #: A directory of source mappings (``*.yaml``) or one mapping file (docs/sources.md);
+    #: re-read when a file changes, without a restart.
+    mappings: Path | None = None
+    #: Where ``POST /v1/imports`` keeps an uploaded file while it is imported (removed
+    #: after); the system's temporary directory when unset.
+    import_dir: Path | None = None
+    #: The largest file ``POST /v1/imports`` takes (``cdp import`` reads files of any size).
+    import_max_bytes: int = Field(default=10 * 1024**3, gt=0)
     limits: Limits = Limits()
     #: Region used to read phone numbers given without a country code.
     default_region: str = "CN"
@@ -190,6 +200,15 @@ class IngestSettings(BaseModel):
                     )
                     raise ConfigError(f"{where} at [{i}]: {why}") from None
         return [*self.sources, *loaded]
+
+    def mapping_registry(self) -> MappingRegistry | None:
+        """The source mappings, validated now (None when none are configured)."""
+        if self.mappings is None:
+            return None
+        try:
+            return MappingRegistry(self.mappings)
+        except MappingError as exc:
+            raise ConfigError(f"CDP_INGEST__MAPPINGS: {exc}") from None
 
 
 class WorkerSettings(BaseModel):

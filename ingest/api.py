@@ -25,6 +25,7 @@ from ingest.body import decode, parse_json, read_capped, too_large
 from ingest.client import ClientAddresses
 from ingest.exceptions import Rejected, Throttled
 from ingest.limits import Limits
+from ingest.mappings import MappingRegistry
 from ingest.ratelimit import Limiter
 from ingest.refusals import Kind, Refusals, refusal_letter, summary_letter
 from ingest.sources import Source, SourceRegistry, hash_key
@@ -59,6 +60,8 @@ class IngestConfig:
     #: With field encryption on: seals accepted events and dead letters before they are
     #: published (creating data keys, durably, first).
     sealer: Sealer | None = None
+    #: Each source's mapping into the platform's vocabulary (None: no source has one).
+    mappings: MappingRegistry | None = None
 
 
 async def records(
@@ -168,11 +171,36 @@ class IngestEndpoints:
             if ctx.source is None:
                 raise _unauthorized("writeKey")
 
+    def stamp(self, source: Source, received_at: datetime) -> take.Stamp:
+        """What ingest knows of a message besides itself: source, time, limits, mapping."""
+        mappings = self.config.mappings
+        return take.Stamp(
+            source,
+            received_at,
+            self.config.limits,
+            self.config.default_region,
+            mappings.for_source(source.name) if mappings is not None else None,
+        )
+
+    async def publish_intake(
+        self, result: take.Intake, source: Source, endpoint: str, request_id: str
+    ) -> None:
+        """Publish what was taken outside a request (a file import): the events and a dead
+        letter per rejection, sealed, acknowledged by Kafka before it returns
+        (``KafkaUnavailable``, or ``RedisError`` when data keys are unreachable)."""
+        ctx = _Request(
+            request_id=request_id,
+            endpoint=endpoint,
+            received_at=datetime.now(UTC),
+            parsed=True,
+            source=source,
+        )
+        letters = [self._dead_letter(ctx, r, p, r.status) for r, p in result.rejections]
+        await self.config.publisher.publish(await self._records(ctx, result.events, letters))
+
     def _intake(self, kind: str, ctx: _Request, call: EventType | None) -> take.Intake:
         assert ctx.source is not None
-        stamp = take.Stamp(
-            ctx.source, ctx.received_at, self.config.limits, self.config.default_region
-        )
+        stamp = self.stamp(ctx.source, ctx.received_at)
         if kind == "batch":
             return take.segment_batch(ctx.body, stamp)
         if kind == "native":
@@ -317,7 +345,7 @@ class IngestEndpoints:
             "success": status == 200,
             "request_id": ctx.request_id,
             "received": result.received,
-            "accepted": len(result.events),
+            "accepted": result.accepted,
             "rejected": len(result.rejections),
             "errors": [{k: v for k, v in e.items() if k != "request_id"} for e in errors],
         }
@@ -332,7 +360,7 @@ class IngestEndpoints:
         bound.info(
             "ingest.accepted",
             status=status,
-            accepted=len(result.events),
+            accepted=result.accepted,
             rejected=len(result.rejections),
         )
         return json_response(body, status_code=status)

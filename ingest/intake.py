@@ -13,6 +13,7 @@ from contracts.deadletter import DeadLetterReason
 from contracts.events import Event, EventType
 from ingest.exceptions import Rejected
 from ingest.limits import Limits
+from ingest.mapping import Mapping
 from ingest.native import from_native
 from ingest.segment import from_segment, parse_timestamp
 from ingest.sources import Source
@@ -28,6 +29,8 @@ class Stamp:
     received_at: datetime
     limits: Limits
     region: str
+    #: The source's mapping into the platform's vocabulary (None: taken as sent).
+    mapping: Mapping | None = None
 
 
 @dataclass
@@ -37,6 +40,11 @@ class Intake:
     received: int
     events: list[Event] = field(default_factory=list)
     rejections: list[tuple[Rejected, Any]] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        """Messages accepted (a mapping may have split one into several events)."""
+        return self.received - len(self.rejections)
 
     @property
     def status(self) -> int:
@@ -56,7 +64,20 @@ def _event_size_ok(msg: Any, limits: Limits) -> None:
         )
 
 
-def _collect(messages: list[Any], prefix: str | None, mapper: Mapper, limits: Limits) -> Intake:
+def _mapped(mapper: Mapper, stamp: Stamp) -> Callable[[Any], Event | list[Event]]:
+    """``mapper`` followed by the source's mapping, if it has one (else ``mapper`` itself)."""
+    mapping = stamp.mapping
+    if mapping is None:
+        return mapper
+    region = stamp.region
+    return lambda msg: mapping.apply(mapper(msg), region)
+
+
+def _collect(
+    messages: list[Any], prefix: str | None, mapper: Mapper, stamp: Stamp, first: int = 0
+) -> Intake:
+    limits = stamp.limits
+    take = _mapped(mapper, stamp)
     if len(messages) > limits.max_batch_events:
         raise Rejected(
             413,
@@ -68,9 +89,13 @@ def _collect(messages: list[Any], prefix: str | None, mapper: Mapper, limits: Li
     for index, msg in enumerate(messages):
         try:
             _event_size_ok(msg, limits)
-            intake.events.append(mapper(msg))
+            taken = take(msg)
+            if isinstance(taken, list):
+                intake.events.extend(taken)
+            else:
+                intake.events.append(taken)
         except Rejected as rejected:
-            placed = rejected.at(index, prefix) if prefix else rejected
+            placed = rejected.at(first + index, prefix) if prefix else rejected
             intake.rejections.append((placed, msg))
     return intake
 
@@ -119,9 +144,9 @@ def segment_batch(body: Any, stamp: Stamp) -> Intake:
 
     given = body.get("sentAt") if sent_at is not None else None
     if not isinstance(shared, dict) and given is None:
-        return _collect(body["batch"], "batch", mapper, stamp.limits)
+        return _collect(body["batch"], "batch", mapper, stamp)
     messages = [_apply_batch(msg, shared, given) for msg in body["batch"]]
-    return _collect(messages, "batch", mapper, stamp.limits)
+    return _collect(messages, "batch", mapper, stamp)
 
 
 def segment_single(body: Any, stamp: Stamp, call: EventType) -> Intake:
@@ -136,12 +161,11 @@ def segment_single(body: Any, stamp: Stamp, call: EventType) -> Intake:
             default_region=stamp.region,
         )
 
-    return _collect([body], None, mapper, stamp.limits)
+    return _collect([body], None, mapper, stamp)
 
 
 def native(body: Any, stamp: Stamp) -> Intake:
     """Take ``POST /v1/events``: one event, a JSON array, or ``{"events": [...]}``."""
-    limits = stamp.limits
 
     def mapper(msg: Any) -> Event:
         return from_native(
@@ -151,7 +175,23 @@ def native(body: Any, stamp: Stamp) -> Intake:
     if isinstance(body, dict) and "events" in body:
         if not isinstance(body["events"], list):
             raise Rejected(400, DeadLetterReason.INVALID_EVENT, "events must be an array", "events")
-        return _collect(body["events"], "events", mapper, limits)
+        return _collect(body["events"], "events", mapper, stamp)
     if isinstance(body, list):
-        return _collect(body, "events", mapper, limits)
-    return _collect([body], None, mapper, limits)
+        return _collect(body, "events", mapper, stamp)
+    return _collect([body], None, mapper, stamp)
+
+
+def rows(chunk: list[Any], stamp: Stamp, to_message: Callable[[Any], Any], first: int) -> Intake:
+    """Take rows of a file export (``row[first]`` onwards): each becomes a Segment message
+    (``to_message``) and is validated, mapped and limited as a batch's message is; a
+    rejection names the row and keeps the row as it was read."""
+
+    def mapper(row: Any) -> Event:
+        return from_segment(
+            to_message(row),
+            source=stamp.source,
+            received_at=stamp.received_at,
+            default_region=stamp.region,
+        )
+
+    return _collect(chunk, "row", mapper, stamp, first)

@@ -26,11 +26,21 @@ from ingest.sources import Source
 
 _DATETIME = TypeAdapter(datetime)
 _DOMAIN_TYPES = {t.value for t in EventType} - {t.value for t in SEGMENT_CALL_TYPES}
-#: Trait keys that carry identifiers, in Segment's spelling and common variants.
-_TRAIT_IDENTIFIERS = {
+#: Trait keys that carry identifiers, in Segment's spelling and common variants, and the
+#: platform's own identifier types under their own names (as Segment's custom identifiers):
+#: a mini-program's ``traits.wechat_openid`` is looked up as a ``wechat_openid``. A source
+#: mapping adds other fields (docs/sources.md).
+TRAIT_IDENTIFIERS: dict[str, str] = {
     "email": IdentifierType.EMAIL,
     "phone": IdentifierType.PHONE,
     "mobile": IdentifierType.PHONE,
+    "member_id": IdentifierType.MEMBER_ID,
+    "customer_id": IdentifierType.CUSTOMER_ID,
+    "wechat_openid": IdentifierType.WECHAT_OPENID,
+    "openid": IdentifierType.WECHAT_OPENID,
+    "wechat_unionid": IdentifierType.WECHAT_UNIONID,
+    "unionid": IdentifierType.WECHAT_UNIONID,
+    "platform_user_id": IdentifierType.PLATFORM_USER_ID,
 }
 MAX_ID_LENGTH = 256
 
@@ -108,6 +118,11 @@ def _call_type(msg: dict[str, Any], endpoint_type: EventType | None) -> EventTyp
     return EventType(raw)
 
 
+def _id_value(value: Any) -> bool:
+    """Whether a trait's value can be an identifier (a non-blank string or a number)."""
+    return not isinstance(value, bool) and isinstance(value, str | int) and bool(str(value).strip())
+
+
 def _external_ids(context: dict[str, JsonValue]) -> list[tuple[str, str]]:
     """Read Segment's ``context.externalIds`` ([{id, type}]) as (type, value) pairs."""
     raw = context.get("externalIds")
@@ -140,7 +155,7 @@ def _identifiers(
         pairs.append((source.user_id_type, user_id))
     anonymous_id = _id_string(msg, "anonymousId")
     if anonymous_id:
-        pairs.append((IdentifierType.ANONYMOUS_ID, anonymous_id))
+        pairs.append((source.anonymous_id_type, anonymous_id))
     if not pairs:
         raise Rejected(
             400,
@@ -148,9 +163,9 @@ def _identifiers(
             "one of userId or anonymousId is required",
             "userId",
         )
-    for key, trait_type in _TRAIT_IDENTIFIERS.items():
-        value = traits.get(key)
-        if isinstance(value, str | int) and str(value).strip():
+    for key, value in traits.items():
+        trait_type = TRAIT_IDENTIFIERS.get(key)
+        if trait_type is not None and _id_value(value):
             pairs.append((trait_type, str(value)))
     device = context.get("device")
     device_id = device.get("id") if isinstance(device, dict) else None

@@ -26,6 +26,9 @@ class Source(BaseModel):
     #: What Segment's ``userId`` means for this source (a POS sends member numbers,
     #: a web shop its customer ids).
     user_id_type: IdentifierTypeName = IdentifierType.CUSTOMER_ID
+    #: What Segment's ``anonymousId`` means for this source: a mini-program that sends the
+    #: WeChat openid there says ``wechat_openid``.
+    anonymous_id_type: IdentifierTypeName = IdentifierType.ANONYMOUS_ID
     key_sha256: Sha256Hex
     #: IANA time zone of the times this source sends without an offset (a POS or ERP that
     #: writes local wall-clock time, e.g. ``Asia/Shanghai``); None reads them as UTC.

@@ -201,4 +201,14 @@ def build_router(
         audit(token, request, "identity.explain", found["profile_id"])
         return await reveal(found, token)
 
+    @router.get(
+        "/v1/quality/conflicts",
+        summary="Data quality: the traits and source pairs that disagree most, with counts",
+    )
+    async def quality(
+        top: Annotated[int, Query(ge=1, le=1000)] = 20, token: Token = profile_reader
+    ) -> Any:
+        rows = await profiles.conflict_report(top)
+        return {"conflicts": rows, "count": len(rows)}
+
     return router

@@ -10,6 +10,7 @@
 -- encoding, and a read is one HGETALL). Its fields, by prefix:
 --   n:<x>  counters       lo:<x> minima      hi:<x> maxima       e:<x> sums of entries x
 --   t:<x>  trait JSON     r:<x>  trait rank  s:<set>:<member> 1  h:<entry>:<id> amount
+--   c:<x>  competing values of trait x (see candidates)
 --   _v     version, bumped by every change (tag evaluation checks it)
 --   _tg, _ord  tags (tagging/apply.lua)
 -- Other keys under the namespace:
@@ -68,6 +69,51 @@ local function trait(p, name, value, r)
   end
   return false
 end
+-- Competing values of a trait (FoldRules.conflict_traits): c:<name> = JSON {value: [source
+-- that last reported it, count, last seen ms]}, at most `cap` values (the least reported,
+-- then the oldest, leaves). "~": [1, cap] marks a most_frequent trait: its value is the most
+-- reported one. A value new beside another counts the (trait, source pair) disagreement in
+-- <ns>:quality:conflicts. Counts add, so merges fold them like the other fields.
+local CAP = 4
+local function candidates(p, name, add, cap, frequent)
+  local f = 'c:' .. name
+  local raw = redis.call('HGET', k('pf', p), f)
+  local c = raw and cjson.decode(raw) or {}
+  if add['~'] then frequent, cap = add['~'][1], add['~'][2]; add['~'] = nil end
+  if c['~'] then frequent, cap = 1, c['~'][2] end
+  for value, e in pairs(add) do
+    local cur = c[value]
+    if cur then
+      cur[2] = cur[2] + e[2]
+      if e[3] > cur[3] or (e[3] == cur[3] and e[1] > cur[1]) then cur[1], cur[3] = e[1], e[3] end
+    else
+      local n, low, lowv = 1, nil, nil
+      for v, x in pairs(c) do
+        if v ~= '~' then
+          n = n + 1
+          local a, b = x[1], e[1]
+          if a > b then a, b = b, a end
+          redis.call('HINCRBY', k('quality', 'conflicts'), name .. '|' .. a .. '|' .. b, 1)
+          if not low or x[2] < low[2] or (x[2] == low[2] and x[3] < low[3]) then low, lowv = x, v end
+        end
+      end
+      c[value] = {e[1], e[2], e[3]}
+      if n > (cap or CAP) and (low[2] < e[2] or (low[2] == e[2] and low[3] <= e[3])) then c[lowv] = nil
+      elseif n > (cap or CAP) then c[value] = nil end
+    end
+  end
+  if frequent == 1 then c['~'] = {1, cap or CAP} end
+  redis.call('HSET', k('pf', p), f, cjson.encode(c))
+  if frequent ~= 1 then return false end
+  local best, bv
+  for v, x in pairs(c) do
+    if v ~= '~' and (not best or x[2] > best[2] or (x[2] == best[2] and (x[3] > best[3]
+        or (x[3] == best[3] and v > bv)))) then best, bv = x, v end
+  end
+  -- Rank by count, then last seen (a count past 899 ranks as 899: exact in a double).
+  return trait(p, name, bv, math.min(best[2], 899) * 10000000000000 + best[3])
+end
+
 -- An entry (an order, a refund) counts once however often it is reported; reported with
 -- different amounts (a POS and an app disagreeing) it counts at the larger one, so the
 -- result does not depend on which report arrives, or is merged in, first.
@@ -132,6 +178,8 @@ local function merge(gone, into)
     elseif kind == 'r:' then
       local name = string.sub(f, 3)
       trait(into, name, values['t:' .. name], tonumber(v))
+    elseif kind == 'c:' then
+      candidates(into, string.sub(f, 3), cjson.decode(v), nil, 0)
     elseif kind == 's:' then
       local name, member = split(f)
       sadd(into, name, member)
@@ -183,6 +231,10 @@ local function apply(keyed, part, off, ops, merged)
       if entry(pid, op[2], op[3], op[4]) then mark(op[2]) end
     elseif kind == 'trait' then
       if trait(pid, op[2], op[3], op[4]) then mark('trait:' .. op[2]) end
+    elseif kind == 'cand' then
+      if candidates(pid, op[2], {[op[3]] = {op[4], 1, op[5]}}, op[6], op[7]) then
+        mark('trait:' .. op[2])
+      end
     end
   end
   bounds(pid, extremes)

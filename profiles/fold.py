@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.events import Event, EventType, ResolvedEvent
 
 Op = list[Any]
+#: How a trait's competing values resolve (docs/sources.md, "Trait conflicts").
+TraitPolicy = Literal["source_priority", "most_recent", "most_frequent", "first_seen"]
 
 #: The parts of the day orders are counted by (morning 6-12, afternoon 12-18, evening
 #: 18-24, night 0-6, local time).
@@ -55,6 +57,19 @@ class FoldRules(BaseModel):
 
     #: Time zone of the calendar facts (time of day, weekend, purchase month).
     timezone: str = "Asia/Shanghai"
+
+    #: How a trait's competing values resolve, per trait; ``source_priority`` (above, then
+    #: the later event) for any trait not named (docs/sources.md, "Trait conflicts").
+    trait_policies: dict[str, TraitPolicy] = Field(default_factory=dict)
+    #: Traits whose competing values the profile keeps (value, source, count, last seen),
+    #: besides every trait with a policy.
+    conflict_traits: frozenset[str] = frozenset({"age", "gender", "birthday", "city"})
+    #: Competing values kept per trait (the least reported leaves first).
+    conflict_values: int = Field(default=4, ge=2, le=16)
+
+    def tracks(self, name: str) -> bool:
+        """Whether the competing values of trait ``name`` are kept."""
+        return name in self.conflict_traits or name in self.trait_policies
 
     @property
     def zone(self) -> ZoneInfo:
@@ -118,6 +133,19 @@ def _cents(props: dict[str, Any]) -> int:
 def rank(priority: int, ms: int) -> int:
     """Order trait candidates: priority first, then event time (fits a double exactly)."""
     return priority * 10_000_000_000_000 + ms
+
+
+#: Past any event time in ms (the year 2286): ``first_seen`` ranks by ``EPOCH_END - ms``.
+EPOCH_END = 10_000_000_000_000
+
+
+def policy_rank(policy: str | None, priority: int, ms: int) -> int:
+    """A trait value's rank under ``policy`` (higher wins; most_frequent ranks in Redis)."""
+    if policy == "most_recent":
+        return ms
+    if policy == "first_seen":
+        return EPOCH_END - ms
+    return rank(priority, ms)
 
 
 def _trait(delta: Delta, name: str, value: Any, prio: int, ms: int) -> None:
@@ -187,10 +215,31 @@ def _points(delta: Delta, event: Event) -> None:
         delta.add("entry", f"points_{kind}", event.event_id, round(points))
 
 
-def _traits(delta: Delta, event: Event, prio: int, ms: int) -> None:
-    prefix = "account." if event.type == EventType.GROUP else ""
-    for name, value in event.traits.items():
-        _trait(delta, prefix + name, value, prio, ms)
+def _person_trait(delta: Delta, event: Event, name: str, value: Any, rules: FoldRules) -> None:
+    """A trait of the person, resolved by its policy, its competing values kept if tracked."""
+    ms, policy = _ms(event), rules.trait_policies.get(name)
+    if rules.tracks(name):
+        frequent = 1 if policy == "most_frequent" else 0
+        encoded = json.dumps(value, sort_keys=True)
+        delta.add("cand", name, encoded, event.source, ms, rules.conflict_values, frequent)
+        if frequent:
+            return
+    delta.add(
+        "trait",
+        name,
+        json.dumps(value, sort_keys=True),
+        policy_rank(policy, rules.priority(event), ms),
+    )
+
+
+def _traits(delta: Delta, event: Event, rules: FoldRules, prio: int, ms: int) -> None:
+    if event.type != EventType.GROUP and (rules.conflict_traits or rules.trait_policies):
+        for name, value in event.traits.items():
+            _person_trait(delta, event, name, value, rules)
+    else:
+        prefix = "account." if event.type == EventType.GROUP else ""
+        for name, value in event.traits.items():
+            _trait(delta, prefix + name, value, prio, ms)
     if event.type == EventType.GROUP and event.group_id:
         _trait(delta, "account.id", event.group_id, prio, ms)
     for purpose, granted in event.consent.items():
@@ -231,6 +280,6 @@ def fold(resolved: ResolvedEvent, rules: FoldRules) -> Delta:
     event = resolved.event
     ms, delta, prio = _ms(event), Delta(), rules.priority(event)
     _presence(delta, event, ms)
-    _traits(delta, event, prio, ms)
+    _traits(delta, event, rules, prio, ms)
     _domain(delta, event, rules, ms)
     return delta

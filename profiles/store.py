@@ -13,10 +13,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from contracts.events import ResolvedEvent
-from contracts.profiles import ChannelActivity, Profile, ProfileChange
+from contracts.profiles import ChannelActivity, Profile, ProfileChange, TraitValue
 from identity.aliases import survivor
 from identity.scripts import GRAPH, BatchScript, chunks
 from profiles.fold import PARTS_OF_DAY, FoldRules, fold
+from profiles.quality import conflict_report
 
 #: The sets a profile can hold (see profiles/fold.py).
 _SETS = (
@@ -35,6 +36,29 @@ _BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
 
 def _time(ms: Any) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+def conflicts(main: dict[str, str]) -> dict[str, list[TraitValue]]:
+    """The traits with more than one value kept (``c:<trait>``, see fold.lua), each value
+    with its source, count and last seen, most reported first."""
+    out: dict[str, list[TraitValue]] = {}
+    for field, raw in main.items():
+        if not field.startswith("c:"):
+            continue
+        values = [
+            TraitValue(
+                value=orjson.loads(v),
+                source=e[0],
+                count=e[1],
+                last_seen=datetime.fromtimestamp(int(e[2]) / 1000, UTC),
+            )
+            for v, e in orjson.loads(raw).items()
+            if v != "~"
+        ]
+        if len(values) > 1:
+            values.sort(key=lambda t: (-t.count, -t.last_seen.timestamp()))
+            out[field[2:]] = values
+    return out
 
 
 def nps_class(score: int | None) -> str | None:
@@ -152,6 +176,10 @@ class ProfileStore:
         """Forget the profiles ``take_changed`` returned: their snapshots are stored."""
         await self._redis.delete(f"{self._ns}:dirty:taking")
 
+    async def conflict_report(self, top: int = 20) -> list[dict[str, Any]]:
+        """The (trait, source pair) disagreements counted by the fold, most first."""
+        return await conflict_report(self._redis, self._ns, top)
+
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""
         return await survivor(self._redis, self._ns, profile_id)
@@ -200,7 +228,7 @@ class ProfileStore:
         members = {name: set(sets.get(name) or ()) for name in _SETS}
         chans, cats = members["channels"], members["categories"]
         orders, csat = counts.get("orders", 0), counts.get("csat", 0)
-        n = {k: int(v) for k, v in main.items() if not k.startswith("_")}
+        n = {k: int(v) for k, v in main.items() if not k.startswith(("_", "c:"))}
         t = {k: orjson.loads(v) for k, v in traits.items()}
         spend = n.get("e:orders", 0) / 100
         nps = t.get("nps_last")
@@ -261,4 +289,5 @@ class ProfileStore:
                 if k.startswith("consent.")
             },
             tags=tags,
+            conflicts=conflicts(main),
         )

@@ -90,7 +90,7 @@ def api_processes(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def workers() -> Iterator[list[WorkerProcess]]:
-    """`cdp worker` processes a test starts; any still running at its end is killed."""
+    """`cdp worker` processes a test starts (append them): killed at its end if still up."""
     started: list[WorkerProcess] = []
     yield started
     for w in started:

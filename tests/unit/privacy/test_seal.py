@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from identity.rules import IdentityRules
+from ingest.mapping import MAPPED_FROM, compile_mapping
 from ingest.segment import from_segment
 from ingest.sources import Source, hash_key
 from privacy.classification import Classification
-from privacy.crypto import DataKey, MasterKeys, is_blind, is_sealed, kid_of
+from privacy.crypto import DataKey, MasterKeys, envelope_kid, is_blind, is_sealed, kid_of
 from privacy.keystore import KeyStore
 from privacy.seal import Sealer
 from profiles.store import ProfileStore
@@ -112,3 +113,18 @@ def test_a_sealed_birthday_still_reads_its_month_for_birthday_rules() -> None:
     assert datetime.fromtimestamp(fact / 1000, UTC).strftime("%m-%d") == "06-30"
     sealed_only = profile.model_copy(update={"traits": {"birthday": "v1.abcdefghijkl.AAAA"}})
     assert "trait.birthday" not in profile_facts(sealed_only, declared)
+
+
+def test_what_a_mapped_channel_sent_is_sealed_whole_and_its_mapped_traits_by_name() -> None:
+    mapping = compile_mapping(
+        {"name": "pos", "sources": ["app"], "traits": {"rename": {"shouji": "phone"}}}, "inline"
+    )
+    msg = {"type": "identify", "userId": "M1", "traits": {"shouji": "13800138000", "age": 3}}
+    (mapped,) = mapping.apply(from_segment(msg, source=APP, received_at=NOW), "CN")
+    seal, keys, _ = sealer()
+    (event,) = asyncio.run(seal.seal([mapped]))
+    envelope = event.context[MAPPED_FROM]
+    assert is_sealed(envelope) and is_sealed(event.traits["phone"])
+    assert event.traits["age"] == 3
+    opened = keys.made[envelope_kid(envelope)].open(envelope)
+    assert opened["traits"] == {"shouji": "13800138000", "age": 3}

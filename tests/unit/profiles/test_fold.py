@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
-from profiles.fold import FoldRules, Op, fold, rank
+from profiles.fold import EPOCH_END, FoldRules, Op, fold, rank
 
 T = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 MS = int(T.timestamp()) * 1000
@@ -35,14 +35,18 @@ def event(
     )
 
 
-def ops(type: EventType | str = EventType.TRACK, **kw: Any) -> list[Op]:
+def ops(
+    type: EventType | str = EventType.TRACK, rules: FoldRules | None = None, **kw: Any
+) -> list[Op]:
     resolved = ResolvedEvent(event=event(type, **kw), profile_id="1", raw_partition=0, raw_offset=0)
-    return fold(resolved, RULES).ops
+    return fold(resolved, rules or RULES).ops
 
 
-def domain(type: EventType | str = EventType.TRACK, **kw: Any) -> list[Op]:
+def domain(
+    type: EventType | str = EventType.TRACK, rules: FoldRules | None = None, **kw: Any
+) -> list[Op]:
     """The ops beyond the presence ops every event gets."""
-    return ops(type, **kw)[7:]
+    return ops(type, rules, **kw)[7:]
 
 
 def presence(ch: str, ms: int = MS) -> list[Op]:
@@ -182,9 +186,34 @@ def test_identify_traits_become_trait_ops_ranked_by_priority_and_time() -> None:
     )
     assert found == [
         ["trait", "name", '"Li Wei"', rank(90, MS)],
+        ["cand", "age", "34", "crm-main", MS, 4, 0],  # a tracked trait: its values are kept
         ["trait", "age", "34", rank(90, MS)],
         ["trait", "tags", '{"a": [2], "b": 1}', rank(90, MS)],
     ]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("source_priority", ["trait", "age", "34", rank(90, MS)]),
+        ("most_recent", ["trait", "age", "34", MS]),
+        ("first_seen", ["trait", "age", "34", EPOCH_END - MS]),
+    ],
+)
+def test_a_trait_ranks_by_its_policy(policy: str, expected: list[object]) -> None:
+    rules = FoldRules(trait_policies={"age": policy})  # type: ignore[dict-item]
+    found = domain(
+        EventType.IDENTIFY, channel="crm", source="crm-main", traits={"age": 34}, rules=rules
+    )
+    assert found == [["cand", "age", "34", "crm-main", MS, 4, 0], expected]
+
+
+def test_a_most_frequent_trait_is_resolved_by_its_counts_in_redis() -> None:
+    rules = FoldRules(trait_policies={"age": "most_frequent"}, conflict_traits=frozenset())
+    found = domain(
+        EventType.IDENTIFY, channel="crm", source="crm-main", traits={"age": 34}, rules=rules
+    )
+    assert found == [["cand", "age", "34", "crm-main", MS, 4, 1]]
 
 
 @pytest.mark.parametrize(
