@@ -35,6 +35,7 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
+from deploy.metrics import serve_worker_metrics
 from deploy.privacy_cli import register as register_privacy_commands
 from deploy.serve import api_processes, attach_api, check_port_free, supervise
 from deploy.serve import serve as serve_api
@@ -258,6 +259,7 @@ def run(
     )
     if demo:
         add_demo_task(app, settings, base, exit_after_demo)
+    serve_worker_metrics(settings)
     run_worker(app, settings)
 
 
@@ -311,6 +313,7 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
     click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
     _wait_for_services(settings)
     app = build_app(settings, chosen, instance=settings.worker.instance_id)
+    serve_worker_metrics(settings)
     run_worker(app, settings)
 
 

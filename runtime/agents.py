@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from runtime import metrics
+
 
 def batch_agent(
     app: Any, deps: Any, topic: str, name: str, step: Callable[[list[Any]], Awaitable[None]]
@@ -19,6 +21,8 @@ def batch_agent(
 
     async def consume(stream: Any) -> None:
         async for batch in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            await step(list(batch))
+            events = list(batch)
+            with metrics.batch(name, len(events)):
+                await step(events)
 
     app.agent(source, name=name)(consume)

@@ -19,6 +19,7 @@ from contracts.identity import LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
 from contracts.topics import AUDIT, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
+from runtime import metrics
 from runtime.retry import until_done
 from runtime.undecodable import split
 from sinks.history import (
@@ -61,7 +62,13 @@ class History:
     async def write(self, batches: list[Batch]) -> None:
         """Insert batches in order."""
         for batch in batches:
-            await self.call(self.writer.write, batch)
+            began = time.perf_counter()
+            try:
+                await self.call(self.writer.write, batch)
+            except Exception:
+                metrics.CLICKHOUSE_ERRORS.labels("insert").inc()
+                raise
+            metrics.CLICKHOUSE_SECONDS.observe(time.perf_counter() - began)
 
     async def fresh(self, items: list[tuple[ResolvedEvent, int, int]]) -> list[Any]:
         """Drop events already stored (after a crash the last batch is read again)."""
@@ -132,14 +139,16 @@ def register(app: Any, deps: Any) -> None:
     @app.agent(topic(EVENTS_RESOLVED.name), name="history-events")
     async def events_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            items = [
-                (r, ev.message.partition, ev.message.offset)
-                for r, ev in _decode(ResolvedEvent, list(events))
-            ]
-            fresh = await erased.kept(await history.fresh(items), lambda i: i[0].profile_id)
-            await until_done(
-                "history.events", partial(history.write, event_batches(resolved_name, fresh))
-            )
+            with metrics.batch("history-events", len(events)):
+                items = [
+                    (r, ev.message.partition, ev.message.offset)
+                    for r, ev in _decode(ResolvedEvent, list(events))
+                ]
+                fresh = await erased.kept(await history.fresh(items), lambda i: i[0].profile_id)
+                await until_done(
+                    "history.events", partial(history.write, event_batches(resolved_name, fresh))
+                )
+                metrics.observe_freshness("history", [i[0].event.received_at for i in fresh])
 
     @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
     async def ledger_sink(stream: Any) -> None:
@@ -150,7 +159,10 @@ def register(app: Any, deps: Any) -> None:
                 lambda e: e.other_profile_id,
             )
             token = _token(IDENTITY_MERGES.name, list(events))
-            await until_done("history.ledger", partial(history.write, ledger_batch(entries, token)))
+            with metrics.batch("history-ledger", len(events)):
+                await until_done(
+                    "history.ledger", partial(history.write, ledger_batch(entries, token))
+                )
 
     @app.agent(topic(PROFILES_CHANGES.name), name="history-changes")
     async def changes_sink(stream: Any) -> None:
@@ -160,7 +172,8 @@ def register(app: Any, deps: Any) -> None:
             )
             token = _token(PROFILES_CHANGES.name, list(events))
             batches = [change_batch(changes, token), tag_batch(changes, token)]
-            await until_done("history.changes", partial(history.write, batches))
+            with metrics.batch("history-changes", len(events)):
+                await until_done("history.changes", partial(history.write, batches))
 
     async def snapshot() -> None:
         """Store the current state of every profile changed since the last snapshot.
