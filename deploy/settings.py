@@ -400,6 +400,25 @@ def _is_json(value: str) -> bool:
     return True
 
 
+def is_setting(name: str) -> bool:
+    """Whether ``CDP_...`` variable ``name`` sets a setting (deployment files are checked
+    with it: a misspelt variable would be silently ignored)."""
+    if not name.upper().startswith(PREFIX):
+        return False
+    annotation: Any = Settings
+    for part in name[len(PREFIX) :].lower().split(NESTING):
+        annotation = _unwrapped(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if part not in annotation.model_fields:
+                return False
+            annotation = annotation.model_fields[part].annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return False
+    return True
+
+
 def _parsed_as_json(name: str) -> bool:
     """Whether the setting ``name`` is a model, list or mapping (given as JSON)."""
     annotation: Any = Settings

@@ -2,10 +2,13 @@
 # Install everything the platform and its tests need on a Debian machine with Python 3.11:
 # Debian packages (redis-server, and Java 17 + Maven if missing), a virtualenv in .venv with
 # the package and its dev extras, and the Kafka broker's jars from Maven Central (~/.m2).
-# With --test, also Node (if missing) and the pinned browser SDK the tests run (npm).
+# With --test, also Node (if missing) and the pinned browser SDK the tests run (npm),
+# Prometheus and promtool (Debian's prometheus), and helm built from the Go module proxy
+# into ~/.cache/cdp/bin when missing (needs Go 1.24+; a few minutes on two cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=false
+HELM_VERSION=v3.18.6
 [ "${1:-}" = "--test" ] && tests=true
 
 need=()
@@ -15,6 +18,7 @@ command -v mvn >/dev/null || need+=(maven)
 if $tests; then
   command -v node >/dev/null || need+=(nodejs)
   command -v npm >/dev/null || need+=(npm)
+  command -v promtool >/dev/null || need+=(prometheus)
 fi
 if ((${#need[@]})); then
   sudo=""
@@ -38,4 +42,11 @@ echo "resolving the Kafka broker from Maven Central (jars cached in ~/.m2)"
 if $tests; then
   echo "installing the browser SDK the tests run (tests/sdk/browser, from npm)"
   npm ci --prefix tests/sdk/browser --no-audit --no-fund --loglevel=error
+  helm_bin="$HOME/.cache/cdp/bin"  # not XDG_CACHE_HOME: CI empties that, like ~/.m2 it stays
+  if ! command -v helm >/dev/null && [ ! -x "$helm_bin/helm" ]; then
+    command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
+    command -v go >/dev/null || { echo "helm is built with Go 1.24+: install Go first" >&2; exit 1; }
+    echo "building helm $HELM_VERSION from the Go module proxy into $helm_bin (a few minutes)"
+    GOFLAGS=-mod=mod GOBIN="$helm_bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  fi
 fi
