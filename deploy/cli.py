@@ -18,6 +18,7 @@ from contracts import schema
 from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
 from deploy import privacy
+from deploy import status as status_mod
 from deploy import topics as topics_mod
 from deploy.demo import add_demo_task, demo_sources
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
@@ -111,18 +112,25 @@ def down(settings: Settings) -> None:
 
 
 @cli.command()
+@click.option(
+    "--metrics",
+    "urls",
+    multiple=True,
+    help="A worker's metrics URL; repeat for several [default: this host's CDP_METRICS__PORT].",
+)
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between scrapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def status(settings: Settings, as_json: bool) -> None:
-    """Show the local services: address, health, log file. Exit 1 if any is not ready."""
-    info = LocalStack.from_settings(settings).status()
+def status(settings: Settings, urls: tuple[str, ...], interval: float, as_json: bool) -> None:
+    """Show Kafka, Redis and ClickHouse health, each stage's rate and freshness, and consumer
+    lag, on one screen. Exit 1 if a service does not answer."""
+    own = f"http://127.0.0.1:{settings.metrics.port}/metrics"
+    found = status_mod.collect(settings, list(urls) or [own], interval)
     if as_json:
-        _echo_json(info)
+        _echo_json(found.as_dict())
     else:
-        for name, item in info.items():
-            state = "ready" if item["ready"] else ("starting" if item["running"] else "down")
-            click.echo(f"  {name:10} {state:9} {item['address']}  log: {item['log']}")
-    sys.exit(0 if all(i["ready"] for i in info.values()) else 1)
+        click.echo(status_mod.render(found))
+    sys.exit(0 if all(h.ready for h in found.services) else 1)
 
 
 @cli.group()

@@ -33,6 +33,11 @@ log = structlog.get_logger()
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def own_groups(settings: Settings) -> str:
+    """The prefix of this deployment's consumer groups (a broker may hold others')."""
+    return f"{settings.kafka.topic_prefix}{settings.worker.app_id}-"
+
+
 class _ThisProcess(Collector):
     """The metrics counted in this process (no directory shared with others)."""
 
@@ -94,9 +99,7 @@ class State(Collector):
         return families
 
     def _groups(self) -> list[PartitionLag]:
-        # This deployment's groups only: a shared broker may hold other deployments' groups.
-        own = f"{self.settings.kafka.topic_prefix}{self.settings.worker.app_id}-"
-        return [r for r in consumer_lag(self.settings.kafka) if r.group.startswith(own)]
+        return consumer_lag(self.settings.kafka, prefix=own_groups(self.settings))
 
     @staticmethod
     def _lag(rows: list[PartitionLag]) -> GaugeMetricFamily:

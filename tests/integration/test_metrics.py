@@ -8,6 +8,8 @@ it; a feed goes through its API; Prometheus scrapes its worker port and its API'
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,39 @@ def test_a_feed_is_counted_end_to_end_and_prometheus_scrapes_lag_and_freshness(
     # The API's /metrics shows the same command's counts.
     run.until(f'sum(cdp_ingest_events_accepted_total{{job="{run.job}-api"}})', accepted)
     run.until(f'min(up{{job=~"{run.job}.*"}})', 1)
+
+
+def test_status_shows_health_rates_freshness_and_lag_of_a_running_pipeline(run: Run) -> None:
+    metrics = run.spawned.env["CDP_METRICS__PORT"]
+    env = {**run.spawned.env, "CDP_LOG_LEVEL": "warning"}
+    args = [
+        "status",
+        "--json",
+        "--interval",
+        "3",
+        "--metrics",
+        f"http://127.0.0.1:{metrics}/metrics",
+    ]
+    status = subprocess.Popen(
+        [sys.executable, "-m", "deploy", *args], env=env, stdout=subprocess.PIPE, text=True
+    )
+    n = 0
+    while status.poll() is None:  # orders keep flowing through the whole interval
+        r = run.post({"batch": [order("M-5", 1000 + n + i) for i in range(20)]})
+        assert r.status_code == 200, r.text
+        n += 20
+    out, _ = status.communicate()
+    assert status.returncode == 0, out
+    found = json.loads(out)
+    assert [(s["name"], s["ready"]) for s in found["services"]] == [
+        ("kafka", True), ("redis", True), ("clickhouse", True),
+    ]  # fmt: skip
+    assert found["rates"]["stream"] > 0
+    assert found["freshness"]["profile"]["events"] > 0
+    assert found["freshness"]["profile"]["p99"] is not None
+    ns = run.job.removeprefix("run-")
+    assert {f"{ns}.cdp-identity_profiles", f"{ns}.cdp-history"} <= set(found["lag"])
+    assert found["unreachable"] == []
 
 
 def test_the_shipped_alert_rules_load_and_evaluate_in_prometheus(
