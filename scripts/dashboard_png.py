@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -48,30 +49,33 @@ def render(base: str, minutes: float, out: Path, title: str | None = None) -> in
     """Draw every panel over the last ``minutes``; return how many series were drawn."""
     dashboard = json.loads(DASHBOARD.read_text())
     panels = dashboard["panels"]
-    end = time.time()
+    end = float(int(time.time()))
     start = end - minutes * 60
     step = max(minutes * 60 / 240, 1.0)
+    steps = [round(start + i * step, 3) for i in range(int((end - start) / step) + 1)]
     rows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(16, 3.2 * rows), squeeze=False)
     drawn = 0
     for ax, panel in zip(axes.flat, panels, strict=False):
         for target in panel["targets"]:
             for series in query_range(base, target["expr"], start, end, step):
-                points = [(float(t), float(v)) for t, v in series["values"]]
-                points = [(t, v) for t, v in points if v == v]  # NaN: no data in the window
-                if not points:
+                # Steps without a value stay gaps (NaN), not lines drawn across them.
+                values = {round(float(t), 3): float(v) for t, v in series["values"]}
+                if all(math.isnan(v) for v in values.values()):
                     continue
-                times = [datetime.fromtimestamp(t, UTC) for t, _ in points]
                 ax.plot(
-                    times,
-                    [v for _, v in points],
+                    [datetime.fromtimestamp(t, UTC) for t in steps],
+                    [values.get(t, math.nan) for t in steps],
                     label=legend(target["legendFormat"], series["metric"]),
                 )
                 drawn += 1
         unit = panel["fieldConfig"]["defaults"].get("unit", "")
         ax.set_title(panel["title"], fontsize=10, loc="left")
         ax.set_ylabel({"s": "seconds", "ops": "per second", "reqps": "per second"}.get(unit, ""))
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+        locator = mdates.AutoDateLocator(minticks=4, maxticks=8)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
