@@ -181,13 +181,16 @@ def test_a_feed_is_counted_end_to_end_and_prometheus_scrapes_lag_and_freshness(
 
 
 def test_status_shows_health_rates_freshness_and_lag_of_a_running_pipeline(run: Run) -> None:
+    # A warm pipeline: the stream processor has finished a batch before the status looks.
+    assert run.post({"batch": [order("M-5", 999)]}).status_code == 200
+    run.until('sum(cdp_freshness_seconds_count{JOB,stage="profile"})', 1)
     metrics = run.spawned.env["CDP_METRICS__PORT"]
     env = {**run.spawned.env, "CDP_LOG_LEVEL": "warning"}
     args = [
         "status",
         "--json",
         "--interval",
-        "3",
+        "5",
         "--metrics",
         f"http://127.0.0.1:{metrics}/metrics",
     ]
@@ -202,10 +205,11 @@ def test_status_shows_health_rates_freshness_and_lag_of_a_running_pipeline(run: 
     out, _ = status.communicate()
     assert status.returncode == 0, out
     found = json.loads(out)
+    assert found["unreachable"] == [], found
     assert [(s["name"], s["ready"]) for s in found["services"]] == [
         ("kafka", True), ("redis", True), ("clickhouse", True),
     ]  # fmt: skip
-    assert found["rates"]["stream"] > 0
+    assert found["rates"]["stream"] > 0, found
     assert found["freshness"]["profile"]["events"] > 0
     assert found["freshness"]["profile"]["p99"] is not None
     ns = run.job.removeprefix("run-")
