@@ -22,6 +22,7 @@ from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, SEGMENTS_MEMBERSHIP
 from deploy.forward import Forward
 from deploy.lag import consumer_lag, topic_ends
 from deploy.lifecycle import STOP, Stop
+from deploy.metrics import exposition
 from deploy.privacy import Privacy, erasures, stored_identifier
 from deploy.privacy import audit as audit_log
 from deploy.privacy import build as build_privacy
@@ -473,5 +474,10 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
         ok = all(r["ok"] for r in results.values())
         # Several processes serve one port: the pid says which one answered.
         return json_response({"ok": ok, "pid": os.getpid(), "checks": results}, 200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics of this API's processes")
+    async def metrics() -> Response:
+        body = await asyncio.to_thread(exposition)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

@@ -19,6 +19,7 @@ from contracts import schema
 from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
 from deploy import privacy
+from deploy import status as status_mod
 from deploy import topics as topics_mod
 from deploy.deadletters_cli import register as register_deadletter_commands
 from deploy.demo import DEMO_CONSOLE_TOKEN, add_demo_task, demo_sources, demo_tokens
@@ -38,6 +39,7 @@ from deploy.local.kafka import KAFKA_VERSION
 from deploy.local.process import LocalStackError
 from deploy.local.stack import LocalStack
 from deploy.logs import configure
+from deploy.metrics import serve_worker_metrics
 from deploy.privacy_cli import api_base, api_error
 from deploy.privacy_cli import register as register_privacy_commands
 from deploy.serve import api_processes, attach_api, check_port_free, supervise
@@ -115,18 +117,25 @@ def down(settings: Settings) -> None:
 
 
 @cli.command()
+@click.option(
+    "--metrics",
+    "urls",
+    multiple=True,
+    help="A worker's metrics URL; repeat for several [default: this host's CDP_METRICS__PORT].",
+)
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between scrapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def status(settings: Settings, as_json: bool) -> None:
-    """Show the local services: address, health, log file. Exit 1 if any is not ready."""
-    info = LocalStack.from_settings(settings).status()
+def status(settings: Settings, urls: tuple[str, ...], interval: float, as_json: bool) -> None:
+    """Show Kafka, Redis and ClickHouse health, each stage's rate and freshness, and consumer
+    lag, on one screen. Exit 1 if a service does not answer."""
+    own = f"http://127.0.0.1:{settings.metrics.port}/metrics"
+    found = status_mod.collect(settings, list(urls) or [own], interval)
     if as_json:
-        _echo_json(info)
+        _echo_json(found.as_dict())
     else:
-        for name, item in info.items():
-            state = "ready" if item["ready"] else ("starting" if item["running"] else "down")
-            click.echo(f"  {name:10} {state:9} {item['address']}  log: {item['log']}")
-    sys.exit(0 if all(i["ready"] for i in info.values()) else 1)
+        click.echo(status_mod.render(found))
+    sys.exit(0 if all(h.ready for h in found.services) else 1)
 
 
 @cli.group()
@@ -265,6 +274,7 @@ def run(
     if demo:
         click.echo(f"console on {base}/console  (demo sign-in token: {DEMO_CONSOLE_TOKEN})")
         add_demo_task(app, settings, base, exit_after_demo)
+    serve_worker_metrics(settings)
     run_worker(app, settings)
 
 
@@ -320,6 +330,7 @@ def worker(settings: Settings, roles: tuple[str, ...]) -> None:
     click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
     _wait_for_services(settings)
     app = build_app(settings, chosen, instance=settings.worker.instance_id)
+    serve_worker_metrics(settings)
     run_worker(app, settings)
 
 

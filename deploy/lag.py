@@ -43,11 +43,15 @@ def _committed(client: KafkaAdminClient, groups: list[str]) -> dict[str, dict[To
     }
 
 
-def consumer_lag(kafka: KafkaSettings, group: str | None = None) -> list[PartitionLag]:
-    """Return lag rows for ``group`` (or every consumer group), sorted."""
+def consumer_lag(
+    kafka: KafkaSettings, group: str | None = None, prefix: str = ""
+) -> list[PartitionLag]:
+    """Return lag rows for ``group`` (or every consumer group whose id starts with
+    ``prefix``), sorted."""
     client = admin(kafka)
     try:
-        groups = [group] if group else [g["group_id"] for g in client.list_groups()]
+        found = [g["group_id"] for g in client.list_groups()] if group is None else [group]
+        groups = [g for g in found if g.startswith(prefix)]
         committed = _committed(client, groups)
         partitions = {tp for offsets in committed.values() for tp in offsets}
         ends = client.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))

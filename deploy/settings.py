@@ -287,6 +287,18 @@ class LocalSettings(BaseModel):
     startup_timeout_s: float = 90.0
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics of the workers (the API serves them on its own port at ``/metrics``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Where ``cdp worker`` and ``cdp run`` serve their metrics (and consumer lag); 0: off.
+    port: int = Field(default=9108, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    #: How often a scrape re-reads consumer lag, profile and tag counts (cached in between).
+    state_interval_s: float = Field(default=10.0, ge=0)
+
+
 class PrivacySettings(BaseModel):
     """Field encryption: blind indexes and per-subject keys (docs/privacy.md)."""
 
@@ -332,6 +344,7 @@ class Settings(BaseSettings):
     tags: TagSettings = TagSettings()
     segments: SegmentSettings = SegmentSettings()
     privacy: PrivacySettings = PrivacySettings()
+    metrics: MetricsSettings = MetricsSettings()
     log_level: str = "info"
     log_json: bool = False
     #: How long ``cdp run``, ``cdp api`` and ``cdp worker`` may take to stop after
@@ -403,6 +416,25 @@ def _is_json(value: str) -> bool:
         json.loads(value)
     except ValueError:
         return False
+    return True
+
+
+def is_setting(name: str) -> bool:
+    """Whether ``CDP_...`` variable ``name`` sets a setting (deployment files are checked
+    with it: a misspelt variable would be silently ignored)."""
+    if not name.upper().startswith(PREFIX):
+        return False
+    annotation: Any = Settings
+    for part in name[len(PREFIX) :].lower().split(NESTING):
+        annotation = _unwrapped(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if part not in annotation.model_fields:
+                return False
+            annotation = annotation.model_fields[part].annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return False
     return True
 
 

@@ -12,6 +12,7 @@ from contracts.events import Event
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, EVENTS_RESOLVED, IDENTITY_MERGES
 from identity.store import Located, Outcome
 from runtime.agents import batch_agent
+from runtime.metrics import count_ledger
 from runtime.publisher import Record
 from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
@@ -53,6 +54,7 @@ class IdentityStep:
                 Record(self.ledger_topic, e.profile_id.encode(), e.model_dump_json().encode())
                 for e in o.ledger
             ]
+        count_ledger((e.decision, e.rule) for o in outcomes if o.kept for e in o.ledger)
         return batch, outcomes, records
 
     async def run(self, events: list[Any]) -> None:

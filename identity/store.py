@@ -322,3 +322,8 @@ class IdentityStore:
             moved += int(await self._upgrade(args=[self._ns, *pids]))
         await self._redis.set(flag, "1")
         return moved
+
+
+def profiles_created(client: Any, namespace: str) -> int:
+    """Profile ids ever created in ``namespace`` (resolve.lua's ``seq``; blocking client)."""
+    return int(client.get(f"{namespace}:seq") or 0)

@@ -7,7 +7,9 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +32,7 @@ from ingest.ratelimit import Limiter
 from ingest.refusals import Kind, Refusals, refusal_letter, summary_letter
 from ingest.sources import Source, SourceRegistry, hash_key
 from privacy.seal import Sealer
+from runtime import metrics
 from runtime.exceptions import KafkaUnavailable
 from runtime.publisher import Publisher, Record
 
@@ -241,6 +244,17 @@ class IngestEndpoints:
         ctx = _Request(
             request_id=uuid.uuid4().hex, endpoint=request.url.path, received_at=datetime.now(UTC)
         )
+        began = time.perf_counter()
+        response = await self._handle(request, kind, call, ctx)
+        # The route is one of the fixed ingest paths; the source a configured name.
+        source = ctx.source.name if ctx.source else "unknown"
+        metrics.INGEST_REQUESTS.labels(ctx.endpoint, response.status_code, source).inc()
+        metrics.INGEST_SECONDS.labels(ctx.endpoint).observe(time.perf_counter() - began)
+        return response
+
+    async def _handle(
+        self, request: Request, kind: str, call: EventType | None, ctx: _Request
+    ) -> Any:
         address = self.config.clients.of(
             request.client.host if request.client else None,
             request.headers.getlist("x-forwarded-for"),
@@ -286,6 +300,8 @@ class IngestEndpoints:
             if not await self._publish(ctx, [], [letter]):
                 return self._unavailable(ctx)
             bound.info("ingest.rejected", status=rejected.status, code=rejected.reason.value)
+        else:  # counted into a summary letter
+            metrics.EVENTS_REJECTED.labels(rejected.reason.value).inc()
         headers = (
             {"Retry-After": str(rejected.retry_after_s)}
             if isinstance(rejected, Throttled)
@@ -333,6 +349,7 @@ class IngestEndpoints:
             )
         except (KafkaUnavailable, RedisError):
             return False
+        metrics.count_dead_letters("ingest", [letter.reason.value for letter in letters])
         return True
 
     async def _answer(self, result: take.Intake, ctx: _Request, bound: Any) -> Any:
@@ -369,6 +386,14 @@ class IngestEndpoints:
         try:
             records = await self._records(ctx, events, letters)
             await self.config.publisher.publish(records)
+            if events:
+                source = ctx.source.name if ctx.source else "unknown"
+                metrics.EVENTS_ACCEPTED.labels(source).inc(len(events))
+            if letters:
+                reasons = [letter.reason.value for letter in letters]
+                metrics.count_dead_letters("ingest", reasons)
+                for reason, n in Counter(reasons).items():
+                    metrics.EVENTS_REJECTED.labels(reason).inc(n)
         except KafkaUnavailable:
             return False
         except RedisError as exc:  # data keys unreachable: nothing can be sealed

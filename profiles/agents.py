@@ -13,6 +13,7 @@ from contracts.profiles import ProfileChange
 from contracts.topics import EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
 from profiles.store import Applied
 from runtime.agents import batch_agent
+from runtime.metrics import observe_freshness
 from runtime.publisher import Record
 from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
@@ -118,6 +119,7 @@ class ProfileStep:
         batch, bad = decode(events)
         out = await self.records(batch, bad, datetime.now(UTC))
         await until_done("profiles.publish", partial(self.deps.publisher.publish, out))
+        observe_freshness("profile", [r.event.received_at for r in batch])
         await until_done("profiles.settle", partial(self.deps.profiles.settle, batch))
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from runtime import metrics
+
 log = structlog.get_logger()
 
 #: The exit code of a process that failed while running (deploy/lifecycle.py's EXIT_FAILED).
@@ -50,7 +52,8 @@ def batch_agent(
 
     async def consume(stream: Any) -> None:
         async for batch in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            with fatal(name):
-                await step(list(batch))
+            events = list(batch)
+            with fatal(name), metrics.batch(name, len(events)):
+                await step(events)
 
     app.agent(source, name=name)(consume)

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from runtime.exceptions import KafkaUnavailable
+from runtime.metrics import PUBLISH_FAILURES, PUBLISH_SECONDS, RECORDS_PUBLISHED
 
 log = structlog.get_logger()
 
@@ -119,17 +122,23 @@ class Publisher:
         if not records:
             return
         producer = self._ensure()
+        began = time.perf_counter()
         delivery = _Delivery(asyncio.get_running_loop(), len(records))
         for r in records:
             await self._produce(producer, r, delivery)
         try:
             error = await asyncio.wait_for(asyncio.shield(delivery.future), self._publish_timeout)
         except TimeoutError as exc:
+            PUBLISH_FAILURES.inc()
             log.warning("kafka.publish_failed", records=len(records), error="timeout")
             raise KafkaUnavailable("Kafka did not acknowledge the events in time") from exc
         if error is not None:
+            PUBLISH_FAILURES.inc()
             log.warning("kafka.publish_failed", records=len(records), error=str(error))
             raise KafkaUnavailable(f"Kafka did not acknowledge the events: {error.str()}")
+        PUBLISH_SECONDS.observe(time.perf_counter() - began)
+        for topic, n in Counter(r.topic for r in records).items():
+            RECORDS_PUBLISHED.labels(topic).inc(n)
 
     @staticmethod
     async def _produce(producer: Producer, record: Record, delivery: _Delivery) -> None:

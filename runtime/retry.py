@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -13,6 +14,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.exceptions import KafkaUnavailable, StoreUnavailable
+from runtime.metrics import CALL_ERRORS, CALL_SECONDS, service_of
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -49,16 +51,26 @@ def transient(exc: BaseException) -> bool:
 
 
 async def until_done(what: str, step: Callable[[], Awaitable[T]], max_wait_s: float = 30) -> T:
-    """Run ``step`` until it succeeds, backing off on transient failures."""
+    """Run ``step`` until it succeeds, backing off on transient failures.
+
+    Each attempt is timed (``cdp_call_duration_seconds``) and each failure counted
+    (``cdp_call_errors_total``) under ``what``, the call's name.
+    """
     delay = 0.2
+    service = service_of(what)
     while True:
+        began = time.perf_counter()
         try:
-            return await step()
+            result = await step()
         except RETRIED as exc:
             if not transient(exc):
                 raise
+            CALL_ERRORS.labels(what, service, type(exc).__name__).inc()
             # The cause in words (a full disk, a refused connection): what an operator acts on.
             cause = f"{type(exc).__name__}: {exc}"
             log.warning("processor.retry", step=what, error=cause, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_wait_s)
+        else:
+            CALL_SECONDS.labels(what, service).observe(time.perf_counter() - began)
+            return result

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from contracts.deadletter import DeadLetter, DeadLetterReason
+from runtime.metrics import count_dead_letters
 from runtime.publisher import Record
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,6 +29,7 @@ def split(model: type[M], events: list[Any]) -> tuple[list[tuple[M, Any]], list[
 def dead_letters(events: list[Any], processor: str, topic: str) -> list[Record]:
     """Return dead-letter records for faust events whose value did not decode."""
     records = []
+    count_dead_letters(processor, [DeadLetterReason.UNDECODABLE.value] * len(events))
     for ev in events:
         msg = ev.message
         raw = msg.value if isinstance(msg.value, bytes) else bytes(str(msg.value), "utf-8")

@@ -3,11 +3,14 @@
 # Debian packages (redis-server, and Java 17 + Maven if missing), a virtualenv in .venv with
 # the package and its dev extras, the Kafka broker's jars from Maven Central (~/.m2), and the
 # console's pinned chart assets (npm, into console/vendor: the console never loads a CDN).
-# With --test, also the pinned browser SDK the tests run (npm) and Debian's Chromium (with a
-# CJK font) that the console's browser tests drive through Playwright.
+# With --test, also the pinned browser SDK the tests run (npm), Debian's Chromium (with a
+# CJK font) that the console's browser tests drive through Playwright, Prometheus and
+# promtool (Debian's prometheus), and helm built from the Go module proxy into
+# ~/.cache/cdp/bin when missing (needs Go 1.24+; a few minutes on two cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests=false
+HELM_VERSION=v3.18.6
 [ "${1:-}" = "--test" ] && tests=true
 
 need=()
@@ -19,6 +22,7 @@ command -v npm >/dev/null || need+=(npm)
 if $tests; then
   command -v chromium >/dev/null || need+=(chromium)
   fc-list 2>/dev/null | grep -qi "wqy\|noto sans cjk" || need+=(fonts-wqy-zenhei)
+  command -v promtool >/dev/null || need+=(prometheus)
 fi
 if ((${#need[@]})); then
   sudo=""
@@ -45,4 +49,11 @@ npm ci --prefix console/vendor --no-audit --no-fund --loglevel=error
 if $tests; then
   echo "installing the browser SDK the tests run (tests/sdk/browser, from npm)"
   npm ci --prefix tests/sdk/browser --no-audit --no-fund --loglevel=error
+  helm_bin="$HOME/.cache/cdp/bin"  # not XDG_CACHE_HOME: CI empties that, like ~/.m2 it stays
+  if ! command -v helm >/dev/null && [ ! -x "$helm_bin/helm" ]; then
+    command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
+    command -v go >/dev/null || { echo "helm is built with Go 1.24+: install Go first" >&2; exit 1; }
+    echo "building helm $HELM_VERSION from the Go module proxy into $helm_bin (a few minutes)"
+    GOFLAGS=-mod=mod GOBIN="$helm_bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  fi
 fi

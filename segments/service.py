@@ -26,6 +26,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from contracts.profiles import Profile
 from contracts.segments import SegmentDefinition, is_live
 from profiles.store import ProfileStore
+from runtime.metrics import SEGMENT_SECONDS
 from segments.live import LiveIndex, segment_program
 from segments.sql import Compiler, Query, check_field
 from sinks.history import PROFILE_COLUMNS
@@ -175,10 +176,12 @@ class Segments:
         """Exact member count and where it came from."""
         if is_live(seg.definition):
             await self._bind()
-            n = await self._live.count(self.live_program(seg, enforce_consent))
+            with SEGMENT_SECONDS.labels("count", "tags").time():
+                n = await self._live.count(self.live_program(seg, enforce_consent))
             return {"count": n, "source": "tags"}
         q = self.compiler.count(seg, datetime.now(UTC), enforce_consent)
-        rows = await self._query(q)
+        with SEGMENT_SECONDS.labels("count", "history").time():
+            rows = await self._query(q)
         return {"count": int(rows[0][0]), "source": "history"}
 
     async def preview(
@@ -194,11 +197,13 @@ class Segments:
         if is_live(seg.definition):
             await self._bind()
             prog = self.live_program(seg, enforce_consent)
-            ids = [pid async for chunk in self._live.members(prog, limit) for pid in chunk]
-            rows = await self._profile_rows(ids, fields)
+            with SEGMENT_SECONDS.labels("preview", "tags").time():
+                ids = [pid async for chunk in self._live.members(prog, limit) for pid in chunk]
+                rows = await self._profile_rows(ids, fields)
         else:
             q = self.compiler.members(seg, datetime.now(UTC), fields, enforce_consent, limit)
-            rows = [self._row(fields, r) for r in await self._query(q)]
+            with SEGMENT_SECONDS.labels("preview", "history").time():
+                rows = [self._row(fields, r) for r in await self._query(q)]
         return await self._opened(rows, clear)
 
     async def _opened(self, rows: list[dict[str, Any]], clear: bool) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from contracts.identity import LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
 from contracts.topics import AUDIT, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
+from runtime import metrics
 from runtime.agents import fatal
 from runtime.retry import until_done
 from runtime.undecodable import split
@@ -62,7 +63,13 @@ class History:
     async def write(self, batches: list[Batch]) -> None:
         """Insert batches in order."""
         for batch in batches:
-            await self.call(self.writer.write, batch)
+            began = time.perf_counter()
+            try:
+                await self.call(self.writer.write, batch)
+            except Exception:
+                metrics.CLICKHOUSE_ERRORS.labels("insert").inc()
+                raise
+            metrics.CLICKHOUSE_SECONDS.observe(time.perf_counter() - began)
 
     async def fresh(self, items: list[tuple[ResolvedEvent, int, int]]) -> list[Any]:
         """Drop events already stored (after a crash the last batch is read again)."""
@@ -138,7 +145,7 @@ def register(app: Any, deps: Any) -> None:
     @app.agent(topic(EVENTS_RESOLVED.name), name="history-events")
     async def events_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            with fatal("history-events"):
+            with fatal("history-events"), metrics.batch("history-events", len(events)):
                 items = [
                     (r, ev.message.partition, ev.message.offset)
                     for r, ev in _decode(ResolvedEvent, list(events))
@@ -147,6 +154,7 @@ def register(app: Any, deps: Any) -> None:
                 await until_done(
                     "history.events", partial(history.write, event_batches(resolved_name, fresh))
                 )
+                metrics.observe_freshness("history", [i[0].event.received_at for i in fresh])
 
     @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
     async def ledger_sink(stream: Any) -> None:
@@ -158,6 +166,7 @@ def register(app: Any, deps: Any) -> None:
                     lambda e: e.other_profile_id,
                 )
                 token = _token(IDENTITY_MERGES.name, list(events))
+            with fatal("history-ledger"), metrics.batch("history-ledger", len(events)):
                 await until_done(
                     "history.ledger", partial(history.write, ledger_batch(entries, token))
                 )
@@ -171,6 +180,7 @@ def register(app: Any, deps: Any) -> None:
                 )
                 token = _token(PROFILES_CHANGES.name, list(events))
                 batches = [change_batch(changes, token), tag_batch(changes, token)]
+            with fatal("history-changes"), metrics.batch("history-changes", len(events)):
                 await until_done("history.changes", partial(history.write, batches))
 
     async def snapshot() -> None:

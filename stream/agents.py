@@ -20,6 +20,7 @@ from contracts.topics import EVENTS_RAW
 from identity.agents import IdentityStep
 from profiles.agents import ProfileStep
 from runtime.agents import batch_agent
+from runtime.metrics import observe_freshness
 from runtime.retry import until_done
 
 
@@ -39,6 +40,7 @@ class StreamStep:
         records += await self.profiles.records(resolved, [], now)
         deps = self.deps
         await until_done("stream.publish", partial(deps.publisher.publish, records))
+        observe_freshness("profile", [r.event.received_at for r in resolved])
         await until_done("identity.settle", partial(deps.identity.settle, batch))
         await until_done("profiles.settle", partial(deps.profiles.settle, resolved))
 

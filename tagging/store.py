@@ -417,3 +417,13 @@ class TagStore:
         await self.mark_backfilled(tags)
         await self._redis.hset(key, mapping={"state": "done", "seen": seen, "changed": changed})
         return seen, changed
+
+
+def tag_counts(client: redis.Redis, namespace: str) -> dict[str, int]:
+    """Profiles holding each bound tag now, by tag id (blocking; one BITCOUNT per tag)."""
+    stored = client.hgetall(f"{namespace}:tags:ord")
+    ordinals = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in stored.items()}
+    pipe = client.pipeline(transaction=False)
+    for ordinal in ordinals.values():
+        pipe.bitcount(f"{namespace}:tag:{ordinal}")
+    return dict(zip(ordinals, map(int, pipe.execute()), strict=True))

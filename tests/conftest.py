@@ -21,6 +21,7 @@ from deploy.settings import (
     WorkerSettings,
 )
 from tests.support.keys import known_sources, known_tokens
+from tests.support.prometheus import PrometheusServer
 from tests.support.server import running_api, running_api_processes
 from tests.support.services import Services, real_services
 from tests.support.worker import WorkerProcess
@@ -38,6 +39,17 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """Real services for the whole session (started here when not given)."""
     with real_services(tmp_path_factory.mktemp("services")) as found:
         yield found
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus for the session, with the shipped alert rules; tests add targets."""
+    rules = Path(__file__).parents[1] / "deploy" / "prometheus" / "alerts.yml"
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), rules).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -52,6 +52,10 @@ def test_up_status_down_manage_only_our_services(tmp_path: Path) -> None:
         "CDP_LOCAL__KAFKA_CONTROLLER_PORT": str(controller),
         "CDP_LOCAL__REDIS_PORT": str(redis),
         "CDP_LOCAL__KAFKA_HEAP": "256m",
+        # `cdp status` checks the services where the settings say they are.
+        "CDP_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka}",
+        "CDP_REDIS__URL": f"redis://127.0.0.1:{redis}/0",
+        "CDP_METRICS__PORT": str(free_port()),
     }
     try:
         assert cdp(env, "status").returncode == 1
