@@ -1,6 +1,12 @@
 # The platform image: one image, every process (`cdp api`, `cdp worker --role ...`, `cdp run`).
 # Multi-stage: build the wheel and its dependencies in a full image, run in a slim one as a
 # non-root user. docs/operations.md says what was checked here (no Docker engine was available).
+FROM node:22-bookworm-slim AS assets
+# The console's chart and YAML libraries, pinned by its lock file (served by the API, never a CDN).
+WORKDIR /assets
+COPY console/vendor/package.json console/vendor/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 RUN python -m venv /opt/cdp
@@ -15,6 +21,8 @@ COPY segments segments
 COPY sinks sinks
 COPY stream stream
 COPY privacy privacy
+COPY console console
+COPY --from=assets /assets/node_modules console/vendor/node_modules
 COPY deploy deploy
 RUN /opt/cdp/bin/pip install --no-cache-dir --disable-pip-version-check .
 
