@@ -16,7 +16,7 @@ import click
 from pydantic import ValidationError
 
 from contracts import schema
-from contracts.topics import EVENTS_RAW, REGISTRY
+from contracts.topics import EVENTS_RAW, EVENTS_RESOLVED, REGISTRY
 from deploy import lag as lag_mod
 from deploy import privacy
 from deploy import status as status_mod
@@ -211,12 +211,19 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
         seconds = push(base, feed)
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(f"{exc} (is `cdp run --demo` running?)") from exc
-    group = group_id(settings, sorted(ROLES))
-    wait_processed(settings, group)
+    raw, resolved = (settings.kafka.topic(t.name) for t in (EVENTS_RAW, EVENTS_RESOLVED))
+    layouts = [
+        {group_id(settings, STREAM_ROLES): [raw], group_id(settings, ["history"]): [resolved]},
+        {group_id(settings, sorted(ROLES)): [raw, resolved]},
+    ]
+    try:
+        groups = wait_processed(settings, layouts)
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
     blinding = privacy.blinding(settings) if settings.privacy_enabled() else None
     stored = blinding.stored_key if blinding else None
     try:
-        click.echo(render(measure(settings, feed, group, seconds, stored)))
+        click.echo(render(measure(settings, feed, groups, seconds, stored)))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -74,11 +74,27 @@ def push(base_url: str, feed: Feed, concurrency: int = 4) -> float:
     return time.perf_counter() - started
 
 
-def wait_processed(settings: Settings, group: str, timeout_s: float = 600) -> None:
-    """Wait until the processors' group has consumed everything on the event topics."""
-    topics = [settings.kafka.topic(t) for t in ("cdp.events.raw", "cdp.events.resolved")]
+def wait_processed(
+    settings: Settings, layouts: list[dict[str, list[str]]], timeout_s: float = 600
+) -> list[str]:
+    """Wait until the processors have consumed everything on the event topics; return their
+    groups.
+
+    ``layouts`` are the ways the processors may be deployed, each as consumer group -> the
+    topics it reads (``cdp run``: a stream group on the raw topic and a history group on the
+    rest; ``cdp worker`` with every role: one group). The one whose groups have caught up is
+    the one running: a group nobody runs never has (every partition it never read counts).
+    """
     deadline = time.monotonic() + timeout_s
-    while total_lag(settings.kafka, group, topics) and time.monotonic() < deadline:
+    while True:
+        for layout in layouts:
+            if not any(total_lag(settings.kafka, g, ts) for g, ts in layout.items()):
+                return list(layout)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"the processors did not consume the feed within {timeout_s:.0f} s "
+                f"(consumer groups looked at: {sorted(g for lay in layouts for g in lay)})"
+            )
         time.sleep(1)
 
 
@@ -132,7 +148,7 @@ def tag_counts(settings: Settings, tags: tuple[str, ...] = HEADLINE_TAGS) -> dic
 def measure(
     settings: Settings,
     feed: Feed,
-    group: str,
+    groups: str | list[str],
     seconds: float,
     stored: Callable[[str], str] | None = None,
 ) -> DemoResult:
@@ -175,7 +191,13 @@ def measure(
         linkable_recall=linkable_recall,
         decisions=decisions,
         junk_merges=junk_merges,
-        lag=render_table(consumer_lag(settings.kafka, group)),
+        lag=render_table(
+            [
+                row
+                for g in ([groups] if isinstance(groups, str) else groups)
+                for row in consumer_lag(settings.kafka, g)
+            ]
+        ),
         tag_counts=tag_counts(settings) if settings.tags.enabled else {},
     )
 
