@@ -32,6 +32,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
+import structlog
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -200,6 +201,30 @@ def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
         time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
 
+#: The first Redis that never refuses a script's write once the script has written (a full
+#: disk or maxmemory is checked before its first write only): before it, such a refusal can
+#: cut a script in half, and a Lua script is not rolled back. Valkey (every release) is a fork
+#: of Redis 7.2.
+SCRIPTS_WHOLE_SINCE = (7, 2)
+
+
+def _warn_if_scripts_can_be_cut(client: redis.Redis, where: str) -> None:
+    """Log a warning when the server is a Redis older than ``SCRIPTS_WHOLE_SINCE``."""
+    info = client.info("server")
+    if "valkey_version" in info:
+        return
+    version = str(info.get("redis_version", "0"))
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < SCRIPTS_WHOLE_SINCE:
+        structlog.get_logger().warning(
+            "redis.scripts_can_be_cut",
+            version=version,
+            at=where,
+            why="a full disk or maxmemory can refuse a write in the middle of a script, "
+            "leaving a batch half applied",
+            do="use Redis 7.2 or later, or Valkey (docs/operations.md, Redis's disk full)",
+        )
+
+
 def wait_for_redis(url: str, timeout_s: float) -> None:
     """Return once Redis answers PING; ``StartError`` after ``timeout_s``."""
     parts = urlsplit(url)
@@ -210,6 +235,7 @@ def wait_for_redis(url: str, timeout_s: float) -> None:
         while True:
             try:
                 client.ping()
+                _warn_if_scripts_can_be_cut(client, where)
                 return
             except redis.RedisError as exc:
                 error = str(exc)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the platform and its tests need on a Debian machine with Python 3.11:
-# Debian packages (redis-server, and Java 17 + Maven if missing), a virtualenv in .venv with
+# Debian packages (Valkey, from bookworm-backports on Debian 12, else redis-server; Java 17 and
+# Maven if missing), a virtualenv in .venv with
 # the package and its dev extras, the Kafka broker's jars from Maven Central (~/.m2), and the
 # console's pinned chart assets (npm, into console/vendor: the console never loads a CDN).
 # With --test, also the pinned browser SDK the tests run (npm), Debian's Chromium (with a
@@ -13,8 +14,9 @@ tests=false
 HELM_VERSION=v3.18.6
 [ "${1:-}" = "--test" ] && tests=true
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 need=()
-command -v redis-server >/dev/null || need+=(redis-server)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v node >/dev/null || need+=(nodejs)
@@ -25,11 +27,33 @@ if $tests; then
   command -v promtool >/dev/null || need+=(prometheus)
 fi
 if ((${#need[@]})); then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing Debian packages: ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The local Redis-protocol server: Valkey, which never refuses a script's write once the
+# script has written (deploy/local/redis.py). Debian 12 has it in bookworm-backports only
+# (packages there are installed only when asked for by suite); redis-server where it is not.
+if ! command -v valkey-server >/dev/null; then
+  codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+  suite=()
+  if [ "$codename" = bookworm ]; then
+    suite=(-t bookworm-backports)
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d; then
+      printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" \
+        "Suites: bookworm-backports" "Components: main" \
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" |
+        $sudo tee /etc/apt/sources.list.d/debian-backports.sources >/dev/null
+    fi
+  fi
+  echo "installing Valkey (valkey-server) ${suite[*]}"
+  $sudo apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${suite[@]}" valkey-server >/dev/null; then
+    command -v redis-server >/dev/null ||
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+    echo "Valkey could not be installed: using redis-server (see docs/operations.md, \"Redis's disk full\")" >&2
+  fi
 fi
 
 python=${PYTHON:-python3.11}

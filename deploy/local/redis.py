@@ -1,4 +1,10 @@
-"""A Redis server from Debian's ``redis-server`` package, AOF everysec, on loopback."""
+"""A local Redis-protocol server, AOF everysec, on loopback: Valkey (Debian's
+``valkey-server``, from bookworm-backports on Debian 12) when installed, else ``redis-server``.
+
+Valkey first because, like Redis 7.2 and later, it never refuses a script's write once the
+script has written: Redis 7.0 (Debian 12's ``redis-server``) can refuse one in the middle of
+a script when its disk fills up, and a Lua script is not rolled back.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,13 @@ import redis
 from deploy.local.kafka import port_open
 from deploy.local.process import LocalStackError, Owned, wait_until
 
+#: Server binaries, in order of preference.
+SERVERS = ("valkey-server", "redis-server")
+
 
 @dataclass(frozen=True)
 class RedisServer:
-    """One redis-server whose data, AOF and log live under ``home``."""
+    """One local server (``SERVERS``) whose data, AOF and log live under ``home``."""
 
     home: Path
     port: int
@@ -41,9 +50,11 @@ class RedisServer:
         """Start unless ours already runs; wait for PING. Return whether it was started."""
         if self.running():
             return False
-        binary = shutil.which("redis-server")
+        binary = next(filter(None, map(shutil.which, SERVERS)), None)
         if binary is None:
-            raise LocalStackError("redis-server not found: apt-get install redis-server")
+            raise LocalStackError(
+                "neither valkey-server nor redis-server found: run scripts/install.sh"
+            )
         if port_open(self.port):
             raise LocalStackError(f"port {self.port} is taken by another process, not our Redis")
         self.home.mkdir(parents=True, exist_ok=True)
