@@ -208,7 +208,7 @@ def wait_for_kafka(bootstrap: str, timeout_s: float) -> None:
 SCRIPTS_WHOLE_SINCE = (7, 2)
 
 
-def _warn_if_scripts_can_be_cut(client: redis.Redis, where: str) -> None:
+def warn_if_scripts_can_be_cut(client: redis.Redis, where: str) -> None:
     """Log a warning when the server is a Redis older than ``SCRIPTS_WHOLE_SINCE``."""
     info = client.info("server")
     if "valkey_version" in info:
@@ -235,7 +235,7 @@ def wait_for_redis(url: str, timeout_s: float) -> None:
         while True:
             try:
                 client.ping()
-                _warn_if_scripts_can_be_cut(client, where)
+                warn_if_scripts_can_be_cut(client, where)
                 return
             except redis.RedisError as exc:
                 error = str(exc)

@@ -6,9 +6,10 @@ import signal
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from deploy import lifecycle
-from deploy.lifecycle import EXIT_START, Stop
+from deploy.lifecycle import EXIT_START, Stop, warn_if_scripts_can_be_cut
 
 
 @pytest.fixture
@@ -63,3 +64,36 @@ def test_a_stop_that_had_to_kill_a_child_is_not_clean() -> None:
     stop.incomplete = True
     assert stop.exit_code(0) == 130
     assert stop.exit_code(1) == 1  # a failure keeps its own code
+
+
+class _Info:
+    """A client whose INFO server section is ``server`` (the only call the check makes)."""
+
+    def __init__(self, server: dict[str, str]) -> None:
+        self.server = server
+
+    def info(self, section: str) -> dict[str, str]:
+        assert section == "server"
+        return self.server
+
+
+@pytest.mark.parametrize(
+    ("server", "warned"),
+    [
+        ({"redis_version": "7.0.15"}, True),
+        ({"redis_version": "6.2.14"}, True),
+        ({"redis_version": "7.2.4"}, False),
+        ({"redis_version": "8.0.2"}, False),
+        ({"redis_version": "7.2.4", "valkey_version": "8.0.1"}, False),
+    ],
+)
+def test_a_redis_that_can_cut_a_script_in_half_is_named_at_start(
+    server: dict[str, str], warned: bool
+) -> None:
+    with capture_logs() as logs:
+        warn_if_scripts_can_be_cut(_Info(server), "127.0.0.1:6379")  # type: ignore[arg-type]
+    found = [e for e in logs if e["event"] == "redis.scripts_can_be_cut"]
+    assert bool(found) is warned
+    if warned:
+        assert found[0]["version"] == server["redis_version"]
+        assert found[0]["at"] == "127.0.0.1:6379"
