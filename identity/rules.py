@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -87,6 +88,14 @@ class IdentityRules(BaseModel):
     def model_post_init(self, context: Any, /) -> None:
         """Lower-case the extra blocklist once: ``blocked`` runs for every identifier."""
         self._extra = {t: frozenset(v.lower() for v in vs) for t, vs in self.blocklist.items()}
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, with the lower-cased blocklist made again from the copy's own blocklist
+        (pydantic copies private attributes as they were, so an updated blocklist would not
+        block anything)."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.model_post_init(None)
+        return copied
 
 
 def ordered(identifiers: list[Identifier]) -> list[Identifier]:

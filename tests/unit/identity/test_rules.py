@@ -148,3 +148,13 @@ def test_ordered_is_stable_within_a_type_and_does_not_mutate_its_input() -> None
     assert [i.value for i in ordered(ids)] == ["M", "b@x.com", "a@x.com"]
     assert ids == before
     assert ordered([]) == []
+
+
+def test_a_copy_with_another_blocklist_blocks_by_it() -> None:
+    # How `cdp run --demo` adds the cashier's email to configured rules.
+    base = IdentityRules(blocklist={"email": ["first@store.cn"]})
+    rules = base.model_copy(update={"blocklist": {"email": ["Cashier@Store.cn"]}})
+    assert rules.blocked(ident("email", "cashier@store.cn"))
+    assert not rules.blocked(ident("email", "first@store.cn"))
+    assert base.blocked(ident("email", "first@store.cn"))
+    assert not base.blocked(ident("email", "cashier@store.cn"))
