@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from deploy import topics
 from deploy.settings import (
@@ -53,9 +55,30 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A fresh topic prefix, so no two tests (or runs) share topics."""
-    return f"t{uuid.uuid4().hex[:10]}."
+def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh topic prefix, so no two tests (or runs) share topics; the topics a test made
+    under it are deleted after it, so the session's broker does not keep every test's
+    partitions in its heap."""
+    name = f"t{uuid.uuid4().hex[:10]}."
+    yield name
+    if "services" in request.fixturenames:
+        found: Services = request.getfixturevalue("services")
+        _delete_topics(found.kafka_bootstrap, name)
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    try:
+        client = KafkaAdminClient(bootstrap_servers=bootstrap)
+    except KafkaError:
+        return  # the broker is down (a test stopped it): its topics go with the session
+    try:
+        mine = [t for t in client.list_topics() if t.startswith(prefix)]
+        if mine:
+            client.delete_topics(mine, timeout_ms=30_000)
+    except KafkaError:
+        pass  # as above; a cleanup, never the test's verdict
+    finally:
+        client.close()
 
 
 def make_settings(services: Services, prefix: str, **kafka: object) -> Settings:
