@@ -89,7 +89,9 @@ def to_outcome(item: Located, result: dict[str, Any], at: datetime) -> Outcome:
         kept = [i for i in event.identifiers if i.key() not in stripped]
         event = event.model_copy(update={"identifiers": kept})
     # Constructed, not validated: every value comes from the event and the script's answer.
+    # Every field given: model_construct inspects a default factory's signature on each call.
     resolved = ResolvedEvent.model_construct(
+        schema_version=1,
         event=event,
         profile_id=result["pid"],
         raw_partition=item.partition,
