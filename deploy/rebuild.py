@@ -49,6 +49,9 @@ NAMES = [c.strip() for c in COLUMNS.split(",")]
 
 #: Fault injection for the tests: hold (for a kill -9) once this many steps are recorded.
 HOLD_ENV = "CDP_FAULT_REBUILD_HOLD_AFTER_STEPS"
+#: Fault hook for tests: the step in which the process dies (exit 137, as by kill -9) once
+#: identity resolved its rows and before they are folded.
+DIE_ENV = "CDP_FAULT_REBUILD_DIE_BEFORE_FOLD"
 
 
 class RebuildError(Exception):
@@ -212,7 +215,7 @@ class Rebuild:
                 order = min(order + self._step_rows, top)
                 mapping["order"] = order
             if rows:
-                touched |= await self._replay(rows)
+                touched |= await self._replay(rows, report.steps + 1)
             done += len(rows)
             report.steps += 1
             mapping["events"] = done
@@ -257,7 +260,7 @@ class Rebuild:
         )
         return [dict(zip(NAMES, row, strict=True)) for row in found]
 
-    async def _replay(self, rows: list[dict[str, Any]]) -> set[str]:
+    async def _replay(self, rows: list[dict[str, Any]], step: int = 0) -> set[str]:
         """Resolve and fold one step's rows; return the profiles they touched."""
         now = datetime.now(UTC)
         located, hints, seen = [], [], set()
@@ -269,6 +272,8 @@ class Rebuild:
             located.append(Located(to_event(row), row["src_partition"], row["src_offset"]))
             hints.append(str(row["profile_id"]))
         outcomes = await self._identity.replay(located, hints, now)
+        if os.environ.get(DIE_ENV) == str(step):
+            os._exit(137)
         resolved = [o.resolved for o in outcomes if o.kept and o.resolved.profile_id]
         touched: set[str] = set()
         for start in range(0, len(resolved), 1_000):
@@ -276,6 +281,9 @@ class Rebuild:
             applied = await self._profiles.apply(chunk, now)
             await self._profiles.settle(chunk)
             touched |= {a.profile_id for a in applied}
+        # Folded: the outcomes identity held for this step can go. A rebuild stopped before
+        # here replays the step with the same outcomes, so the merges it made are folded.
+        await self._identity.settle(located)
         return touched
 
     async def _survivors(self, touched: Iterable[str]) -> list[str]:

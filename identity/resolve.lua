@@ -9,7 +9,7 @@
 --         strongest first; blocked (junk) and invalid (failed validation) identifiers never
 --         link profiles; fingerprint: a signed 64-bit hash of (source, event id), in decimal
 -- ARGV[7] today (days since the epoch)
--- ARGV[8] "1" to replay history (deploy/rebuild.py): no retry window and no held outcomes
+-- ARGV[8] "1" to replay history (deploy/rebuild.py): no retry window (held outcomes kept)
 --         (each event was accepted once already), and an event that creates a profile
 --         takes the profile id it had (the entry's 12th item) when that id is free, so a
 --         rebuilt namespace names its profiles as history does.
@@ -132,13 +132,14 @@ local resolution = 0
 
 local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms, hint)
   local held_key = k('ev', 'held', part)
+  -- A redelivered offset whose records were not yet published (or, replaying, whose fold
+  -- did not finish: a rebuild killed in a step): the same outcome again, with its merges.
+  local held = redis.call('HGET', held_key, off)
+  if held then
+    local m = cjson.decode(held)
+    if m.event == event_id and m.source == source then return held end
+  end
   if not replay then
-    -- A redelivered offset whose records were not yet published: the same outcome again.
-    local held = redis.call('HGET', held_key, off)
-    if held then
-      local m = cjson.decode(held)
-      if m.event == event_id and m.source == source then return held end
-    end
     -- Message ids are unique per source, not across sources: the fingerprint covers both.
     -- Seen before in the window: a client's retry, or a redelivery of an offset already
     -- published.
@@ -205,6 +206,7 @@ local function resolve_event(event_id, part, off, ids, blocked, invalid, source,
           and redis.call('EXISTS', graph_key(ns, hint)) == 0 then
         redis.call('HSET', alias_key, hint, pid)
       end
+      redis.call('HSET', held_key, off, out)
       return out
     end
     redis.call('HSET', held_key, off, out)

@@ -214,7 +214,8 @@ class IdentityStore:
         self, batch: list[Located], hints: list[str], at: datetime, ids_from: str = ""
     ) -> list[Outcome]:
         """Resolve events of history again (a rebuild): as ``resolve``, without the retry
-        window or held outcomes, each new profile taking its id from ``hints`` (the profile id
+        window (outcomes are held until ``settle``, so a step replayed after a crash gets
+        its merges again), each new profile taking its id from ``hints`` (the profile id
         history recorded for the event) when that id is free, else from the counter of the
         namespace ``ids_from`` (default: this one)."""
         calls = [

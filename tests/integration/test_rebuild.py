@@ -25,7 +25,7 @@ from deploy import topics
 from deploy.demo import demo_key, demo_sources
 from deploy.demo_run import push
 from deploy.generator import generate
-from deploy.rebuild import HOLD_ENV
+from deploy.rebuild import DIE_ENV, HOLD_ENV
 from deploy.settings import Settings
 from tests.conftest import make_settings
 from tests.integration.privacy.test_end_to_end import ROLES, TOPICS
@@ -135,7 +135,19 @@ def test_rebuild_from_history_equals_the_live_state_and_the_stream_continues(
         state.close()
     resumed = json.loads(worker.cli("rebuild", "--into", f"{ns}-resumed", "--json"))
     assert resumed["resumed"] and resumed["profiles"] == report["profiles"], resumed
-    assert _compare(worker, f"{ns}-resumed")["same"]
+    diff = _compare(worker, f"{ns}-resumed")
+    assert diff["same"], {k: v for k, v in diff.items() if v}
+
+    # 1c. Killed between a step's resolution and its fold: the step's merges are folded
+    # when it is replayed (identity answers the outcomes it held, merges included).
+    died = worker.run_cli(
+        "rebuild", "--into", f"{ns}-died", "--step-rows", "100", env={DIE_ENV: "3"}
+    )
+    assert died.returncode == 137, died.stderr
+    resumed = json.loads(worker.cli("rebuild", "--into", f"{ns}-died", "--json"))
+    assert resumed["resumed"] and resumed["profiles"] == report["profiles"], resumed
+    diff = _compare(worker, f"{ns}-died")
+    assert diff["same"], {k: v for k, v in diff.items() if v}
 
     # 2. The live namespace lost entirely; rebuilt in place; a second run refuses to replay
     # into it again without --force.

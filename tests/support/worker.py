@@ -60,11 +60,14 @@ class WorkerProcess:
             raise AssertionError(f"cdp {' '.join(args)} exited {out.returncode}:\n{out.stderr}")
         return out.stdout
 
-    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run a `cdp` command with the worker's settings; its exit code is the caller's."""
+    def run_cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a `cdp` command with the worker's settings (and ``env``); its exit code is the
+        caller's."""
         return subprocess.run(
             [sys.executable, "-m", "deploy", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=300,
