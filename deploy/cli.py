@@ -21,6 +21,7 @@ from deploy import lag as lag_mod
 from deploy import privacy
 from deploy import status as status_mod
 from deploy import topics as topics_mod
+from deploy.app import freeze_startup_heap
 from deploy.deadletters_cli import register as register_deadletter_commands
 from deploy.demo import DEMO_CONSOLE_TOKEN, add_demo_task, demo_sources, demo_tokens
 from deploy.demo_run import measure, other_feeds, push, render, wait_processed, write_truth
@@ -728,6 +729,7 @@ async def _rebuild(settings: Settings, namespace: str, force: bool, step_rows: i
         step_rows=step_rows,
         progress=progress,
     )
+    freeze_startup_heap()  # the catalog, clients, modules: not walked by every full collection
     try:
         return await job.run(force=force)
     except RebuildError as err:

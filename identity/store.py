@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
@@ -244,15 +245,20 @@ class IdentityStore:
         Until then a redelivered offset replays its outcome; after, the event's fingerprint in
         the retry window makes a redelivery a duplicate, with nothing to publish again.
         """
+        if not batch:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self.forget_held(pipe, batch)
+            await pipe.execute()
+
+    def forget_held(self, pipe: Pipeline, batch: list[Located]) -> None:
+        """Queue on ``pipe`` the deletion of ``batch``'s held outcomes (``settle`` without
+        executing: a caller makes it atomic with a record of its own)."""
         offsets: dict[int, list[str]] = {}
         for item in batch:
             offsets.setdefault(item.partition, []).append(str(item.offset))
-        if not offsets:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for part, offs in offsets.items():
-                pipe.hdel(f"{self._ns}:ev:held:{part}", *offs)
-            await pipe.execute()
+        for part, offs in offsets.items():
+            pipe.hdel(f"{self._ns}:ev:held:{part}", *offs)
 
     async def survivor(self, profile_id: str) -> str:
         """Follow aliases from a (possibly merged) profile id to its survivor."""
