@@ -12,6 +12,7 @@ import mode
 import redis.asyncio as aioredis
 import structlog
 
+from care import agents as care_agents
 from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
@@ -39,11 +40,22 @@ from stream import agents as stream_agents
 from tagging.catalog import load as load_catalog
 from tagging.store import TagStore
 
+
+def _care(app: Any, deps: Deps) -> None:
+    catalog = deps.tags.catalog if deps.tags else load_catalog(deps.settings.tags.catalog)
+    care_agents.register(app, deps, catalog)
+
+
 ROLES: dict[str, Callable[[Any, Deps], None]] = {
     "identity": identity_agents.register,
     "profiles": profile_agents.register,
     "history": sink_agents.register,
+    "care": _care,
 }
+
+#: The roles ``cdp worker`` runs when none is named. Care runs in a consumer group of its
+#: own (``--role care``; ``cdp run`` starts one), so adding it changes no existing group.
+DEFAULT_ROLES = ["history", "identity", "profiles"]
 
 
 #: The roles of the one-pass stream processor (``cdp run`` starts it beside its own process).
