@@ -210,10 +210,18 @@ class Care:
         return out
 
     async def close(self, task: CareTask, by: str, now: datetime) -> CareTask | None:
-        """Close one task (API, CLI) and publish it; None when it was not open."""
+        """Close one open task (API, CLI): its closed record is published first, so a Kafka
+        that does not acknowledge it (``KafkaUnavailable``) leaves it open. None when it was
+        not open."""
+        if task.state != CareState.OPEN:
+            return None
+        closed = task.model_copy(
+            update={"state": CareState.CLOSED, "closed_at": now, "closed_by": by}
+        )
+        record = Record(self._topic, task.task_id.encode(), closed.model_dump_json().encode())
+        await self._publish([record])
         done = await self.store.close(task, now, by)
-        if done is not None:
-            await self._emit([done])
+        await self.store.published([task.task_id])
         return done
 
     async def _emit(self, tasks: list[CareTask]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from care.cli import care as care_group
 from contracts import schema
 from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
@@ -798,6 +799,7 @@ def contracts_export(check: bool) -> None:
 
 
 cli.add_command(tags_group)
+cli.add_command(care_group)
 register_privacy_commands(cli)
 register_deadletter_commands(cli)
 cli.add_command(segments_group)
