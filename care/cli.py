@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 import redis.asyncio as aioredis
 
-from care.exceptions import CareRulesError
 from care.processor import Care
 from care.rules import for_catalog
 from care.store import CareStore
@@ -28,11 +27,8 @@ T = TypeVar("T")
 
 def _run(settings: Any, step: Callable[[Care], Awaitable[T]]) -> T:
     """Run ``step`` with the care logic over the configured Redis and Kafka."""
-    try:
-        catalog = load_catalog(settings.tags.catalog)
-        rules = for_catalog(settings.care.rules, catalog)
-    except CareRulesError as err:
-        raise click.ClickException(str(err)) from None
+    catalog = load_catalog(settings.tags.catalog)
+    rules = for_catalog(settings.care.rules, catalog)  # CareRulesError: exit 2
 
     async def main() -> T:
         client = aioredis.from_url(settings.redis.url.get_secret_value())
@@ -74,10 +70,7 @@ def care() -> None:
 @click.pass_obj
 def care_rules(settings: Any, as_json: bool) -> None:
     """List the care rules in force (``CDP_CARE__RULES`` or the shipped ones)."""
-    try:
-        rules = for_catalog(settings.care.rules, load_catalog(settings.tags.catalog))
-    except CareRulesError as err:
-        raise click.ClickException(str(err)) from None
+    rules = for_catalog(settings.care.rules, load_catalog(settings.tags.catalog))
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in rules], indent=2))
         return

@@ -16,6 +16,7 @@ import click
 from pydantic import ValidationError
 
 from care.cli import care as care_group
+from care.exceptions import CareRulesError
 from contracts import schema
 from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
@@ -812,7 +813,7 @@ def main() -> None:
     keys) exits 2, a failure to start (port, services) exits 3, each with one line."""
     try:
         run_guarded(lambda: cli(auto_envvar_prefix=None))
-    except ConfigError as exc:
+    except (ConfigError, CareRulesError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
     except StartError as exc:
