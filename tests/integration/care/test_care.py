@@ -10,71 +10,26 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 
 from care.rules import DEFAULT_DIR
 from care.signature import IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, verify
 from deploy.settings import Settings
 from tests.support.kafka import read_topic, read_until
 from tests.support.keys import key_of
+from tests.support.webhook import Receiver
 from tests.support.worker import WorkerProcess
 
 SECRET = "whsec_test"
 CARE = {"Authorization": "Bearer tk_care"}
 ZONE = ZoneInfo("Asia/Shanghai")
 CARE_TOPICS = {"cdp.profiles.changes", "cdp.events.resolved"}
-
-
-class Receiver:
-    """A webhook receiver answering ``status``; keeps every request it got."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with outer.lock:
-                    outer.got.append((dict(self.headers.items()), body))
-                self.send_response(outer.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/care"
-
-    def requests(self) -> list[tuple[dict[str, str], bytes]]:
-        with self.lock:
-            return list(self.got)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(204)
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
 
 
 def rules_with_a_tag_rule(tmp_path: Path) -> Path:
