@@ -8,6 +8,7 @@ and sends due webhook deliveries.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -56,6 +57,19 @@ def _decoded(model: Any, events: list[Any], agent: str) -> list[Any]:
     return [value for value, _ in good]
 
 
+async def backfill(care: Care) -> None:
+    """Run the date rules' backfill if they changed since the last one, under a lock."""
+    if await care.store.backfilled() == care.fingerprint():
+        return
+    if not await care.store.lock("backfill", str(os.getpid()), 3600):
+        return  # another worker is at it
+    try:
+        seen = await care.backfill(datetime.now(UTC))
+        log.info("care.backfilled", profiles=seen)
+    finally:
+        await care.store.unlock("backfill")
+
+
 def register(app: Any, deps: Any, catalog: Catalog) -> Care:
     """Add the care agents and timers to ``app``; return the care logic."""
     care = build(deps, catalog)
@@ -77,6 +91,11 @@ def register(app: Any, deps: Any, catalog: Catalog) -> Care:
         """Publish the task records a crash left unacknowledged."""
         if n := await until_done("care.republish", care.republish):
             log.info("care.republished", tasks=n)
+
+    @app.task
+    async def care_backfill() -> None:
+        """Schedule new or changed date rules over existing profiles (one worker at a time)."""
+        await until_done("care.backfill", partial(backfill, care))
 
     @app.timer(conf.interval_s)
     async def care_due() -> None:

@@ -15,7 +15,7 @@ def _error(status: int, code: str, message: str, field: str | None) -> HTTPExcep
     return HTTPException(status, {"code": code, "message": message, "field": field})
 
 
-def care_router(care: Care, read: Any, write: Any) -> APIRouter:
+def care_router(care: Care, read: Any, write: Any, webhook: bool) -> APIRouter:
     """Routes under ``/v1/care``: ``read`` and ``write`` admit ``care:read``/``care:write``."""
     router = APIRouter(tags=["care"])
     Reader = Annotated[Token, Depends(read)]
@@ -58,5 +58,21 @@ def care_router(care: Care, read: Any, write: Any) -> APIRouter:
         if done is None:
             raise _error(409, "not_open", f"care task {task_id} is {found.state}", "task_id")
         return done.model_dump(mode="json")
+
+    @router.post(
+        "/v1/care/tasks/{task_id}/redeliver",
+        status_code=202,
+        summary="Deliver an open task to the webhook again (after a dead letter)",
+    )
+    async def redeliver(task_id: str, _: Writer) -> Any:
+        found = await care.store.get(task_id)
+        if found is None:
+            raise _error(404, "not_found", f"no care task {task_id}", "task_id")
+        if found.state != CareState.OPEN:
+            raise _error(409, "not_open", f"care task {task_id} is {found.state}", "task_id")
+        if not webhook:
+            raise _error(409, "no_webhook", "no webhook is configured", None)
+        await care.store.requeue(task_id, datetime.now(UTC))
+        return {"task_id": task_id, "queued": True}
 
     return router

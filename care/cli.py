@@ -99,6 +99,41 @@ def care_tasks(
     click.echo(f"{len(found)} task(s)", err=True)
 
 
+@care.command("schedule")
+@click.pass_obj
+def care_schedule(settings: Any) -> None:
+    """Schedule the date rules over every stored profile (a care worker does it at start
+    when the date rules changed; this runs it in the foreground)."""
+
+    def progress(seen: int) -> None:
+        click.echo(f"\r{seen:,} profiles", nl=False, err=True)
+
+    seen = _run(settings, lambda c: c.backfill(datetime.now(UTC), progress))
+    click.echo("", err=True)
+    click.echo(f"date rules scheduled over {seen:,} profiles")
+
+
+@care.command("redeliver")
+@click.argument("task_id")
+@click.pass_obj
+def care_redeliver(settings: Any, task_id: str) -> None:
+    """Deliver an open task to the webhook again, from the first attempt (after a dead
+    letter); the care worker sends it."""
+    if settings.care.webhook_url is None:
+        raise click.ClickException("no webhook is configured (CDP_CARE__WEBHOOK_URL)")
+
+    async def requeue(c: Care) -> None:
+        task = await c.store.get(task_id)
+        if task is None:
+            raise click.ClickException(f"no care task {task_id}")
+        if task.state != CareState.OPEN:
+            raise click.ClickException(f"care task {task_id} is {task.state}")
+        await c.store.requeue(task_id, datetime.now(UTC))
+
+    _run(settings, requeue)
+    click.echo(f"{task_id} queued for delivery")
+
+
 @care.command("close")
 @click.argument("task_id")
 @click.pass_obj

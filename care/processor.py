@@ -17,7 +17,7 @@ from care.rules import CareRule, date_due, event_due, month_day, next_occasion
 from care.store import CareStore
 from contracts.care import CareState, CareTask, task_id
 from contracts.events import ResolvedEvent
-from contracts.profiles import ProfileChange
+from contracts.profiles import Profile, ProfileChange
 from privacy.crypto import is_sealed
 from profiles.store import ProfileStore
 from runtime.publisher import Record
@@ -121,15 +121,43 @@ class Care:
 
     async def schedule_date(self, rule: CareRule, pid: str, now: datetime) -> None:
         """(Re-)schedule the next occasion of a date rule for a profile."""
+        await self._schedule(rule, pid, await self._profiles.get(pid), now)
+
+    async def _schedule(
+        self, rule: CareRule, pid: str, profile: Profile | None, now: datetime
+    ) -> None:
         assert rule.trigger.date is not None
         member = f"d|{rule.id}|{pid}"
-        profile = await self._profiles.get(pid)
         anchor = anchor_of(profile, rule.trigger.date) if profile else None
         if anchor is None:
             await self.store.unschedule(member)
             return
         _, due = date_due(rule, anchor, now.astimezone(self._zone).date(), self._zone)
         await self.store.schedule(member, due)
+
+    def fingerprint(self) -> str:
+        """What a backfill of the date rules depends on: their ids and triggers."""
+        return ";".join(
+            sorted(f"{r.id}={r.trigger.label}-{r.trigger.days_before}" for r in self._dated)
+        )
+
+    async def backfill(self, now: datetime, progress: Callable[[int], None] | None = None) -> int:
+        """Schedule the date rules over every stored profile (profiles whose date arrived
+        before these rules ran); the number of profiles seen."""
+        cursor, seen = 0, 0
+        while True:
+            cursor, pids = await self._profiles.scan_ids(cursor)
+            if pids and self._dated:
+                for pid, profile in zip(pids, await self._profiles.get_many(pids), strict=True):
+                    for rule in self._dated:
+                        await self._schedule(rule, pid, profile, now)
+            seen += len(pids)
+            if progress is not None:
+                progress(seen)
+            if cursor == 0:
+                break
+        await self.store.mark_backfilled(self.fingerprint())
+        return seen
 
     # -- the clock -----------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ Keys (under the namespace):
   ``care:pending:<pid>``: a profile's pending ``after_event`` occasions (a follow-up cancels
   them);
 - ``care:outbox``: open tasks to deliver -> when the next attempt is due;
-  ``care:attempts``: task id -> failed attempts so far.
+  ``care:attempts``: task id -> failed attempts so far; ``care:delivered``: task id -> when
+  a delivery was accepted;
+- ``care:backfilled``: the date rules last scheduled over every profile.
 """
 
 from __future__ import annotations
@@ -213,10 +215,34 @@ class CareStore:
         pipe.hdel(self._k("attempts"), task_id)
         await pipe.execute()
 
+    async def requeue(self, task_id: str, at: datetime) -> None:
+        """Deliver a task again from the first attempt (after a dead letter, on request)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._k("attempts"), task_id)
+        pipe.zadd(self._k("outbox"), {task_id: _ms(at)})
+        await pipe.execute()
+
     async def delivered_at(self, task_id: str) -> int | None:
         """Epoch ms of the accepted delivery, if any."""
         raw = await self._redis.hget(self._k("delivered"), task_id)
         return int(raw) if raw else None
+
+    async def backfilled(self) -> str | None:
+        """The fingerprint of the date rules last backfilled over every profile."""
+        raw = await self._redis.get(self._k("backfilled"))
+        return _text(raw) if raw is not None else None
+
+    async def mark_backfilled(self, fingerprint: str) -> None:
+        """Record a finished backfill of the date rules ``fingerprint`` names."""
+        await self._redis.set(self._k("backfilled"), fingerprint)
+
+    async def lock(self, name: str, holder: str, ttl_s: int) -> bool:
+        """Take lock ``name`` for ``ttl_s`` unless someone holds it."""
+        return bool(await self._redis.set(self._k("lock", name), holder, nx=True, ex=ttl_s))
+
+    async def unlock(self, name: str) -> None:
+        """Release lock ``name``."""
+        await self._redis.delete(self._k("lock", name))
 
     async def unpublished(self) -> list[str]:
         """Task ids whose current record is not acknowledged by Kafka yet."""

@@ -365,7 +365,12 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
         deliver=settings.care.webhook_url is not None,
     )
     app.include_router(
-        care_router(care, read=require(tokens, "care:read"), write=require(tokens, "care:write"))
+        care_router(
+            care,
+            read=require(tokens, "care:read"),
+            write=require(tokens, "care:write"),
+            webhook=settings.care.webhook_url is not None,
+        )
     )
 
     identity_store = IdentityStore(redis_client, settings.identity, ns)

@@ -184,6 +184,17 @@ class ProfileStore:
         """Follow aliases from a (possibly merged) profile id to its survivor."""
         return await survivor(self._redis, self._ns, profile_id)
 
+    async def scan_ids(self, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One SCAN step over stored profiles: (next cursor, profile ids; 0 when done)."""
+        prefix = f"{self._ns}:pf:"
+        nxt, keys = await self._redis.scan(cursor, match=f"{prefix}*", count=count)
+        ids = []
+        for key in keys:
+            rest = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+            if ":" not in rest:
+                ids.append(rest)
+        return int(nxt), ids
+
     async def has_entry(self, profile_id: str, name: str, member: str) -> bool:
         """Whether the profile's keyed set ``name`` (``complaints``, ``follow_ups``...) holds
         ``member``."""

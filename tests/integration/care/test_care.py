@@ -17,12 +17,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import redis
 
 from care.rules import DEFAULT_DIR
 from care.signature import IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, verify
-from deploy.settings import Settings
+from deploy.settings import CareSettings, Settings
 from tests.support.kafka import read_topic, read_until
 from tests.support.keys import key_of
+from tests.support.server import running_api
 from tests.support.webhook import Receiver
 from tests.support.worker import WorkerProcess
 
@@ -252,10 +254,20 @@ def test_each_trigger_fires_once_is_delivered_signed_and_a_follow_up_closes_it(
 
 
 def test_a_failing_webhook_is_retried_then_dead_lettered(
-    settings: Settings, api: str, tmp_path: Path, workers: list[WorkerProcess]
+    settings: Settings, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     failing = Receiver(500)
     failing.thread.start()
+    hooked = settings.model_copy(
+        update={"care": CareSettings(webhook_url=failing.url, webhook_secret=SECRET)}
+    )
+    with running_api(hooked) as api:
+        failing_webhook(settings, api, failing, tmp_path, workers)
+
+
+def failing_webhook(
+    settings: Settings, api: str, failing: Receiver, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
     try:
         now = datetime.now(UTC)
         send(api, [e for e in triggers(now) if e["messageId"] == "b1"])
@@ -286,6 +298,40 @@ def test_a_failing_webhook_is_retried_then_dead_lettered(
         # Given up: no fourth attempt while the worker keeps running.
         care.wait_caught_up(CARE_TOPICS)
         assert len(failing.requests()) == 3
+
+        # Once the receiver is fixed, the task is delivered again on request.
+        failing.status = 200
+        r = httpx.post(f"{api}/v1/care/tasks/{task['task_id']}/redeliver", headers=CARE)
+        assert r.status_code == 202, r.text
+        wait("the redelivery", lambda: len(failing.requests()) == 4, alive)
+        r = httpx.get(f"{api}/v1/care/tasks/{task['task_id']}", headers=CARE)
+        assert r.json()["state"] == "open"
     finally:
         failing.server.shutdown()
         failing.server.server_close()
+
+
+def test_date_rules_are_scheduled_over_profiles_that_existed_before(
+    settings: Settings, api: str, receiver: Receiver, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """`cdp care schedule` (and a care worker at start) schedules the date rules over every
+    stored profile, whatever the changes topic still holds."""
+    stream = WorkerProcess(settings, tmp_path, ["identity", "profiles"])
+    workers.append(stream.start())
+    send(api, [e for e in triggers(datetime.now(UTC)) if e["messageId"] in {"b1", "a1"}])
+    stream.wait_caught_up({"cdp.events.raw"})
+
+    out = stream.cli("care", "schedule")
+    assert "date rules scheduled over 2 profiles" in out
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        ns = settings.worker.namespace
+        due = {m.decode(): s for m, s in client.zrange(f"{ns}:care:due", 0, -1, withscores=True)}
+        assert sorted(m.split("|")[1] for m in due) == [
+            "birthday_in_7_days",
+            "cooperation_anniversary",
+        ]
+        assert all(score <= time.time() * 1000 for score in due.values())  # due now
+        assert client.get(f"{ns}:care:backfilled")
+    finally:
+        client.close()
