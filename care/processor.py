@@ -117,7 +117,8 @@ class Care:
         ticket = r.event.properties.get("ticket_id")
         if ticket is None:
             return False
-        return await self._profiles.has_entry(r.profile_id, "complaints", str(ticket))
+        pid = await self._profiles.survivor(r.profile_id)  # merged since: its survivor holds it
+        return await self._profiles.has_entry(pid, "complaints", str(ticket))
 
     async def schedule_date(self, rule: CareRule, pid: str, now: datetime) -> None:
         """(Re-)schedule the next occasion of a date rule for a profile."""
@@ -128,6 +129,8 @@ class Care:
     ) -> None:
         assert rule.trigger.date is not None
         member = f"d|{rule.id}|{pid}"
+        if profile is not None and profile.profile_id != pid:
+            profile = None  # merged into another profile, which has its own schedule
         anchor = anchor_of(profile, rule.trigger.date) if profile else None
         if anchor is None:
             await self.store.unschedule(member)
@@ -186,6 +189,8 @@ class Care:
     ) -> list[CareTask]:
         assert rule.trigger.date is not None
         profile = await self._profiles.get(pid)
+        if profile is not None and profile.profile_id != pid:
+            profile = None  # merged into another profile, which has its own schedule
         anchor = anchor_of(profile, rule.trigger.date) if profile else None
         if anchor is None:
             await self.store.unschedule(member)
