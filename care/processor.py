@@ -100,9 +100,12 @@ class Care:
             pid, ev = r.profile_id, r.event
             if not pid:
                 continue
+            target = ev.properties.get("task_id")
             for rule in self._closing:
                 if rule.closed_by(ev):
-                    closed += await self._close_rule(rule, pid, ev.timestamp, ev.event_id, now)
+                    closed += await self._close_rule(
+                        rule, pid, ev.timestamp, ev.event_id, now, target
+                    )
             for rule in self._after:
                 if ev.type.value == rule.trigger.after_event and await self._applies(rule, r):
                     occasion, due = event_due(rule, ev.timestamp, self._zone)
@@ -112,13 +115,17 @@ class Care:
         await self._emit(closed)
 
     async def _applies(self, rule: CareRule, r: ResolvedEvent) -> bool:
+        """Whether a ``ticket: complaint`` rule's event is a complaint's, not followed up."""
         if rule.trigger.ticket != "complaint":
             return True
         ticket = r.event.properties.get("ticket_id")
         if ticket is None:
             return False
         pid = await self._profiles.survivor(r.profile_id)  # merged since: its survivor holds it
-        return await self._profiles.has_entry(pid, "complaints", str(ticket))
+        if not await self._profiles.has_entry(pid, "complaints", str(ticket)):
+            return False
+        # A follow-up that arrived before the resolution (late events) already did the work.
+        return not await self._profiles.has_entry(pid, "follow_ups", str(ticket))
 
     async def schedule_date(self, rule: CareRule, pid: str, now: datetime) -> None:
         """(Re-)schedule the next occasion of a date rule for a profile."""
@@ -230,8 +237,16 @@ class Care:
         return [stored or task]
 
     async def _close_rule(
-        self, rule: CareRule, pid: str, at: datetime, by: str, now: datetime
+        self, rule: CareRule, pid: str, at: datetime, by: str, now: datetime, target: object
     ) -> list[CareTask]:
+        """Close the profile's open tasks of ``rule`` (only task ``target`` when the event
+        names one) and cancel its pending occasions that came before the event."""
+        if target is not None:
+            found = await self.store.get(str(target))
+            if found is None or found.rule != rule.id or found.profile_id != pid:
+                return []
+            done = await self.store.close(found, now, by)
+            return [done] if done else []
         for member in await self.store.pending_of(pid):
             parts = member.split("|", 5)
             if parts[1] == rule.id and int(parts[4]) <= at.timestamp() * 1000:

@@ -203,8 +203,9 @@ def test_each_trigger_fires_once_is_delivered_signed_and_a_follow_up_closes_it(
     assert len(receiver.requests()) == 4
 
     # A follow-up event closes the birthday task; the API closes the anniversary's.
-    send(api, [{"type": "track", "userId": "M-BDAY", "event": "Care Followup", "messageId": "x1"}])
     bday = by_rule["birthday_in_7_days"]
+    follow_up = {"type": "track", "userId": "M-BDAY", "event": "Care Followup", "messageId": "x1"}
+    send(api, [{**follow_up, "properties": {"task_id": bday["task_id"]}}])
     records = tasks_on_topic(settings, 5, alive)
     closed = last_state(records)[bday["task_id"]]
     assert closed["state"] == "closed", records
