@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from care.cli import care as care_group
 from care.exceptions import CareRulesError
+from care.rules import for_catalog as care_rules
 from contracts import schema
 from contracts.topics import EVENTS_RAW, REGISTRY
 from deploy import lag as lag_mod
@@ -286,8 +287,10 @@ def run(
 
 def _check_keys(settings: Settings) -> None:
     """Refuse to start when field encryption is on and its master keys cannot be read, or
-    when a source mapping is invalid (before any process or port is taken)."""
+    when a source mapping or the care rules are invalid (before any process or port is
+    taken)."""
     settings.ingest.mapping_registry()
+    care_rules(settings.care.rules, load_catalog(settings.tags.catalog))  # CareRulesError
     if settings.privacy_enabled():
         try:
             privacy.wrapper(settings)

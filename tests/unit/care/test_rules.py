@@ -132,3 +132,24 @@ def test_closing_events_match_types_and_track_names() -> None:
     }
     assert r.closed_by(Event.model_validate({**base, "type": "track", "name": "Care Followup"}))
     assert not r.closed_by(Event.model_validate({**base, "type": "track", "name": "Order"}))
+
+
+def test_invalid_rules_stop_the_cli_with_exit_2_and_every_problem(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a.yaml").write_text("rules:\n- id: x\n  title: X\n  trigger: {date: trait.bday}\n")
+    for command in (["care", "rules"], ["api"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "deploy", *command],
+            env={**os.environ, "CDP_CARE__RULES": str(tmp_path), "XDG_STATE_HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: invalid care rules:\n- ")
+        problem = "rules[0] (x): trigger.date: 'trait.bday' is not a declared date field"
+        assert problem in done.stderr
