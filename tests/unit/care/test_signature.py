@@ -37,3 +37,21 @@ def test_backoff_doubles_up_to_its_cap_and_only_some_answers_are_retried() -> No
     assert [backoff(n, 2, 10) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
     assert retryable(500) and retryable(503) and retryable(429) and retryable(408)
     assert not retryable(400) and not retryable(404) and not retryable(410)
+
+
+def test_the_verification_example_in_the_docs_accepts_a_delivery() -> None:
+    import re
+    import time
+    from pathlib import Path
+
+    text = (Path(__file__).parents[3] / "docs" / "care.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code is not None
+    scope: dict[str, object] = {}
+    exec(compile(code.group(1), "docs/care.md", "exec"), scope)  # noqa: S102 - our own docs
+    verified = scope["verified"]
+    assert callable(verified)
+    body = b'{"task_id": "abc"}'
+    sent = headers(SECRET, int(time.time()), body, "abc")
+    assert verified(SECRET, sent, body)
+    assert not verified(SECRET, sent, body + b" ")
