@@ -21,8 +21,15 @@ from care.processor import Care
 from care.rules import for_catalog
 from care.store import CareStore
 from contracts.events import ResolvedEvent
+from contracts.privacy import Erasure
 from contracts.profiles import ProfileChange
-from contracts.topics import CARE_TASKS, EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
+from contracts.topics import (
+    CARE_TASKS,
+    EVENTS_DEADLETTER,
+    EVENTS_RESOLVED,
+    PRIVACY_ERASURES,
+    PROFILES_CHANGES,
+)
 from runtime.agents import batch_agent
 from runtime.retry import until_done
 from runtime.undecodable import split
@@ -83,6 +90,14 @@ def register(app: Any, deps: Any, catalog: Catalog) -> Care:
         decoded = _decoded(ResolvedEvent, events, "care-events")
         await until_done("care.events", partial(care.on_events, decoded, datetime.now(UTC)))
 
+    async def erasures(events: list[Any]) -> None:
+        done = [e for e in _decoded(Erasure, events, "care-erasures") if e.receipt is not None]
+        pids = sorted({p for e in done for p in e.receipt.profiles})
+        if pids:
+            removed = await until_done("care.erase", partial(care.erase, pids))
+            log.info("care.erased", profiles=len(pids), tasks=removed)
+
+    batch_agent(app, deps, PRIVACY_ERASURES.name, "care-erasures", erasures)
     batch_agent(app, deps, PROFILES_CHANGES.name, "care-changes", changes)
     batch_agent(app, deps, EVENTS_RESOLVED.name, "care-events", resolved)
 

@@ -272,6 +272,18 @@ class Care:
         await self.store.published([task.task_id])
         return done
 
+    async def erase(self, profile_ids: list[str]) -> int:
+        """Forget erased profiles: tombstones for their tasks on ``cdp.care.tasks`` (published
+        first, so a crash repeats the erasure), then their state in Redis. Tasks removed."""
+        removed = 0
+        for pid in profile_ids:
+            ids = await self.store.tasks_of(pid)
+            if ids:
+                await self._publish([Record(self._topic, t.encode(), None) for t in ids])
+            await self.store.erase(pid, ids, sorted(self.rules))
+            removed += len(ids)
+        return removed
+
     async def _emit(self, tasks: list[CareTask]) -> None:
         if not tasks:
             return

@@ -5,6 +5,7 @@ Keys (under the namespace):
 - ``care:task:<id>``: the task's current record (JSON); created with NX, so an occasion
   makes one task however often its trigger is seen;
 - ``care:tasks``: task ids by creation time; ``care:open:<pid>``: a profile's open tasks;
+  ``care:of:<pid>``: all its tasks (what an erasure removes);
 - ``care:unpub``: tasks whose current state is not on ``cdp.care.tasks`` yet;
 - ``care:due``: pending occasions -> when they fall due (a claim's lease end while claimed);
   ``care:pending:<pid>``: a profile's pending ``after_event`` occasions (a follow-up cancels
@@ -26,10 +27,12 @@ from contracts.care import CareState, CareTask
 #: Create a task once: 1 created, 2 exists but its record is not published yet, 0 exists.
 _CREATE = """
 local task, tasks, open, unpub, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local mine = KEYS[6]
 local id, body, created, deliver = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('SET', task, body, 'NX') then
   redis.call('ZADD', tasks, created, id)
   redis.call('SADD', open, id)
+  redis.call('SADD', mine, id)
   redis.call('SADD', unpub, id)
   if deliver == '1' then redis.call('ZADD', outbox, created, id) end
   return 1
@@ -90,6 +93,7 @@ class CareStore:
             self._k("open", task.profile_id),
             self._k("unpub"),
             self._k("outbox"),
+            self._k("of", task.profile_id),
         ]
         args: list[str | int] = [
             task.task_id,
@@ -226,6 +230,28 @@ class CareStore:
         """Epoch ms of the accepted delivery, if any."""
         raw = await self._redis.hget(self._k("delivered"), task_id)
         return int(raw) if raw else None
+
+    async def tasks_of(self, profile_id: str) -> list[str]:
+        """Every task id of a profile, open or closed."""
+        return sorted(_text(m) for m in await self._redis.smembers(self._k("of", profile_id)))
+
+    async def erase(self, profile_id: str, task_ids: list[str], rule_ids: list[str]) -> None:
+        """Remove a profile's tasks, pending occasions and deliveries (an erasure)."""
+        pending = await self.pending_of(profile_id)
+        pipe = self._redis.pipeline(transaction=True)
+        if task_ids:
+            pipe.delete(*(self._k("task", t) for t in task_ids))
+            pipe.zrem(self._k("tasks"), *task_ids)
+            pipe.zrem(self._k("outbox"), *task_ids)
+            pipe.srem(self._k("unpub"), *task_ids)
+            pipe.hdel(self._k("attempts"), *task_ids)
+            pipe.hdel(self._k("delivered"), *task_ids)
+        due = [*pending, *(f"d|{r}|{profile_id}" for r in rule_ids)]
+        if due:
+            pipe.zrem(self._k("due"), *due)
+        for key in ("open", "of", "pending"):
+            pipe.delete(self._k(key, profile_id))
+        await pipe.execute()
 
     async def backfilled(self) -> str | None:
         """The fingerprint of the date rules last backfilled over every profile."""

@@ -22,6 +22,7 @@ import redis
 from care.rules import DEFAULT_DIR
 from care.signature import IDEMPOTENCY_KEY, SIGNATURE, TIMESTAMP, verify
 from deploy.settings import CareSettings, Settings
+from runtime.readback import read_records
 from tests.support.kafka import read_topic, read_until
 from tests.support.keys import key_of
 from tests.support.server import running_api
@@ -334,5 +335,56 @@ def test_date_rules_are_scheduled_over_profiles_that_existed_before(
         ]
         assert all(score <= time.time() * 1000 for score in due.values())  # due now
         assert client.get(f"{ns}:care:backfilled")
+    finally:
+        client.close()
+
+
+def test_an_erasure_removes_the_persons_care_tasks(
+    settings: Settings, api: str, receiver: Receiver, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """The receipt on cdp.privacy.erasures makes the care worker tombstone the person's tasks
+    on the compacted topic and forget them in Redis."""
+    send(api, [e for e in triggers(datetime.now(UTC)) if e["messageId"] in {"b1", "a1"}])
+    workers += start(settings, tmp_path, receiver.url)
+    history = WorkerProcess(settings, tmp_path, ["history"])
+    workers.append(history.start())
+
+    def alive() -> None:
+        for w in workers:
+            w.check()
+
+    by_rule = {t["rule"]: t for t in tasks_on_topic(settings, 2, alive)}
+    bday, acct = by_rule["birthday_in_7_days"], by_rule["cooperation_anniversary"]
+
+    dpo = {"Authorization": "Bearer tk_dpo"}
+    asked = httpx.post(
+        f"{api}/v1/privacy/erasures",
+        json={"type": "member_id", "value": "M-BDAY"},
+        headers=dpo,
+        timeout=30,
+    )
+    assert asked.status_code == 202, asked.text
+    location = api + asked.headers["Location"]
+    history.wait_for(
+        lambda: httpx.get(location, headers=dpo, timeout=10).json()["state"] == "completed",
+        "the erasure completed",
+    )
+
+    def tombstoned() -> bool:
+        topic = settings.kafka.topic("cdp.care.tasks")
+        records = read_records(settings.kafka.bootstrap_servers, topic, timeout_s=60)
+        return (bday["task_id"].encode(), None) in records
+
+    wait("the task's tombstone", tombstoned, alive)
+    r = httpx.get(f"{api}/v1/care/tasks/{bday['task_id']}", headers=CARE, timeout=10)
+    assert r.status_code == 404
+    r = httpx.get(f"{api}/v1/care/tasks", headers=CARE, timeout=10)
+    assert [t["task_id"] for t in r.json()["tasks"]] == [acct["task_id"]]  # another person's
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        ns, pid = settings.worker.namespace, bday["profile_id"]
+        keys = [f"task:{bday['task_id']}", f"open:{pid}", f"of:{pid}", f"pending:{pid}"]
+        assert client.exists(*(f"{ns}:care:{k}" for k in keys)) == 0
+        assert not any(f"|{pid}" in m.decode() for m in client.zrange(f"{ns}:care:due", 0, -1))
     finally:
         client.close()
