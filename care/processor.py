@@ -177,7 +177,8 @@ class Care:
         for member in await self.store.claim_due(now, LEASE_S):
             kind, rule_id, pid, *rest = member.split("|", 5)
             rule = self.rules.get(rule_id)
-            if rule is None:  # a rule that was removed: its occasions go with it
+            if rule is None or not (rule.trigger.date if kind == "d" else rule.trigger.after_event):
+                # A rule removed, or now of another kind: its occasions go with it.
                 await self.store.unschedule(member, pid if kind == "e" else None)
             elif kind == "d":
                 made += await self._fire_date(rule, pid, member, now)
