@@ -47,7 +47,7 @@ from deploy.generator import generate
 from deploy.lag import total_lag
 from deploy.local.kafka import free_port
 from deploy.settings import Settings
-from deploy.worker import DEFAULT_ROLES, group_id
+from deploy.worker import ROLES, group_id
 from privacy.crypto import MasterKeys
 from runtime.auth import Token, hash_token
 
@@ -406,7 +406,7 @@ def main() -> None:
             (group_id(settings, ["history"]), TOPICS[1:]),
         ]
         if args.layout in ("one", "three")  # cdp run: its stream processes and itself
-        else [(group_id(settings, DEFAULT_ROLES), TOPICS)]
+        else [(group_id(settings, sorted(ROLES)), TOPICS)]
     )
     try:
         for _ in range(300):

@@ -49,7 +49,7 @@ from deploy.serve import api_processes, attach_api, check_port_free, supervise
 from deploy.serve import serve as serve_api
 from deploy.settings import ConfigError, Settings
 from deploy.worker import (
-    DEFAULT_ROLES,
+    ALL_ROLES,
     ROLES,
     STREAM_ROLES,
     WorkerProcesses,
@@ -215,7 +215,7 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
         seconds = push(base, feed)
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(f"{exc} (is `cdp run --demo` running?)") from exc
-    group = group_id(settings, DEFAULT_ROLES)
+    group = group_id(settings, sorted(ROLES))
     wait_processed(settings, group)
     blinding = privacy.blinding(settings) if settings.privacy_enabled() else None
     stored = blinding.stored_key if blinding else None
@@ -318,7 +318,7 @@ def _adopt_one_group_offsets(settings: Settings) -> None:
     others = [settings.kafka.topic(n) for n in REGISTRY if n != EVENTS_RAW.name]
     lag_mod.adopt_offsets(
         settings.kafka,
-        group_id(settings, DEFAULT_ROLES),
+        group_id(settings, sorted(ROLES)),
         {group_id(settings, STREAM_ROLES): [raw], group_id(settings, ["history"]): others},
     )
 
@@ -328,7 +328,7 @@ def _adopt_one_group_offsets(settings: Settings) -> None:
     "--role",
     "roles",
     multiple=True,
-    type=click.Choice(sorted(ROLES)),
+    type=click.Choice(sorted(ALL_ROLES)),
     help="Processor(s) to run; repeat for several. Default: history, identity, profiles "
     "(care runs in a group of its own).",
 )
@@ -336,7 +336,7 @@ def _adopt_one_group_offsets(settings: Settings) -> None:
 def worker(settings: Settings, roles: tuple[str, ...]) -> None:
     """Run stream processors; workers with the same roles share the partitions."""
     guard_start()
-    chosen = sorted(roles or DEFAULT_ROLES)
+    chosen = sorted(roles or ROLES)
     click.echo(f"worker roles={','.join(chosen)} group={group_id(settings, chosen)}")
     _wait_for_services(settings)
     app = build_app(settings, chosen, instance=settings.worker.instance_id)

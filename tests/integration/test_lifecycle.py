@@ -27,7 +27,7 @@ from deploy.lag import total_lag
 from deploy.local.kafka import KafkaBroker, free_port
 from deploy.local.redis import RedisServer
 from deploy.settings import Settings
-from deploy.worker import DEFAULT_ROLES, STREAM_ROLES, group_id
+from deploy.worker import ROLES, STREAM_ROLES, group_id
 from runtime.readback import read_to_end
 from tests.conftest import make_settings
 from tests.integration.test_bad_input import basic
@@ -140,7 +140,7 @@ def settled(own: Own, command: str) -> bool:
     """Whether the command's consumer groups committed everything there is to read."""
     k = own.settings.kafka
     if command == "worker":
-        groups = {group_id(own.settings, DEFAULT_ROLES): ["cdp.events.raw", *HISTORY_TOPICS]}
+        groups = {group_id(own.settings, sorted(ROLES)): ["cdp.events.raw", *HISTORY_TOPICS]}
     else:
         groups = {
             group_id(own.settings, STREAM_ROLES): ["cdp.events.raw"],
