@@ -23,6 +23,7 @@ COPY stream stream
 COPY privacy privacy
 COPY console console
 COPY --from=assets /assets/node_modules console/vendor/node_modules
+COPY care care
 COPY deploy deploy
 RUN /opt/cdp/bin/pip install --no-cache-dir --disable-pip-version-check .
 

@@ -23,6 +23,8 @@ class DeadLetterReason(StrEnum):
     RATE_LIMITED = "rate_limited"
     #: A processor read a message that does not match its topic's contract.
     UNDECODABLE = "undecodable"
+    #: A care task's webhook refused or missed every delivery attempt (docs/care.md).
+    DELIVERY_FAILED = "delivery_failed"
 
 
 class DeadLetter(BaseModel):

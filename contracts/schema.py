@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from contracts.care import CareTask
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, EventIn, ResolvedEvent
 from contracts.identity import LedgerEntry
@@ -26,6 +27,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "saved-segment.v1.json": SavedSegment,
     "erasure.v1.json": Erasure,
     "audit.v1.json": AuditRecord,
+    "care-task.v1.json": CareTask,
 }
 
 

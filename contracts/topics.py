@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from contracts.care import CareTask
 from contracts.deadletter import DeadLetter
 from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
@@ -127,6 +128,16 @@ AUDIT = Topic(
     configs={"retention.ms": "-1"},
 )
 
+CARE_TASKS = Topic(
+    "cdp.care.tasks",
+    key="task id (rule, profile and occasion hashed: one task per occasion)",
+    value_model=CareTask,
+    description="Care and follow-up tasks: a record when a rule makes one (open) and one when "
+    "a follow-up event or someone closes it (closed). Compacted and kept forever: the last "
+    "record of a task is its state. For service desks and marketing tools.",
+    configs={"cleanup.policy": "compact", "retention.ms": "-1"},
+)
+
 REGISTRY: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -140,5 +151,6 @@ REGISTRY: dict[str, Topic] = {
         KEYS,
         PRIVACY_ERASURES,
         AUDIT,
+        CARE_TASKS,
     )
 }

@@ -15,10 +15,14 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from care.api import care_router
+from care.processor import Care
+from care.rules import for_catalog as care_rules
+from care.store import CareStore
 from console.ops import OpsSources
 from console.ops import sizes as membership_sizes
 from console.router import install as install_console
-from contracts.topics import EVENTS_DEADLETTER, EVENTS_RAW, SEGMENTS_MEMBERSHIP
+from contracts.topics import CARE_TASKS, EVENTS_DEADLETTER, EVENTS_RAW, SEGMENTS_MEMBERSHIP
 from deploy.forward import Forward
 from deploy.lag import consumer_lag, topic_ends
 from deploy.lifecycle import STOP, Stop
@@ -348,6 +352,24 @@ def create_app(settings: Settings, owns_history: bool = False, stop: Stop = STOP
             read=require(tokens, "segments:read"),
             write=require(tokens, "segments:write"),
             audited=audited,
+        )
+    )
+
+    care = Care(
+        care_rules(settings.care.rules, tag_store.catalog),
+        CareStore(redis_client, ns),
+        profile_store,
+        tag_store.catalog.zone,
+        publisher.publish,
+        settings.kafka.topic(CARE_TASKS.name),
+        deliver=settings.care.webhook_url is not None,
+    )
+    app.include_router(
+        care_router(
+            care,
+            read=require(tokens, "care:read"),
+            write=require(tokens, "care:write"),
+            webhook=settings.care.webhook_url is not None,
         )
     )
 

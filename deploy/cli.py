@@ -15,6 +15,9 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from care.cli import care as care_group
+from care.exceptions import CareRulesError
+from care.rules import for_catalog as care_rules
 from contracts import schema
 from contracts.topics import EVENTS_RAW, EVENTS_RESOLVED, REGISTRY
 from deploy import lag as lag_mod
@@ -47,6 +50,7 @@ from deploy.serve import api_processes, attach_api, check_port_free, supervise
 from deploy.serve import serve as serve_api
 from deploy.settings import ConfigError, Settings
 from deploy.worker import (
+    ALL_ROLES,
     ROLES,
     STREAM_ROLES,
     WorkerProcesses,
@@ -272,6 +276,9 @@ def run(
     attach_api(app, settings, api_workers or api_processes(settings))
     count = stream_workers or settings.worker.processes
     supervise(app, WorkerProcesses(settings, STREAM_ROLES, count))
+    if settings.care.enabled:
+        # Care tasks from tag entries, dates and follow-ups: a group of its own (docs/care.md).
+        supervise(app, WorkerProcesses(settings, ["care"], 1))
     base = f"http://{settings.api.host}:{settings.api.port}"
     click.echo(f"API on {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
     sealing = settings.privacy_enabled()
@@ -288,8 +295,10 @@ def run(
 
 def _check_keys(settings: Settings) -> None:
     """Refuse to start when field encryption is on and its master keys cannot be read, or
-    when a source mapping is invalid (before any process or port is taken)."""
+    when a source mapping or the care rules are invalid (before any process or port is
+    taken)."""
     settings.ingest.mapping_registry()
+    care_rules(settings.care.rules, load_catalog(settings.tags.catalog))  # CareRulesError
     if settings.privacy_enabled():
         try:
             privacy.wrapper(settings)
@@ -327,8 +336,9 @@ def _adopt_one_group_offsets(settings: Settings) -> None:
     "--role",
     "roles",
     multiple=True,
-    type=click.Choice(sorted(ROLES)),
-    help="Processor(s) to run; repeat for several. Default: all.",
+    type=click.Choice(sorted(ALL_ROLES)),
+    help="Processor(s) to run; repeat for several. Default: history, identity, profiles "
+    "(care runs in a group of its own).",
 )
 @click.pass_obj
 def worker(settings: Settings, roles: tuple[str, ...]) -> None:
@@ -802,6 +812,7 @@ def contracts_export(check: bool) -> None:
 
 
 cli.add_command(tags_group)
+cli.add_command(care_group)
 register_privacy_commands(cli)
 register_deadletter_commands(cli)
 cli.add_command(segments_group)
@@ -814,7 +825,7 @@ def main() -> None:
     keys) exits 2, a failure to start (port, services) exits 3, each with one line."""
     try:
         run_guarded(lambda: cli(auto_envvar_prefix=None))
-    except ConfigError as exc:
+    except (ConfigError, CareRulesError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
     except StartError as exc:

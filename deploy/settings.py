@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
@@ -274,6 +275,36 @@ class SegmentSettings(BaseModel):
     query_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class CareSettings(BaseModel):
+    """Care and follow-up tasks: their rules and the webhook they are delivered to."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Run the care processor in ``cdp run`` (``cdp worker --role care`` runs it anyway).
+    enabled: bool = True
+    #: Directory of care rule ``*.yaml`` files; the shipped rules when unset (docs/care.md).
+    rules: Path | None = None
+    #: Where open tasks are POSTed; unset: tasks go to ``cdp.care.tasks`` and the API only.
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: The HMAC-SHA256 key of the deliveries' ``X-CDP-Signature`` (needed with a URL).
+    webhook_secret: SecretStr | None = None
+    #: Attempts of one delivery before it goes to the dead letters.
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    #: The wait after the first failed attempt; it doubles with each failure, up to the max.
+    backoff_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=600.0, gt=0)
+    #: How long one attempt may take.
+    timeout_s: float = Field(default=10.0, gt=0)
+    #: How often the care worker looks for occasions that fell due and deliveries to send.
+    interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _signed(self) -> CareSettings:
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("webhook_secret is required with webhook_url")
+        return self
+
+
 class LocalSettings(BaseModel):
     """The local real stack started by ``cdp up`` (and by the test fixtures)."""
 
@@ -343,6 +374,7 @@ class Settings(BaseSettings):
     profiles: FoldRules = FoldRules()
     tags: TagSettings = TagSettings()
     segments: SegmentSettings = SegmentSettings()
+    care: CareSettings = CareSettings()
     privacy: PrivacySettings = PrivacySettings()
     metrics: MetricsSettings = MetricsSettings()
     log_level: str = "info"

@@ -12,6 +12,7 @@ import mode
 import redis.asyncio as aioredis
 import structlog
 
+from care import agents as care_agents
 from contracts.topics import SEGMENTS_MEMBERSHIP
 from deploy.app import freeze_startup_heap
 from deploy.deps import Deps
@@ -39,11 +40,25 @@ from stream import agents as stream_agents
 from tagging.catalog import load as load_catalog
 from tagging.store import TagStore
 
+
+def _care(app: Any, deps: Deps) -> None:
+    catalog = deps.tags.catalog if deps.tags else load_catalog(deps.settings.tags.catalog)
+    care_agents.register(app, deps, catalog)
+
+
+#: The roles ``cdp worker`` runs when none is named.
 ROLES: dict[str, Callable[[Any, Deps], None]] = {
     "identity": identity_agents.register,
     "profiles": profile_agents.register,
     "history": sink_agents.register,
 }
+
+#: Roles run only when named: care runs in a consumer group of its own (``--role care``;
+#: ``cdp run`` starts one), so it changes no existing group.
+NAMED_ROLES: dict[str, Callable[[Any, Deps], None]] = {"care": _care}
+
+#: Every role a worker can run.
+ALL_ROLES = {**ROLES, **NAMED_ROLES}
 
 
 #: The roles of the one-pass stream processor (``cdp run`` starts it beside its own process).
@@ -121,9 +136,9 @@ def build_app(
     ``ready`` (an event of a supervising process) is set once the app's services started;
     ``instance`` makes the app a static member of its consumer group under that id.
     """
-    unknown = set(roles) - set(ROLES)
+    unknown = set(roles) - set(ALL_ROLES)
     if unknown:
-        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ALL_ROLES)}")
     # faust creates its data directory without parents; the state directory may be new.
     datadir = settings.local.state_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +199,7 @@ def build_app(
     else:
         others = sorted(roles)
     for role in others:
-        ROLES[role](app, deps)
+        ALL_ROLES[role](app, deps)
     if "history" in roles:
         deps.refresher = register_refresh(app, deps, catalog)
         privacy_agents.register(app, deps, erasures(settings, deps.redis, deps.publisher))

@@ -189,6 +189,23 @@ class ProfileStore:
         """Follow aliases from a (possibly merged) profile id to its survivor."""
         return await survivor(self._redis, self._ns, profile_id)
 
+    async def scan_ids(self, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One SCAN step over stored profiles: (next cursor, profile ids; 0 when done)."""
+        prefix = f"{self._ns}:pf:"
+        nxt, keys = await self._redis.scan(cursor, match=f"{prefix}*", count=count)
+        ids = []
+        for key in keys:
+            rest = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+            if ":" not in rest:
+                ids.append(rest)
+        return int(nxt), ids
+
+    async def has_entry(self, profile_id: str, name: str, member: str) -> bool:
+        """Whether the profile's keyed set ``name`` (``complaints``, ``follow_ups``...) holds
+        ``member``."""
+        field = f"s:{name}:{member}"
+        return bool(await self._redis.hexists(f"{self._ns}:pf:{profile_id}", field))
+
     async def get(self, profile_id: str) -> Profile | None:
         """Read a profile (a merged id answers with its survivor); None when unknown."""
         return (await self.get_many([profile_id]))[0]

@@ -23,6 +23,8 @@ TOKENS = {
     "tk_dpo2": frozenset({"privacy:erase", "privacy:export", "audit:read", "privacy:approve"}),
     "tk_ops": frozenset({"deadletters:read", "deadletters:redrive"}),
     "tk_ops_read": frozenset({"deadletters:read"}),
+    "tk_care": frozenset({"care:read", "care:write"}),
+    "tk_care_read": frozenset({"care:read"}),
 }
 
 SOURCES = {

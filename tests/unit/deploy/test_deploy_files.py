@@ -148,7 +148,12 @@ def test_the_chart_runs_the_api_and_workers_with_probes_budgets_and_valid_settin
     secret = by[("Secret", "r1-cdp")]["stringData"]
     env = {**config, **secret}
     deployments = {n: d for (k, n), d in by.items() if k == "Deployment"}
-    assert set(deployments) == {"r1-cdp-api", "r1-cdp-worker-stream", "r1-cdp-worker-history"}
+    assert set(deployments) == {
+        "r1-cdp-api",
+        "r1-cdp-worker-stream",
+        "r1-cdp-worker-history",
+        "r1-cdp-worker-care",
+    }
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True

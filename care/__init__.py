@@ -1,0 +1,1 @@
+"""Care and follow-up: rules that turn tag entries, dates and resolved complaints into tasks."""
