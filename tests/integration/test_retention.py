@@ -65,6 +65,7 @@ def test_topics_are_created_with_the_retention_of_the_settings(
         "cdp.keys": "-1",
         "cdp.privacy.erasures": "-1",
         "cdp.audit": "-1",
+        "cdp.care.tasks": "-1",
     }
 
 
