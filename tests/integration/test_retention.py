@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +42,24 @@ def topic_configs(kafka: KafkaSettings, *keys: str) -> dict[str, dict[str, str]]
     finally:
         client.close()
     return {name: {k: described[kafka.topic(name)][k]["value"] for k in keys} for name in REGISTRY}
+
+
+def settled(
+    read: Callable[[], dict[str, dict[str, str]]],
+    done: Callable[[dict[str, dict[str, str]]], bool],
+    timeout_s: float = 30.0,
+) -> dict[str, dict[str, str]]:
+    """``read()`` again until ``done`` holds of it or ``timeout_s`` passed; its last value.
+
+    An altered topic config is committed by the controller before the call returns; the
+    broker answering a describe serves it once it has applied that metadata.
+    """
+    deadline = time.monotonic() + timeout_s
+    found = read()
+    while not done(found) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = read()
+    return found
 
 
 def with_retention(settings: Settings, days: dict[str, float]) -> KafkaSettings:
@@ -80,7 +100,11 @@ def test_existing_topics_get_the_retention_the_settings_now_say(settings: Settin
         kafka.topic("cdp.events.raw"): "retention 30 days -> 2 days",
         kafka.topic("cdp.profiles.changes"): "retention 7 days -> forever",
     }
-    found = topic_configs(kafka, "retention.ms", "min.insync.replicas", "cleanup.policy")
+    # The controller has the change; a broker serves it once it applied the metadata.
+    found = settled(
+        lambda: topic_configs(kafka, "retention.ms", "min.insync.replicas", "cleanup.policy"),
+        lambda f: f["cdp.events.raw"]["retention.ms"] == str(2 * DAY_MS),
+    )
     assert found["cdp.events.raw"] == {
         "retention.ms": str(2 * DAY_MS),
         "min.insync.replicas": "1",  # the topic's other configs are kept
@@ -96,7 +120,10 @@ def test_existing_topics_get_the_retention_the_settings_now_say(settings: Settin
     assert set(topics.create_all(kafka).values()) == {"exists"}
     # Back to the registry's defaults when the settings no longer say otherwise.
     topics.create_all(settings.kafka)
-    found = topic_configs(settings.kafka, "retention.ms")
+    found = settled(
+        lambda: topic_configs(settings.kafka, "retention.ms"),
+        lambda f: f["cdp.events.raw"]["retention.ms"] == str(30 * DAY_MS),
+    )
     assert found["cdp.events.raw"]["retention.ms"] == str(30 * DAY_MS)
     assert found["cdp.profiles.changes"]["retention.ms"] == str(7 * DAY_MS)
 
@@ -130,7 +157,10 @@ def test_cdp_topics_create_applies_the_retention_variable(settings: Settings) ->
             "days",
         ]
     ]
-    found = topic_configs(settings.kafka, "retention.ms")
+    found = settled(
+        lambda: topic_configs(settings.kafka, "retention.ms"),
+        lambda f: f["cdp.events.deadletter"]["retention.ms"] == str(30 * DAY_MS),
+    )
     assert found["cdp.events.deadletter"]["retention.ms"] == str(30 * DAY_MS)
 
 
