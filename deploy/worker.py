@@ -262,13 +262,15 @@ class WorkerProcessFailed(ChildFailed):
 
 
 def _work_one(settings: Settings, roles: list[str], slot: int, parent: int, ready: Any) -> None:
-    """One worker process with ``roles`` (``cdp run``'s stream processor).
+    """One worker process with ``roles`` (``cdp run``'s stream processor, ``cdp-stream``, or
+    its care processor, ``cdp-care``).
 
     A static member of its group (KIP-345): restarted after a crash under the same instance
     id, it takes its partitions back at once, instead of after the session timeout it would
     take the group to give up on the dead member and rebalance.
     """
-    die_with(parent, "cdp-stream")
+    # Named for what it runs, so `ps` and a supervisor's logs tell them apart.
+    die_with(parent, "cdp-stream" if set(roles) == set(STREAM_ROLES) else f"cdp-{'-'.join(roles)}")
     instance = f"{settings.worker.instance_id or socket.gethostname()}-{slot}"
     run(build_app(settings, roles, ready, instance), settings)
 

@@ -329,6 +329,8 @@ def test_run_restarts_its_stream_process_after_a_kill_and_loses_nothing(
     try:
         wait("API up", lambda: httpx.get(base + "/healthz", timeout=5).status_code == 200)
         stream = wait("a stream process", lambda: _descendants_named(proc.pid, "cdp-stream"))
+        # The care processor is a process of its own, named apart: not killed below.
+        wait("a care process", lambda: _descendants_named(proc.pid, "cdp-care"))
         order(1)
         wait("the first order folded", lambda: orders() == 1)
         for pid in stream:  # type: ignore[attr-defined]
