@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,39 @@ def load(path: Path, helpers: Sequence[Path] = ()) -> str:
 def chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
     """Split ``items`` into consecutive chunks of at most ``size``."""
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def grouped_chunks(
+    items: Sequence[Any], key: Callable[[Any], Hashable], size: int = CHUNK
+) -> tuple[list[list[Any]], list[int]]:
+    """Split ``items`` into chunks of about ``size`` that never part two items of one ``key``.
+
+    A pipeline of script calls is not all-or-nothing: an error Redis answers per command
+    (``MISCONF`` while its disk is full, ``OOM``) can refuse one call and take the next, when
+    the condition clears between them. A script that applies each key's items in order and
+    skips what it has passed (the fold's watermark per profile and partition) would then skip
+    an earlier item that the next attempt brings again. With each key's items in one call,
+    a call either applies all of them or none.
+
+    Returns the chunks (keys in order of first appearance, each key's items in their order;
+    a key with more than ``size`` items gets a chunk of its own) and, for each chunk item in
+    chunk order, its index in ``items``.
+    """
+    groups: dict[Hashable, list[int]] = {}
+    for n, item in enumerate(items):
+        groups.setdefault(key(item), []).append(n)
+    out: list[list[Any]] = []
+    order: list[int] = []
+    current: list[Any] = []
+    for members in groups.values():
+        if current and len(current) + len(members) > size:
+            out.append(current)
+            current = []
+        current.extend(items[n] for n in members)
+        order.extend(members)
+    if current:
+        out.append(current)
+    return out, order
 
 
 class BatchScript:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from redis.exceptions import ResponseError
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange, TraitValue
 from identity.aliases import survivor
-from identity.scripts import GRAPH, BatchScript, chunks
+from identity.scripts import GRAPH, BatchScript, chunks, grouped_chunks
 from profiles.fold import PARTS_OF_DAY, FoldRules, fold
 from profiles.quality import conflict_report
 
@@ -111,7 +112,12 @@ class ProfileStore:
         self.tag_names: Callable[[str], list[str]] | None = None
 
     async def apply(self, batch: list[ResolvedEvent], at: datetime) -> list[Applied]:
-        """Fold a batch: one script call per chunk, each event atomic and applied once."""
+        """Fold a batch: one script call per chunk, each event atomic and applied once.
+
+        A profile's events of the batch go in one call (``grouped_chunks``): the fold skips
+        an offset at or below the profile's watermark, so an earlier event refused in one
+        call while a later one was applied in the next would be skipped on the retry.
+        """
         todo = [r for r in batch if r.profile_id]
         rows = [
             [
@@ -123,8 +129,10 @@ class ProfileStore:
             ]
             for r in todo
         ]
-        answers = await self._fold.run([[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)])
-        return [self._applied(r, a, at) for r, a in zip(todo, answers, strict=True)]
+        grouped, order = grouped_chunks(rows, key=itemgetter(0))
+        answers = await self._fold.run([[self._ns, orjson.dumps(chunk)] for chunk in grouped])
+        by_index = dict(zip(order, answers, strict=True))
+        return [self._applied(r, by_index[n], at) for n, r in enumerate(todo)]
 
     @staticmethod
     def _applied(r: ResolvedEvent, answer: dict[str, Any], at: datetime) -> Applied:
