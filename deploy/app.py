@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -77,6 +77,23 @@ def freeze_startup_heap() -> None:
     in flight (the API's p99). Frozen, a full pass takes a few milliseconds.
     """
     gc.freeze()
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the block with the cyclic collector's thresholds raised (restored after it).
+
+    For batch work that keeps thousands of short-lived objects in flight and makes almost no
+    cycles (an import holds a few chunks of events at a time): with the default thresholds
+    the young generations were collected every 700 allocations, mostly walking objects that
+    were still in use, ~10% of an import's time after ``freeze_startup_heap``.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 Check = Callable[[], Awaitable[None]]
