@@ -41,8 +41,12 @@ def care_router(care: Care, read: Any, write: Any, webhook: bool) -> APIRouter:
         if found is None:
             raise _error(404, "not_found", f"no care task {task_id}", "task_id")
         delivered = await care.store.delivered_at(task_id)
-        at = datetime.fromtimestamp(delivered / 1000, UTC).isoformat() if delivered else None
-        return {**found.model_dump(mode="json"), "delivered_at": at}
+        told_closed = await care.store.close_delivered_at(task_id)
+        return {
+            **found.model_dump(mode="json"),
+            "delivered_at": _iso(delivered),
+            "close_delivered_at": _iso(told_closed),
+        }
 
     @router.post("/v1/care/tasks/{task_id}/close", summary="Close an open care task")
     async def close(task_id: str, token: Writer) -> Any:
@@ -76,3 +80,8 @@ def care_router(care: Care, read: Any, write: Any, webhook: bool) -> APIRouter:
         return {"task_id": task_id, "queued": True}
 
     return router
+
+
+def _iso(ms: int | None) -> str | None:
+    """An epoch-ms time as ISO 8601 (UTC), or None."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None

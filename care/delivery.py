@@ -1,8 +1,11 @@
-"""Delivery of open care tasks to a webhook: signed, retried with backoff, dead-lettered.
+"""Delivery of care tasks to a webhook: signed, retried with backoff, dead-lettered.
 
 Deliveries run from the care worker's outbox in Redis (care/store.py), never in the stream:
-a slow or failing receiver delays only its own tasks. At least once: a receiver dedupes on
-the ``Idempotency-Key`` header (the task id), the same on every attempt.
+a slow or failing receiver delays only its own tasks. An open task is sent once; when a task
+the receiver was sent is closed, its closed record is sent too (a task closed before it was
+sent is never sent). At least once: a receiver dedupes on the ``Idempotency-Key`` header
+(the task id for the open task, ``<task id>:closed`` for its close), the same on every
+attempt.
 """
 
 from __future__ import annotations
@@ -105,11 +108,13 @@ class Webhook:
 
     async def deliver(self, tid: str, task: CareTask | None) -> None:
         """One attempt: accepted, retried later, or dead-lettered."""
-        if task is None or task.state != CareState.OPEN:
-            await self._store.give_up(tid)  # closed (or gone) before it was delivered
+        closing = task is not None and task.state == CareState.CLOSED
+        if task is None or (closing and await self._store.delivered_at(tid) is None):
+            await self._store.give_up(tid)  # gone, or closed before it was delivered
             return
         body = task.model_dump_json().encode()
-        sent = headers(self._secret, int(time.time()), body, tid)
+        key = closing_key(tid) if closing else tid
+        sent = headers(self._secret, int(time.time()), body, key)
         status, why = 0, ""
         try:
             answer = await self._client.post(
@@ -120,8 +125,8 @@ class Webhook:
         else:
             status, why = answer.status_code, f"HTTP {answer.status_code}"
             if 200 <= status < 300:
-                await self._store.delivered(tid, datetime.now(UTC))
-                log.info("care.delivered", task_id=tid, status=status)
+                await self._accepted(tid, closing)
+                log.info("care.delivered", task_id=tid, status=status, state=task.state.value)
                 return
         attempts = await self._store.failed(tid)
         if (status and not retryable(status)) or attempts >= self._max:
@@ -133,3 +138,20 @@ class Webhook:
         wait = backoff(attempts, *self._backoff)
         await self._store.retry_at(tid, datetime.now(UTC) + timedelta(seconds=wait))
         log.info("care.retry", task_id=tid, attempts=attempts, error=why, retry_in_s=wait)
+
+    async def _accepted(self, tid: str, closing: bool) -> None:
+        """Record an accepted delivery; an open task closed while it was being sent is
+        queued again, so the receiver hears of the close too."""
+        now = datetime.now(UTC)
+        if closing:
+            await self._store.close_delivered(tid, now)
+            return
+        await self._store.delivered(tid, now)
+        current = await self._store.get(tid)
+        if current is not None and current.state == CareState.CLOSED:
+            await self._store.requeue(tid, now)
+
+
+def closing_key(task_id: str) -> str:
+    """The ``Idempotency-Key`` of the delivery of a task's close."""
+    return f"{task_id}:closed"

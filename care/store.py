@@ -12,7 +12,8 @@ Keys (under the namespace):
   them);
 - ``care:outbox``: open tasks to deliver -> when the next attempt is due;
   ``care:attempts``: task id -> failed attempts so far; ``care:delivered``: task id -> when
-  a delivery was accepted;
+  a delivery was accepted; ``care:closed_delivered``: task id -> when the delivery of its
+  close was accepted (a delivered task closed is queued again, to tell the close);
 - ``care:backfilled``: the date rules last scheduled over every profile.
 """
 
@@ -41,14 +42,20 @@ if redis.call('SISMEMBER', unpub, id) == 1 then return 2 end
 return 0
 """
 
-#: Close an open task: 1 closed now, 0 it was not open.
+#: Close an open task: 1 closed now, 0 it was not open. A task the webhook was told of is
+#: queued to tell it the close (from the first attempt); one not yet told is not sent at all.
 _CLOSE = """
 local task, open, unpub, outbox, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, body = ARGV[1], ARGV[2]
+local delivered = KEYS[6]
+local id, body, now = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('SREM', open, id) == 0 then return 0 end
 redis.call('SET', task, body, 'XX')
 redis.call('SADD', unpub, id)
-redis.call('ZREM', outbox, id)
+if redis.call('HEXISTS', delivered, id) == 1 then
+  redis.call('ZADD', outbox, now, id)
+else
+  redis.call('ZREM', outbox, id)
+end
 redis.call('HDEL', attempts, id)
 return 1
 """
@@ -114,8 +121,9 @@ class CareStore:
             self._k("unpub"),
             self._k("outbox"),
             self._k("attempts"),
+            self._k("delivered"),
         ]
-        done = await self._close(keys, [task.task_id, closed.model_dump_json()])
+        done = await self._close(keys, [task.task_id, closed.model_dump_json(), _ms(at)])
         return closed if int(done) else None
 
     async def published(self, task_ids: list[str]) -> None:
@@ -198,11 +206,23 @@ class CareStore:
 
     async def delivered(self, task_id: str, at: datetime) -> None:
         """A delivery was accepted: nothing more to send."""
+        await self._accepted("delivered", task_id, at)
+
+    async def close_delivered(self, task_id: str, at: datetime) -> None:
+        """A close's delivery was accepted: nothing more to send for the task."""
+        await self._accepted("closed_delivered", task_id, at)
+
+    async def _accepted(self, record: str, task_id: str, at: datetime) -> None:
         pipe = self._redis.pipeline(transaction=True)
         pipe.zrem(self._k("outbox"), task_id)
         pipe.hdel(self._k("attempts"), task_id)
-        pipe.hset(self._k("delivered"), task_id, _ms(at))
+        pipe.hset(self._k(record), task_id, _ms(at))
         await pipe.execute()
+
+    async def close_delivered_at(self, task_id: str) -> int | None:
+        """Epoch ms of the accepted delivery of the task's close, if any."""
+        raw = await self._redis.hget(self._k("closed_delivered"), task_id)
+        return int(raw) if raw else None
 
     async def failed(self, task_id: str) -> int:
         """Count a failed attempt; the attempts so far."""
@@ -246,6 +266,7 @@ class CareStore:
             pipe.srem(self._k("unpub"), *task_ids)
             pipe.hdel(self._k("attempts"), *task_ids)
             pipe.hdel(self._k("delivered"), *task_ids)
+            pipe.hdel(self._k("closed_delivered"), *task_ids)
         due = [*pending, *(f"d|{r}|{profile_id}" for r in rule_ids)]
         if due:
             pipe.zrem(self._k("due"), *due)

@@ -248,9 +248,24 @@ def test_each_trigger_fires_once_is_delivered_signed_and_a_follow_up_closes_it(
     assert "closed" in out and "cli:" in out
     assert last_state(tasks_on_topic(settings, 7, alive))[repeat]["state"] == "closed"
 
-    # Closed tasks are not delivered again.
+    # The receiver hears of each close once, signed, keyed "<task id>:closed".
+    closed_ids = {bday["task_id"], acct["task_id"], repeat}
+    wait("3 closes delivered", lambda: len(receiver.requests()) >= 7, alive)
+    closes = {}
+    for headers, body in receiver.requests()[4:]:
+        h = {k.lower(): v for k, v in headers.items()}
+        assert verify(
+            SECRET.encode(), h[TIMESTAMP.lower()], body, h[SIGNATURE.lower()], int(time.time())
+        )
+        task = json.loads(body)
+        assert task["state"] == "closed" and task["closed_at"], task
+        assert h[IDEMPOTENCY_KEY.lower()] == f"{task['task_id']}:closed"
+        closes[task["task_id"]] = task
+    assert set(closes) == closed_ids
+    r = httpx.get(f"{api}/v1/care/tasks/{bday['task_id']}", headers=CARE)
+    assert r.json()["close_delivered_at"] is not None
     care.wait_caught_up(CARE_TOPICS)
-    assert len(receiver.requests()) == 4
+    assert len(receiver.requests()) == 7
     for w in workers:
         assert w.stop(signal.SIGTERM) == 0
 
