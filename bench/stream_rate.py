@@ -373,6 +373,8 @@ def main() -> None:
     if args.privacy:
         env["CDP_PRIVACY__ENABLED"] = "true"
         env["CDP_PRIVACY__MASTER_KEYS"] = MasterKeys.generate().dumps()
+    else:  # off, even where `cdp up` made a key file (which turns encryption on by default)
+        env["CDP_PRIVACY__ENABLED"] = "false"
     layouts = {
         "one": [["run"]],
         "split": [["api"], ["worker"]],

@@ -137,11 +137,22 @@ class Catalog:
         #: The bits of every tag of this catalog.
         self.known = self.mask(self.tags)
         self._selections: dict[frozenset[str] | None, Selection] = {}
-        self._everything = self.selection(self.tags)
-        self.timed_selection = self.selection(self.timed)
+        self._everything = self._compiled(self.tags)
+        self.timed_selection = self._compiled(self.timed)
 
     def selection(self, tags: list[Tag]) -> Selection:
-        """``tags`` compiled for ``run``."""
+        """``tags`` ready for ``run``.
+
+        The catalog's own tags run the function compiled for all of them, masked to theirs,
+        as ``select`` does: compiling a subset costs ~2 ms per 30 tags, and a backfill asked
+        for one per step (it took ~45% of a stream process's CPU while it ran). Tags that are
+        not the catalog's (a rule being tried) are compiled.
+        """
+        if all(self.by_id.get(t.id) is t for t in tags):
+            return Selection(tags, self.mask(tags), self._everything.fn)
+        return self._compiled(tags)
+
+    def _compiled(self, tags: list[Tag]) -> Selection:
         return Selection(tags, self.mask(tags), compiled.build(tags, self.by_id))
 
     def clock(self, now: Any) -> Clock:
