@@ -21,7 +21,8 @@
 --   fold:held:<raw partition>  HASH  raw offset -> what folding it changed, kept until the
 --                   processor has published its change record (ProfileStore.settle): an
 --                   event redelivered after a crash between fold and publish is not folded
---                   again (watermark), but its change is answered again, marked replay.
+--                   again (watermark), but its change is answered again, marked replay,
+--                   for the profile it was folded into (even if merged away since).
 -- A merged-away profile also leaves the tag indexes (tagging/bits.lua untag).
 -- Returns a JSON array with one {pid, applied, changed: [names], left: [[gone, tags]]} per
 -- event; ``left`` has the tag bitmap of each merged-away profile that had tags (so live
@@ -206,7 +207,9 @@ local function apply(keyed, part, off, ops, merged)
     local held = redis.call('HGET', k('fold', 'held', part), off)
     if not held then return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}}) end
     local h = cjson.decode(held)
-    return cjson.encode({pid = resolve(keyed), applied = 0, replay = 1, changed = h.c,
+    -- The profile it was folded into, not its survivor now: the change may have been
+    -- published before the crash, and told again it must be the same record.
+    return cjson.encode({pid = h.p or resolve(keyed), applied = 0, replay = 1, changed = h.c,
                          left = h.l, tg = h.t})
   end
   redis.call('HSET', k('wm', keyed), part, off)
@@ -241,7 +244,7 @@ local function apply(keyed, part, off, ops, merged)
   if #changed > 0 then
     redis.call('HINCRBY', k('pf', pid), '_v', 1)
     redis.call('SADD', dirty_key, pid)
-    local held = {c = changed, t = tags_before}
+    local held = {p = pid, c = changed, t = tags_before}
     if #left > 0 then held.l = left end
     redis.call('HSET', k('fold', 'held', part), off, cjson.encode(held))
   end

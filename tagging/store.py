@@ -343,7 +343,9 @@ class TagStore:
         pids = list(before)
         changes = []
         for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
-            if stored is not None:
+            # A profile merged away since reads as its survivor; its tags left with the
+            # merge (told as a departure), so it has no tag change of its own to tell.
+            if stored is not None and stored.profile.profile_id == pid:
                 change = self._change([pid, None, before[pid], stored.tags])
                 if change.added or change.removed:
                     changes.append(change)

@@ -107,3 +107,34 @@ def test_a_crash_before_tagging_still_tags_and_tells(world: World) -> None:
     assert "repeat_buyer" in again[-1]["tags_added"]
     assert entered == ["enter"]
     assert world.orders(batch[0].profile_id) == (2, 2)
+
+
+def test_a_fold_told_again_names_the_profile_it_changed_even_if_merged_since(
+    world: World,
+) -> None:
+    phone = [("phone", "+8613800138000")]
+    events = [
+        ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30),
+        ev(2, "order_completed", "web", phone, NOW, order_id="B", total=70),
+        ev(3, "identify", "web", [*MEMBER, *phone], NOW),
+    ]
+    located = [Located(e, 0, n) for n, e in enumerate(events)]
+
+    def resolve(part: list[Located]) -> list[ResolvedEvent]:
+        return [o.resolved for o in world.run(world.deps.identity.resolve(part, NOW))]
+
+    batch = resolve(located[:2])
+    first, _ = world.told(batch)  # folded and published: two profiles ...
+    told = [(c["event_id"], c["profile_id"]) for c in first]
+    assert len({pid for _, pid in told}) == 2
+    later = resolve(located[2:])
+    assert later[0].merged  # ... which the next event merges
+    # ... the merge is folded, and the worker dies before settling the first batch.
+    world.told(later)
+    again, _ = world.told(batch)
+    # The same records as first told (history keys them by profile and event).
+    assert [(c["event_id"], c["profile_id"]) for c in again] == told
+    fields = [[f for f in c["changed"] if f != "tags"] for c in first]
+    assert [[f for f in c["changed"] if f != "tags"] for c in again] == fields
+    # The merged-away profile's tags left with the merge: none told for it again.
+    assert again[1]["tags_added"] == again[1]["tags_removed"] == []
