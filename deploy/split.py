@@ -42,7 +42,7 @@ from identity.rules import IdentityRules
 from identity.scripts import GRAPH, load
 from identity.store import IdentityStore, Located
 from profiles.fold import FoldRules
-from profiles.store import ProfileStore
+from profiles.store import WATERMARK, ProfileStore
 from runtime.auth import Token
 from runtime.publisher import Record
 from sinks.history import EVENT_COLUMNS, TOMBSTONE_VERSION
@@ -139,7 +139,7 @@ class Splitter:
         self._topic = topic
         self._membership = membership
         self._wait_s = history_wait_s
-        self._swap = redis.register_script(load(_SWAP, [GRAPH, _BITS]))
+        self._swap = redis.register_script(load(_SWAP, [GRAPH, _BITS, WATERMARK]))
 
     async def split(
         self, profile_id: str, merged: str | None = None, detach: list[str] | None = None
@@ -238,10 +238,10 @@ class Splitter:
             wm: dict[str, dict[str, int]] = {}
             pairs = []
             for pid in group:
-                marks = await self._redis.hgetall(f"{self._ns}:wm:{pid}")
+                marks = await self._profiles.watermarks(pid)
                 if marks:
-                    wm[pid] = {_text(p): int(o) for p, o in marks.items()}
-                    pairs += [f"({int(p)},{int(o)})" for p, o in marks.items()]
+                    wm[pid] = marks
+                    pairs += [f"({int(p)},{o})" for p, o in marks.items()]
             if not pairs:
                 return wm
             sql = (

@@ -182,6 +182,15 @@ def build_app(
             except Exception as exc:  # noqa: BLE001 - tags must run; recorded next time
                 structlog.get_logger().warning("audit.catalog_not_recorded", error=str(exc))
 
+    if "profiles" in roles:
+
+        @app.task
+        async def fold_watermark_upgrade() -> None:
+            """Move fold watermarks stored in the older layout (once per namespace)."""
+            moved = await until_done("profiles.upgrade", deps.profiles.upgrade_watermarks)
+            if moved:
+                structlog.get_logger().info("profiles.watermarks_upgraded", profiles=moved)
+
     if "identity" in roles:
 
         @app.task

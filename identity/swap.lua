@@ -16,6 +16,12 @@ local plan = cjson.decode(ARGV[3])
 local function L(...) return live .. ':' .. table.concat({...}, ':') end
 local function S(...) return scratch .. ':' .. table.concat({...}, ':') end
 
+-- A profile id's fold watermarks as the scratch namespace left them replace the live ones.
+local function copy_marks(pid)
+  wm_delete(live, pid)
+  for part, off in pairs(wm_all(scratch, pid)) do wm_set(live, pid, part, off) end
+end
+
 local in_group = {}
 for _, pid in ipairs(plan.old) do in_group[pid] = true end
 for _, key in ipairs(plan.held or {}) do
@@ -26,9 +32,7 @@ for _, key in ipairs(plan.held or {}) do
 end
 
 for pid, marks in pairs(plan.wm) do
-  local now = redis.call('HGETALL', L('wm', pid))
-  local seen = {}
-  for j = 1, #now, 2 do seen[now[j]] = now[j + 1] end
+  local seen = wm_all(live, pid)
   for part, off in pairs(marks) do
     if seen[part] ~= tostring(off) then return 'stale' end
     seen[part] = nil
@@ -43,18 +47,20 @@ for _, pid in ipairs(plan.old) do
     if string.sub(g[j], 1, 1) == '=' then redis.call('SREM', L('i', string.sub(g[j], 2)), pid) end
   end
   untag(live, pid)
-  redis.call('DEL', graph_key(live, pid), L('p', pid, 'log'), L('pf', pid), L('wm', pid))
+  redis.call('DEL', graph_key(live, pid), L('p', pid, 'log'), L('pf', pid))
+  wm_delete(live, pid)
   redis.call('HDEL', L('alias'), pid)
 end
 
 -- In with the group as the split made it.
 for _, pid in ipairs(plan.new) do
-  for _, key in ipairs({graph_key(scratch, pid), S('p', pid, 'log'), S('pf', pid), S('wm', pid)}) do
+  for _, key in ipairs({graph_key(scratch, pid), S('p', pid, 'log'), S('pf', pid)}) do
     local dump = redis.call('DUMP', key)
     if dump then
       redis.call('RESTORE', live .. string.sub(key, #scratch + 1), 0, dump, 'REPLACE')
     end
   end
+  copy_marks(pid)
   local g = redis.call('HGETALL', graph_key(live, pid))
   for j = 1, #g, 2 do
     if string.sub(g[j], 1, 1) == '=' then redis.call('SADD', L('i', string.sub(g[j], 2)), pid) end
@@ -67,7 +73,6 @@ for _, pid in ipairs(plan.new) do
 end
 for gone, into in pairs(plan.gone) do
   redis.call('HSET', L('alias'), gone, into)
-  local dump = redis.call('DUMP', S('wm', gone))
-  if dump then redis.call('RESTORE', L('wm', gone), 0, dump, 'REPLACE') end
+  copy_marks(gone)
 end
 return 'ok'

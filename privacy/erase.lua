@@ -9,7 +9,8 @@
 --   identity  p:<pid>:g graph, p:<pid>:log explain log, p:<pid>:ids/:cnt/:uq (older layout),
 --             i:<type:value> holders (the pid leaves; the set goes when empty), alias
 --             (merged pid -> survivor), rf:<pid>:<other or identifier>:<rule> refusal marks
---   profiles  pf:<pid> profile, wm:<pid> fold watermark, dirty / dirty:taking
+--   profiles  pf:<pid> profile, its fold watermarks (fields of wmb:<pid // 32>, or wm:<pid>
+--             in the older layout; profiles/watermark.lua), dirty / dirty:taking
 --   tags      tag:<bit> and tags:all bitmaps (the profile's ordinal bit), pord:<n> ordinal ->
 --             pid, tags:due
 --   segments  seg:members:<id> saved segments' members
@@ -71,7 +72,11 @@ for _, pid in ipairs(plan.pids) do
     remove('hash', k('pord', math.floor(ord / 128)), tostring(ord))
   end
   if del(pf) then counts.profiles = counts.profiles + 1 end
-  del(k('wm', pid))
+  if delete then
+    counts.fields = counts.fields + wm_delete(ns, pid)
+  else
+    for _ in pairs(wm_all(ns, pid)) do counts.fields = counts.fields + 1 end
+  end
   remove('set', k('dirty'), pid)
   remove('set', k('dirty', 'taking'), pid)
   remove('zset', k('tags', 'due'), pid)

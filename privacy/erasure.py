@@ -49,6 +49,7 @@ from identity.store import IdentityStore
 from privacy.audit import Audit
 from privacy.crypto import is_blind, kid_of
 from privacy.keystore import KeyStore
+from profiles.store import WATERMARK
 from runtime.publisher import Publisher, Record
 
 log = structlog.get_logger()
@@ -157,7 +158,9 @@ class Erasures:
         self._keys = keys
         #: Deployed name and registry entry of every topic that holds people's records.
         self._topics = list(topics)
-        self._script = redis.register_script((Path(__file__).parent / "erase.lua").read_text())
+        self._script = redis.register_script(
+            WATERMARK.read_text() + (Path(__file__).parent / "erase.lua").read_text()
+        )
 
     def _key(self, erasure_id: str) -> str:
         return f"{self._ns}:erasure:{erasure_id}"

@@ -14,7 +14,8 @@
 --   _v     version, bumped by every change (tag evaluation checks it)
 --   _tg, _ord  tags (tagging/apply.lua)
 -- Other keys under the namespace:
---   wm:<keyed pid>  HASH  raw partition -> highest raw offset applied
+--   wmb:<keyed pid // 32>  HASH  "<keyed pid>:<raw partition>" -> highest raw offset
+--                   applied (profiles/watermark.lua)
 --   dirty           SET   profiles changed since their last history snapshot
 --   erased          SET   profiles erased (privacy/erasure.py): an event resolved to one
 --                   before the erasure and folded after it changes nothing
@@ -197,13 +198,13 @@ end
 
 
 local erasing = redis.call('EXISTS', k('erased')) == 1
+local wm_older = wm_legacy(ns)
 
 local function apply(keyed, part, off, ops, merged)
   if erasing and redis.call('SISMEMBER', k('erased'), resolve(keyed)) == 1 then
     return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}})
   end
-  local wm = tonumber(redis.call('HGET', k('wm', keyed), part) or '-1')
-  if off <= wm then
+  if off <= wm_get(ns, keyed, part, wm_older) then
     local held = redis.call('HGET', k('fold', 'held', part), off)
     if not held then return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}}) end
     local h = cjson.decode(held)
@@ -212,7 +213,7 @@ local function apply(keyed, part, off, ops, merged)
     return cjson.encode({pid = h.p or resolve(keyed), applied = 0, replay = 1, changed = h.c,
                          left = h.l, tg = h.t})
   end
-  redis.call('HSET', k('wm', keyed), part, off)
+  wm_set(ns, keyed, part, off)
 
   local pid = resolve(keyed)
   local tags_before = redis.call('HGET', k('pf', pid), '_tg') or ''

@@ -33,6 +33,12 @@ _SETS = (
 
 
 _BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
+#: Helpers of the scripts that read or write fold watermarks.
+WATERMARK = Path(__file__).parent / "watermark.lua"
+_WM_READ = "return cjson.encode(wm_all(ARGV[1], ARGV[2]))"
+_WM_UPGRADE = """local moved = 0
+for n = 2, #ARGV do moved = moved + wm_upgrade(ARGV[1], ARGV[n]) end
+return moved"""
 
 
 def _time(ms: Any) -> datetime | None:
@@ -106,7 +112,10 @@ class ProfileStore:
         self._rules = rules
         self._ns = namespace
         here = Path(__file__).parent
-        self._fold = BatchScript(client, here / "fold.lua", [_BITS])
+        self._fold = BatchScript(client, here / "fold.lua", [_BITS, WATERMARK])
+        helpers = WATERMARK.read_text()
+        self._wm_read = client.register_script(helpers + _WM_READ)
+        self._wm_upgrade = client.register_script(helpers + _WM_UPGRADE)
         self._read = BatchScript(client, here / "read.lua", [GRAPH])
         #: Tag bitmap (hex) -> tag ids; set when a tag catalog is loaded.
         self.tag_names: Callable[[str], list[str]] | None = None
@@ -168,6 +177,32 @@ class ProfileStore:
             for part, offsets in held.items():
                 pipe.hdel(f"{self._ns}:fold:held:{part}", *offsets)
             await pipe.execute()
+
+    async def watermarks(self, profile_id: str) -> dict[str, int]:
+        """The fold watermarks of events resolved to ``profile_id``: raw partition -> the
+        highest raw offset folded."""
+        marks = orjson.loads(await self._wm_read(args=[self._ns, profile_id]))
+        # cjson encodes an empty Lua table as {}; a table keyed by partition as an object.
+        return {str(p): int(o) for p, o in (marks or {}).items()}
+
+    async def upgrade_watermarks(self) -> int:
+        """Move every fold watermark stored in the older layout (a hash per profile id) into
+        the shared hashes, then mark the namespace so the fold stops reading the older keys.
+        Idempotent, and safe beside running folds of this version. Returns how many moved."""
+        flag = f"{self._ns}:fold:wm:v2"
+        if await self._redis.exists(flag):
+            return 0
+        moved, pids = 0, []
+        prefix = f"{self._ns}:wm:"
+        async for key in self._redis.scan_iter(match=f"{prefix}*", count=1000):
+            pids.append((key.decode() if isinstance(key, bytes) else key)[len(prefix) :])
+            if len(pids) >= 100:
+                moved += int(await self._wm_upgrade(args=[self._ns, *pids]))
+                pids = []
+        if pids:
+            moved += int(await self._wm_upgrade(args=[self._ns, *pids]))
+        await self._redis.set(flag, "1")
+        return moved
 
     async def take_changed(self) -> list[str]:
         """Return the profiles changed since the last call that finished with ``done_changed``.

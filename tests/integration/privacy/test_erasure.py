@@ -287,6 +287,13 @@ def test_erasure_removes_a_person_everywhere_and_nobody_else(
     per_profile = [f"{ns}:{kind}:{p}:" for p in erased_pids for kind in ("pf", "p", "wm", "rf")]
     named = [k for k in keys if any((k + ":").startswith(prefix) for prefix in per_profile)]
     assert named == []
+    marks = [
+        f.decode()
+        for k in client.scan_iter(match=f"{ns}:wmb:*")
+        for f in client.hkeys(k)
+        if f.decode().split(":")[0] in erased_pids
+    ]
+    assert marks == []  # no fold watermark of theirs either
     # Everyone else: the same rows in every table (the audit table gained the erasure's).
     kept_before, kept_after = rows_by_table(before, erased_pids), rows_by_table(after, erased_pids)
     kept_after.pop("audit", None), kept_before.pop("audit", None)

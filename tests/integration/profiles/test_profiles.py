@@ -249,3 +249,27 @@ def test_changed_profiles_are_handed_out_until_their_snapshot_is_done(make: Any)
     # A replayed event changes nothing, so it marks nothing.
     pipe.apply(pipe.resolve(history()[:2]))
     assert pipe.loop.run_until_complete(take()) == []
+
+
+def test_fold_watermarks_of_the_older_layout_are_honoured_then_moved(make: Any) -> None:
+    pipe = make()
+    redis, ns = pipe.client, pipe.profiles._ns
+    run = pipe.loop.run_until_complete
+    # A namespace written by an older version: one hash per profile id, partition -> offset.
+    run(redis.hset(f"{ns}:wm:7", mapping={"0": 10, "2": 4}))
+
+    def fold(offset: int) -> bool:
+        e = ev(offset, "order_completed", "pos", [("member_id", "M7")], offset, total=10)
+        r = ResolvedEvent(event=e, profile_id="7", raw_partition=0, raw_offset=offset)
+        return run(pipe.profiles.apply([r], T0))[0].applied
+
+    assert fold(10) is False  # folded before, by the older layout's mark
+    assert fold(11) is True
+    assert run(pipe.profiles.watermarks("7")) == {"0": 11, "2": 4}
+
+    assert run(pipe.profiles.upgrade_watermarks()) == 1
+    assert run(redis.exists(f"{ns}:wm:7")) == 0
+    assert run(pipe.profiles.watermarks("7")) == {"0": 11, "2": 4}
+    assert fold(11) is False and fold(12) is True
+    assert pipe.profile("7").order_count == 2
+    assert run(pipe.profiles.upgrade_watermarks()) == 0  # once per namespace
