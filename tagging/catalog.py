@@ -134,6 +134,8 @@ class Catalog:
         for tag in self.tags:
             tag.bit = ordinals[tag.id]
         self.by_bit = {t.bit: t for t in self.tags}
+        #: bit -> (place in catalog order, tag id), for ``ids``.
+        self._placed = {t.bit: (n, t.id) for n, t in enumerate(self.tags)}
         #: The bits of every tag of this catalog.
         self.known = self.mask(self.tags)
         self._selections: dict[frozenset[str] | None, Selection] = {}
@@ -220,8 +222,21 @@ class Catalog:
         return best
 
     def ids(self, bitmap: int) -> list[str]:
-        """The ids of the tags set in ``bitmap``, in catalog order."""
-        return [t.id for t in self.tags if bitmap >> t.bit & 1]
+        """The ids of the tags set in ``bitmap``, in catalog order (bits of no tag of the
+        catalog are ignored).
+
+        Walks the set bits only (a profile has ~30 of ~240): every profile read and history
+        snapshot names its tags, and testing each tag's bit took ~5% of the history's CPU.
+        """
+        bitmap &= self.known
+        placed = self._placed
+        found = []
+        while bitmap:
+            low = bitmap & -bitmap
+            found.append(placed[low.bit_length() - 1])
+            bitmap ^= low
+        found.sort()
+        return [tag_id for _, tag_id in found]
 
 
 def _declared(raw: dict[str, Any], problems: list[str]) -> dict[str, Kind]:

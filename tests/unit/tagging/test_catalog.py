@@ -140,3 +140,17 @@ def test_a_selection_of_the_catalogs_own_tags_compiles_nothing() -> None:
     # A rule that is not the catalog's own (a copy being tried) is compiled for itself.
     trial = dataclasses.replace(some[0])
     assert CATALOG.selection([trial]).fn is not CATALOG.select(None).fn
+
+
+def test_ids_names_the_set_bits_in_catalog_order_whatever_the_bits() -> None:
+    catalog = load()
+    tags = catalog.tags
+    # Stored ordinals need not follow the catalog's order (tags added later get new bits).
+    shuffled = list(range(len(tags)))
+    random.Random(7).shuffle(shuffled)
+    catalog.bind({t.id: shuffled[n] for n, t in enumerate(tags)})
+    for seed in range(50):
+        chosen = random.Random(seed).sample(tags, 30)
+        retired = 1 << (len(tags) + 5)  # a bit no tag of the catalog holds
+        assert catalog.ids(catalog.mask(chosen) | retired) == [t.id for t in tags if t in chosen]
+    assert catalog.ids(0) == []
