@@ -3,6 +3,7 @@ cdp.profiles.changes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from functools import partial
@@ -19,6 +20,10 @@ from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
 from tagging.changes import change_records, tag_only
 from tagging.store import TagChange
+
+#: How long a worker's claim on the tag backfill lasts unless renewed (every walk step renews
+#: it): a worker killed mid-walk blocks the backfill this long, not until its next start.
+BACKFILL_LEASE_S = 60
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +167,19 @@ def register(app: Any, deps: Any, *, consume: bool = True) -> None:
         if not tags.pending or not settings.backfill_on_start:
             return
         lock = f"{conf.namespace}:tags:backfill:lock"
-        if not await deps.redis.set(lock, "1", nx=True, ex=3600):
-            return  # another worker is on it
+        while not await deps.redis.set(lock, "1", nx=True, ex=BACKFILL_LEASE_S):
+            # Another worker is on it: wait for it to finish (or its lease to lapse).
+            await asyncio.sleep(BACKFILL_LEASE_S / 4)
+            tags.pending = await tags.still_pending(tags.pending)
+            if not tags.pending:
+                return
         try:
             ids = [t.id for t in tags.pending]
             log.info("tags.backfill.start %d tags: %s", len(ids), ", ".join(ids[:10]))
             seen, changed = await tags.backfill(
                 tags.pending,
                 now=lambda: datetime.now(UTC),
+                progress=lambda _seen, _total: deps.redis.expire(lock, BACKFILL_LEASE_S),
                 on_changes=lambda found: publish_tag_changes(found, "backfill"),
             )
             log.info("tags.backfill.done profiles=%d changed=%d", seen, changed)

@@ -190,6 +190,17 @@ class TagStore:
             return []
         return self.catalog.ids(int(hex_bitmap, 16))
 
+    async def still_pending(self, tags: list[Tag]) -> list[Tag]:
+        """Those of ``tags`` that no worker has backfilled with their current rule yet."""
+        if not tags:
+            return []
+        stored = await self._redis.hmget(f"{self._ns}:tags:print", [t.id for t in tags])
+        return [
+            t
+            for t, fp in zip(tags, stored, strict=True)
+            if (fp.decode() if isinstance(fp, bytes) else fp) != t.fingerprint
+        ]
+
     async def mark_backfilled(self, tags: list[Tag]) -> None:
         """Record that ``tags`` hold their current rule's value on every existing profile."""
         if tags:
