@@ -14,7 +14,7 @@ import structlog
 
 from care import agents as care_agents
 from contracts.topics import SEGMENTS_MEMBERSHIP
-from deploy.app import freeze_startup_heap
+from deploy.app import settle_collector
 from deploy.deps import Deps
 from deploy.fastfaust import App as FaustApp
 from deploy.lifecycle import STOP
@@ -222,7 +222,7 @@ def build_app(
                 # faust's Monitor sensor records every event in Python: measurable overhead per
                 # message; consumer lag comes from `cdp lag` instead.
                 app.sensors.remove(app.monitor)
-            freeze_startup_heap()
+            settle_collector()
             if ready is not None:
                 ready.set()
 

@@ -1,4 +1,4 @@
-"""The collector settings a batch job runs under are scoped to it."""
+"""The collector settings: a batch job's are scoped to it, a long-running process keeps its."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from deploy.app import fewer_collections
+from deploy.app import FEWER_COLLECTIONS, fewer_collections, settle_collector
 
 
 def test_fewer_collections_raises_the_thresholds_and_restores_them() -> None:
@@ -22,3 +22,14 @@ def test_fewer_collections_restores_the_thresholds_when_the_block_fails() -> Non
     with pytest.raises(RuntimeError), fewer_collections():
         raise RuntimeError("an import that stopped")
     assert gc.get_threshold() == before
+
+
+def test_a_started_process_keeps_the_raised_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        settle_collector()
+        assert gc.get_threshold() == FEWER_COLLECTIONS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
