@@ -293,16 +293,7 @@ class ProfileStore:
         members = {name: set(sets.get(name) or ()) for name in _SETS}
         chans, cats = members["channels"], members["categories"]
         orders, csat = counts.get("orders", 0), counts.get("csat", 0)
-        # One pass over the main fields: numbers, and the competing values of traits.
-        n: dict[str, int] = {}
-        competing: dict[str, str] = {}
-        for k, v in main.items():
-            if k[0] == "_":
-                continue
-            if k[:2] == "c:":
-                competing[k] = v
-            else:
-                n[k] = int(v)
+        n = {k: int(v) for k, v in main.items() if not k.startswith(("_", "c:"))}
         t = {k: orjson.loads(v) for k, v in traits.items()}
         spend = n.get("e:orders", 0) / 100
         nps = t.get("nps_last")
@@ -363,5 +354,5 @@ class ProfileStore:
                 if k.startswith("consent.")
             },
             tags=tags,
-            conflicts=conflicts(competing) if competing else {},
+            conflicts=conflicts(main),
         )
