@@ -52,7 +52,13 @@ from privacy.crypto import MasterKeys
 from runtime.auth import Token, hash_token
 
 SOURCE = "demo-pos"
-TOPICS = ["cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"]
+TOPICS = [
+    "cdp.events.raw",
+    "cdp.events.resolved",
+    "cdp.identity.merges",
+    "cdp.profiles.changes",
+    "cdp.profiles.snapshots",
+]
 
 
 Call = tuple[str, str, bytes, int]  # source, path, body, events in it

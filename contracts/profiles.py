@@ -96,3 +96,20 @@ class ProfileChange(BaseModel):
     tags_added: list[str] = Field(default_factory=list)
     tags_removed: list[str] = Field(default_factory=list)
     at: datetime
+
+
+class ProfileSnapshot(BaseModel):
+    """A profile as stored at one moment (``cdp.profiles.snapshots``).
+
+    ``version`` orders the snapshots of one profile: the Redis server's clock (nanoseconds)
+    at the moment the profile was read in this state, so snapshots taken by different
+    processes order as the changes did. Of two snapshots of one profile, the higher version
+    is the newer state.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    profile_id: str
+    version: int
+    at: datetime
+    profile: Profile

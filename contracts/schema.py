@@ -12,6 +12,7 @@ from contracts.deadletter import DeadLetter
 from contracts.events import Event, EventIn, ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.privacy import AuditRecord, Erasure
+from contracts.profiles import ProfileSnapshot
 from contracts.segments import MembershipChange, SavedSegment, SegmentDefinition
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -28,6 +29,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "erasure.v1.json": Erasure,
     "audit.v1.json": AuditRecord,
     "care-task.v1.json": CareTask,
+    "profile-snapshot.v1.json": ProfileSnapshot,
 }
 
 

@@ -12,6 +12,7 @@ from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.keys import WrappedKey
 from contracts.privacy import AuditRecord, Erasure
+from contracts.profiles import ProfileSnapshot
 from contracts.segments import MembershipChange, SavedSegment
 
 
@@ -70,6 +71,15 @@ PROFILES_CHANGES = Topic(
     key="profile id",
     value_model=None,
     description="Traits changed, tags added/removed, merges, per profile.",
+    retention_days=7,
+)
+PROFILES_SNAPSHOTS = Topic(
+    "cdp.profiles.snapshots",
+    key="profile id",
+    value_model=ProfileSnapshot,
+    description="The whole profile, with its tags, after the changes of a micro-batch (the "
+    "stream processor's read for tagging), versioned so the newest state wins. Feeds the "
+    "history's profile_snapshots table; for services that keep a copy of profiles.",
     retention_days=7,
 )
 
@@ -146,6 +156,7 @@ REGISTRY: dict[str, Topic] = {
         EVENTS_RESOLVED,
         IDENTITY_MERGES,
         PROFILES_CHANGES,
+        PROFILES_SNAPSHOTS,
         SEGMENTS_MEMBERSHIP,
         SEGMENTS_DEFINITIONS,
         KEYS,

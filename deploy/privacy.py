@@ -17,6 +17,7 @@ from contracts.topics import (
     KEYS,
     PRIVACY_ERASURES,
     PROFILES_CHANGES,
+    PROFILES_SNAPSHOTS,
     SEGMENTS_MEMBERSHIP,
 )
 from deploy.settings import Settings
@@ -99,6 +100,7 @@ PERSONAL_TOPICS = (
     EVENTS_RESOLVED,
     IDENTITY_MERGES,
     PROFILES_CHANGES,
+    PROFILES_SNAPSHOTS,
     SEGMENTS_MEMBERSHIP,
     EVENTS_DEADLETTER,
     KEYS,

@@ -224,8 +224,13 @@ class WorkerSettings(BaseModel):
     batch_within_s: float = 0.05
     sink_batch_size: int = 10_000
     sink_within_s: float = 0.5
-    #: How often the history worker snapshots the profiles changed since its last snapshot.
+    #: How often the history worker stores the snapshots published since (and snapshots
+    #: the profiles changed outside the stream: timed tags, backfills, splits).
     snapshot_interval_s: float = 2.0
+    #: The stream processor publishes each profile it tagged, as it stored it, to
+    #: ``cdp.profiles.snapshots`` (the history stores it without reading Redis back). Off:
+    #: the history reads every changed profile from Redis.
+    publish_snapshots: bool = True
     #: Redis key namespace for identity and profiles.
     namespace: str = "cdp"
     #: How long a client may retry an event and still have it recognised as a duplicate.

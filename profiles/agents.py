@@ -11,8 +11,13 @@ from typing import Any
 
 from contracts.events import ResolvedEvent
 from contracts.profiles import ProfileChange
-from contracts.topics import EVENTS_DEADLETTER, EVENTS_RESOLVED, PROFILES_CHANGES
-from profiles.store import Applied
+from contracts.topics import (
+    EVENTS_DEADLETTER,
+    EVENTS_RESOLVED,
+    PROFILES_CHANGES,
+    PROFILES_SNAPSHOTS,
+)
+from profiles.store import Applied, Observed, snapshot_value
 from runtime.agents import batch_agent
 from runtime.metrics import observe_freshness
 from runtime.publisher import Record
@@ -86,6 +91,8 @@ class ProfileStep:
     def __init__(self, deps: Any) -> None:
         self.deps = deps
         self.changes_topic = deps.topic(PROFILES_CHANGES.name)
+        publish = deps.settings.worker.publish_snapshots
+        self.snapshots_topic = deps.topic(PROFILES_SNAPSHOTS.name) if publish else ""
         self.dead_topic = deps.topic(EVENTS_DEADLETTER.name)
 
     async def membership(self, tagged: list[TagChange], at: datetime) -> list[Record]:
@@ -99,15 +106,18 @@ class ProfileStep:
 
     async def records(
         self, batch: list[ResolvedEvent], bad: list[Any], now: datetime
-    ) -> list[Record]:
-        """Fold and tag ``batch``; return everything to publish for it."""
+    ) -> tuple[list[Record], list[Observed]]:
+        """Fold and tag ``batch``; return everything to publish for it, and the profiles
+        whose snapshots it holds (``settle`` them once published)."""
         deps = self.deps
         applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now))
         changes = [a.change for a in applied if a.change is not None]
         members: list[Record] = []
+        seen: dict[str, Observed] | None = {} if self.snapshots_topic else None
         if deps.tags is not None and changes:
             tagged = await until_done(
-                "tags.evaluate", partial(deps.tags.after_fold, changed_names(applied), now)
+                "tags.evaluate",
+                partial(deps.tags.after_fold, changed_names(applied), now, seen),
             )
             before = replayed_tags(applied)
             if before:
@@ -117,15 +127,31 @@ class ProfileStep:
             departed = deps.tags.departed([x for a in applied for x in a.left])
             members = await self.membership(tagged + departed, now)
         dead = dead_letters(bad, "profiles", self.dead_topic)
-        return dead + change_records(self.changes_topic, changes) + members
+        shots = list(seen.values()) if seen else []
+        out = dead + change_records(self.changes_topic, changes) + members
+        return out + self.snapshot_records(shots), shots
+
+    def snapshot_records(self, shots: list[Observed]) -> list[Record]:
+        """The ``cdp.profiles.snapshots`` records of profiles as the tag evaluation left them."""
+        names = self.deps.profiles.tag_names
+        if not shots or names is None:
+            return []
+        return [
+            Record(
+                self.snapshots_topic,
+                o.stored.profile.profile_id.encode(),
+                snapshot_value(o, names(o.tags) if o.tags else []),
+            )
+            for o in shots
+        ]
 
     async def run(self, events: list[Any]) -> None:
         """Process one batch of faust events, publish (acked), then release its held changes."""
         batch, bad = decode(events)
-        out = await self.records(batch, bad, datetime.now(UTC))
+        out, shots = await self.records(batch, bad, datetime.now(UTC))
         await until_done("profiles.publish", partial(self.deps.publisher.publish, out))
         observe_freshness("profile", [r.event.received_at for r in batch])
-        await until_done("profiles.settle", partial(self.deps.profiles.settle, batch))
+        await until_done("profiles.settle", partial(self.deps.profiles.settle, batch, shots))
 
 
 def register(app: Any, deps: Any, *, consume: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -90,6 +90,31 @@ class Stored:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """A profile as it stood at one moment: read for a tag evaluation whose store found it
+    unchanged (tagging/apply.lua), so ``stored`` with ``tags`` is exactly its state then."""
+
+    stored: Stored
+    #: The tag bitmap (hex) stored with it.
+    tags: str
+    #: The Redis clock at that moment, in nanoseconds: the snapshot's version.
+    clock_ns: int
+
+
+def snapshot_value(observed: Observed, tags: list[str]) -> bytes:
+    """The ``cdp.profiles.snapshots`` record (a ``ProfileSnapshot``) of ``observed``, whose
+    tags are named ``tags``."""
+    profile = observed.stored.profile.model_copy(update={"tags": tags})
+    at = datetime.fromtimestamp(observed.clock_ns // 1000 / 1e6, UTC)
+    return b'{"profile_id":%s,"version":%d,"at":"%s","profile":%s}' % (
+        orjson.dumps(profile.profile_id),
+        observed.clock_ns,
+        at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode(),
+        profile.__pydantic_serializer__.to_json(profile),
+    )
+
+
+@dataclass(frozen=True)
 class Applied:
     """The outcome of folding one event."""
 
@@ -117,6 +142,7 @@ class ProfileStore:
         self._wm_read = client.register_script(helpers + _WM_READ)
         self._wm_upgrade = client.register_script(helpers + _WM_UPGRADE)
         self._read = BatchScript(client, here / "read.lua", [GRAPH])
+        self._snapped = BatchScript(client, here / "snapped.lua")
         #: Tag bitmap (hex) -> tag ids; set when a tag catalog is loaded.
         self.tag_names: Callable[[str], list[str]] | None = None
 
@@ -166,8 +192,10 @@ class ProfileStore:
             answer["pid"], bool(answer["applied"]), change, left, replayed, answer.get("tg", "")
         )
 
-    async def settle(self, batch: list[ResolvedEvent]) -> None:
-        """Forget the held changes of ``batch``: their change records are published."""
+    async def settle(self, batch: list[ResolvedEvent], snapshots: Sequence[Observed] = ()) -> None:
+        """Forget the held changes of ``batch``: their change records are published. With
+        ``snapshots`` (published too): unmark those still the profile's state as changed
+        since their last snapshot, so the history does not read them back."""
         held: dict[int, list[int]] = {}
         for r in batch:
             if r.profile_id:
@@ -177,6 +205,14 @@ class ProfileStore:
             for part, offsets in held.items():
                 pipe.hdel(f"{self._ns}:fold:held:{part}", *offsets)
             await pipe.execute()
+        if snapshots:
+            rows = [[o.stored.profile.profile_id, o.stored.version, o.tags] for o in snapshots]
+            await self._snapped.run([[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)])
+
+    async def clock_ns(self) -> int:
+        """The Redis server's clock, in nanoseconds: versions snapshots across processes."""
+        seconds, micros = await self._redis.time()
+        return (int(seconds) * 1_000_000 + int(micros)) * 1000
 
     async def watermarks(self, profile_id: str) -> dict[str, int]:
         """The fold watermarks of events resolved to ``profile_id``: raw partition -> the

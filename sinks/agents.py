@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from pydantic import BaseModel
 from redis.exceptions import RedisError
@@ -18,12 +19,20 @@ from contracts.events import ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
-from contracts.topics import AUDIT, EVENTS_RESOLVED, IDENTITY_MERGES, PROFILES_CHANGES
+from contracts.topics import (
+    AUDIT,
+    EVENTS_DEADLETTER,
+    EVENTS_RESOLVED,
+    IDENTITY_MERGES,
+    PROFILES_CHANGES,
+    PROFILES_SNAPSHOTS,
+)
 from runtime import metrics
 from runtime.agents import fatal
 from runtime.retry import until_done
-from runtime.undecodable import split
+from runtime.undecodable import dead_letters, split
 from sinks.history import (
+    SNAPSHOT_COLUMNS,
     Batch,
     HistoryWriter,
     audit_batch,
@@ -131,12 +140,35 @@ class Erased:
         return [i for i in items if not any(f(i) in gone for f in pids_of)]
 
 
+def published_snapshots(events: list[Any]) -> tuple[list[list[Any]], list[Any]]:
+    """``profile_snapshots`` rows of ``cdp.profiles.snapshots`` records, the newest of each
+    profile, and the records that did not decode. Parsed with orjson, not validated: the
+    stream processor built each from a validated profile, whose JSON is stored as it came."""
+    newest: dict[str, list[Any]] = {}
+    bad = []
+    for event in events:
+        try:
+            shot = orjson.loads(event.message.value)
+            pid, version, profile = shot["profile_id"], int(shot["version"]), shot["profile"]
+            if not isinstance(pid, str) or not isinstance(profile, dict):
+                raise TypeError(pid)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            bad.append(event)
+            continue
+        held = newest.get(pid)
+        if held is None or version > held[2]:
+            at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
+            newest[pid] = [pid, orjson.dumps(profile).decode(), version, at]
+    return list(newest.values()), bad
+
+
 def register(app: Any, deps: Any) -> None:
     """Add the history agents to ``app``."""
     history = History(deps.history)
     deps.clickhouse = history
     conf = deps.settings.worker
     resolved_name = deps.topic(EVENTS_RESOLVED.name)
+    dead_topic = deps.topic(EVENTS_DEADLETTER.name)
     erased = deps.erased = Erased(deps.redis, conf.namespace)
 
     def topic(name: str) -> Any:
@@ -183,19 +215,40 @@ def register(app: Any, deps: Any) -> None:
             with fatal("history-changes"), metrics.batch("history-changes", len(events)):
                 await until_done("history.changes", partial(history.write, batches))
 
+    @app.agent(topic(PROFILES_SNAPSHOTS.name), name="history-snapshots")
+    async def snapshots_sink(stream: Any) -> None:
+        # Batches as long as the snapshot interval: each stored batch also deletes the older
+        # snapshots of its profiles, and a profile changed often in it is stored once.
+        within = conf.snapshot_interval_s
+        async for events in stream.take_events(conf.sink_batch_size, within=within):
+            with fatal("history-snapshots"):
+                found, bad = published_snapshots(list(events))
+                rows = await erased.kept(found, lambda r: r[0])
+                token = _token(PROFILES_SNAPSHOTS.name, list(events))
+            with fatal("history-snapshots"), metrics.batch("history-snapshots", len(events)):
+                if bad:
+                    dead = dead_letters(bad, "history-snapshots", dead_topic)
+                    await until_done("history.dead_letters", partial(deps.publisher.publish, dead))
+                batch = Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)
+                await until_done("history.published_snapshots", partial(history.write, [batch]))
+
     async def snapshot() -> None:
-        """Store the current state of every profile changed since the last snapshot.
+        """Store the current state of every profile changed since the last snapshot that
+        the stream did not publish (see ``ProfileStore.settle``).
 
         Coalesced: a profile that changed ten times in the interval is read and stored once.
+        Versioned by the Redis clock after the changed set was taken and before the read:
+        a snapshot the stream published of the same profile orders by the same clock.
         """
         pids = await deps.profiles.take_changed()
         if pids:
+            version = await deps.profiles.clock_ns()
             found = await erased.kept(
                 [p for p in await deps.profiles.get_many(pids) if p is not None],
                 lambda p: p.profile_id,
             )
-            version = time.time_ns()
-            batch = snapshot_batch(found, version, datetime.now(UTC), f"snapshots:{version}")
+            at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
+            batch = snapshot_batch(found, version, at, f"snapshots:{version}")
             await history.write([batch])
         await deps.profiles.done_changed()
 

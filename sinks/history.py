@@ -507,6 +507,10 @@ def tag_batch(changes: list[ProfileChange], token: str) -> Batch:
     return Batch("tag_changes", ["profile_id", "tag", "added", "event_id", "at"], rows, token)
 
 
+#: The columns a snapshot is inserted with (the typed ones are materialised from it).
+SNAPSHOT_COLUMNS = ["profile_id", "snapshot", "version", "at"]
+
+
 def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: str) -> Batch:
     """Rows for ``profile_snapshots``: the full profile after a batch of changes.
 
@@ -514,7 +518,7 @@ def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: s
     replayed batch can only write the same or a newer state.
     """
     rows = [[p.profile_id, p.model_dump_json(), version, at] for p in profiles]
-    return Batch("profile_snapshots", ["profile_id", "snapshot", "version", "at"], rows, token)
+    return Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)
 
 
 AUDIT_COLUMNS = ["id", "at", "actor", "action", "target", "subjects", "origin", "detail"]

@@ -37,12 +37,13 @@ class StreamStep:
         now = datetime.now(UTC)
         batch, outcomes, records = await self.identity.resolve(events, now)
         resolved = [o.resolved for o in outcomes if o.kept]
-        records += await self.profiles.records(resolved, [], now)
+        folded, shots = await self.profiles.records(resolved, [], now)
+        records += folded
         deps = self.deps
         await until_done("stream.publish", partial(deps.publisher.publish, records))
         observe_freshness("profile", [r.event.received_at for r in resolved])
         await until_done("identity.settle", partial(deps.identity.settle, batch))
-        await until_done("profiles.settle", partial(deps.profiles.settle, resolved))
+        await until_done("profiles.settle", partial(deps.profiles.settle, resolved, shots))
 
 
 def register(app: Any, deps: Any) -> None:

@@ -14,12 +14,17 @@
 --   tags:due      ZSET  profile -> when a timed tag of it may change next
 --   dirty         SET   profiles changed since their last history snapshot (as the fold marks
 --                       them): new tags are a change the snapshot must see
--- Returns JSON ["ok" | "stale" | "gone", ...], one per item. Stale: the profile or its tags
--- changed since they were read (a fold, or another evaluator): read again and retry.
+-- Returns JSON ["ok" | "stale" | "gone", ...], one per item, each "ok" as ["ok", <the Redis
+-- clock, microseconds>]: the profile is now exactly as read, with the new tags, at that moment
+-- (a snapshot of it can be versioned by it). Stale: the profile or its tags changed since they
+-- were read (a fold, or another evaluator): read again and retry.
 
 local ns = ARGV[1]
 local batch = cjson.decode(ARGV[2])
 local due_key = ns .. ':tags:due'
+
+local clock = redis.call('TIME')
+local ok = '["ok",' .. clock[1] .. string.format('%06d', tonumber(clock[2])) .. ']'
 
 local outs = {}
 for n, item in ipairs(batch) do
@@ -46,7 +51,7 @@ for n, item in ipairs(batch) do
     end
     if due and due > 0 then redis.call('ZADD', due_key, due, pid)
     elseif not due or due == 0 then redis.call('ZREM', due_key, pid) end  -- -1: keep (a claim)
-    outs[n] = '"ok"'
+    outs[n] = ok
   end
 end
 return '[' .. table.concat(outs, ',') .. ']'

@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 
 from identity.scripts import BatchScript, chunks
-from profiles.store import ProfileStore, Stored
+from profiles.store import Observed, ProfileStore, Stored
 from tagging.catalog import Catalog, Selection, Tag
 from tagging.facts import changed_facts, profile_facts
 
@@ -209,11 +209,16 @@ class TagStore:
             )
 
     async def after_fold(
-        self, changed: dict[str, list[str] | None], now: datetime
+        self,
+        changed: dict[str, list[str] | None],
+        now: datetime,
+        seen: dict[str, Observed] | None = None,
     ) -> list[TagChange]:
         """Re-evaluate, for each changed profile, the tags its change can affect.
 
         ``changed`` maps a profile id to the fold's change names (None: merged, so all tags).
+        ``seen``: filled with each profile whose tags were stored, as it stood then (by its
+        stored id), for a snapshot of it.
         """
         todo: dict[str, Selection | None] = {}
         for pid, names in changed.items():
@@ -223,7 +228,7 @@ class TagStore:
             selection = self.for_change(names)
             if selection.tags:
                 todo[pid] = selection
-        return await self._evaluate(todo, now)
+        return await self._evaluate(todo, now, seen=seen)
 
     def for_change(self, names: list[str]) -> Selection:
         """The compiled tags a fold's change ``names`` can affect (cached per shape)."""
@@ -275,6 +280,7 @@ class TagStore:
         now: datetime,
         force: bool = False,
         dues: dict[str, int] | None = None,
+        seen: dict[str, Observed] | None = None,
     ) -> list[TagChange]:
         """Evaluate and store; a profile folded meanwhile is read and evaluated again.
 
@@ -296,18 +302,21 @@ class TagStore:
                     if dues is not None:
                         dues[row[0]], row[6] = row[6], -1
                     rows.append(row)
-                    asked.append(pid)
+                    asked.append((pid, stored))
             answers = await self._apply.run(
                 [[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)]
             )
             retry: dict[str, Selection | None] = {}
-            for pid, row, state in zip(asked, rows, answers, strict=True):
+            for (pid, stored), row, state in zip(asked, rows, answers, strict=True):
                 if state == "stale":
                     retry[pid] = todo[pid]
-                elif state == "ok" and row[2] != row[3]:
-                    change = self._change(row)
-                    if change.added or change.removed:  # not only retired bits dropped
-                        changes.append(change)
+                elif isinstance(state, list):  # ["ok", Redis clock in microseconds]
+                    if seen is not None:
+                        seen[row[0]] = Observed(stored, row[3], int(state[1]) * 1000)
+                    if row[2] != row[3]:
+                        change = self._change(row)
+                        if change.added or change.removed:  # not only retired bits dropped
+                            changes.append(change)
             todo = retry
         if todo:
             log.warning("tags not stored after %d attempts: %s", _ATTEMPTS, sorted(todo))

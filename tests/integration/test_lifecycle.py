@@ -133,7 +133,12 @@ def orders(base: str) -> int | None:
 
 
 #: What the history consumes; the stream processor reads the raw events.
-HISTORY_TOPICS = ["cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"]
+HISTORY_TOPICS = [
+    "cdp.events.resolved",
+    "cdp.identity.merges",
+    "cdp.profiles.changes",
+    "cdp.profiles.snapshots",
+]
 
 
 def settled(own: Own, command: str) -> bool:

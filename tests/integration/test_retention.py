@@ -80,6 +80,7 @@ def test_topics_are_created_with_the_retention_of_the_settings(
         "cdp.events.resolved": str(7 * DAY_MS),
         "cdp.identity.merges": str(7 * DAY_MS),
         "cdp.profiles.changes": str(7 * DAY_MS),
+        "cdp.profiles.snapshots": str(7 * DAY_MS),
         "cdp.segments.membership": str(7 * DAY_MS),
         "cdp.segments.definitions": "-1",
         "cdp.keys": "-1",

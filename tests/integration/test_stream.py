@@ -80,7 +80,9 @@ def test_cross_channel_customer_becomes_one_profile(
         ],
     )
     workers.append(WorkerProcess(settings, tmp_path, ALL).start())
-    workers[0].wait_caught_up(TOPICS | {"cdp.identity.merges", "cdp.profiles.changes"})
+    workers[0].wait_caught_up(
+        TOPICS | {"cdp.identity.merges", "cdp.profiles.changes", "cdp.profiles.snapshots"}
+    )
 
     found = httpx.get(
         api + "/v1/profiles/lookup", params={"type": "email", "value": " A@x.COM"}, headers=READER
@@ -197,7 +199,9 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     second = WorkerProcess(settings, tmp_path, ALL).start()
     workers.append(second)
     # Every topic the history agent reads, so its last micro-batch is stored and committed.
-    second.wait_caught_up(TOPICS | {"cdp.identity.merges", "cdp.profiles.changes"})
+    second.wait_caught_up(
+        TOPICS | {"cdp.identity.merges", "cdp.profiles.changes", "cdp.profiles.snapshots"}
+    )
     assert _events_in_redis(settings) == n
     assert second.stop() == 0
     # Every output: each event resolved, changed its profile and was stored exactly once

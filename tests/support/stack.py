@@ -60,7 +60,10 @@ def _settled(stack_settings: Settings) -> bool:
     stream = group_id(stack_settings, STREAM_ROLES)
     history = group_id(stack_settings, ["history"])
     raw = [k.topic("cdp.events.raw")]
-    rest = [k.topic(t) for t in ("cdp.events.resolved", "cdp.profiles.changes")]
+    rest = [
+        k.topic(t)
+        for t in ("cdp.events.resolved", "cdp.profiles.changes", "cdp.profiles.snapshots")
+    ]
     try:
         return total_lag(k, stream, raw) == 0 and total_lag(k, history, rest) == 0
     except Exception:  # noqa: BLE001 - groups being elected: not settled yet

@@ -16,6 +16,16 @@ from deploy.lag import total_lag
 from deploy.settings import Settings
 from deploy.worker import group_id
 
+#: Every topic a worker of all roles reads: the raw events (the stream processor) and what
+#: the history stores. Caught up on all of them, every event's effects are stored.
+PIPELINE_TOPICS = {
+    "cdp.events.raw",
+    "cdp.events.resolved",
+    "cdp.identity.merges",
+    "cdp.profiles.changes",
+    "cdp.profiles.snapshots",
+}
+
 
 class WorkerProcess:
     """One `cdp worker` process with its own embedded ClickHouse directory."""

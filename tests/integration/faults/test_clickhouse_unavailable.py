@@ -15,10 +15,10 @@ from tests.integration.faults.conftest import on_services
 from tests.support.faults import SCALE, Feed, events_in_redis, reconcile, scaled, small_disk
 from tests.support.server import running_api
 from tests.support.services import Services
+from tests.support.worker import PIPELINE_TOPICS as TOPICS
 from tests.support.worker import WorkerProcess
 
 ALL = ["history", "identity", "profiles"]
-TOPICS = {"cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"}
 
 
 def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(

@@ -13,10 +13,10 @@ import redis
 from deploy.settings import Settings
 from tests.support.faults import POS_KEY, events_in_redis
 from tests.support.server import running_api
+from tests.support.worker import PIPELINE_TOPICS as TOPICS
 from tests.support.worker import WorkerProcess
 
 ALL = ["history", "identity", "profiles"]
-TOPICS = {"cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"}
 
 
 def _iso(when: datetime) -> str:

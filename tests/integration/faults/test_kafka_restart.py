@@ -13,10 +13,10 @@ from tests.integration.faults.conftest import on_services
 from tests.support.faults import Feed, events_in_redis, reconcile, scaled
 from tests.support.server import running_api
 from tests.support.services import Services
+from tests.support.worker import PIPELINE_TOPICS as TOPICS
 from tests.support.worker import WorkerProcess
 
 ALL = ["history", "identity", "profiles"]
-TOPICS = {"cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"}
 
 
 def test_broker_restarted_mid_stream(

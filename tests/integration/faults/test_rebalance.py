@@ -37,7 +37,9 @@ def test_a_worker_joins_and_another_is_killed_mid_stream(
     history = WorkerProcess(settings, tmp_path / "h", ["history"]).start()
     workers.append(history)
     second.wait_caught_up({"cdp.events.raw"}, timeout_s=240)
-    history.wait_caught_up({"cdp.events.resolved", "cdp.profiles.changes"}, timeout_s=240)
+    history.wait_caught_up(
+        {"cdp.events.resolved", "cdp.profiles.changes", "cdp.profiles.snapshots"}, timeout_s=240
+    )
     assert second.stop() == 0 and history.stop() == 0
     counts = reconcile(settings, history, feed)
     assert counts["sent"] == scaled(6000)

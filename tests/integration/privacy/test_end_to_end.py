@@ -41,10 +41,10 @@ from tests.conftest import make_settings
 from tests.support.keys import key_of
 from tests.support.server import running_api
 from tests.support.services import Services
+from tests.support.worker import PIPELINE_TOPICS as TOPICS
 from tests.support.worker import WorkerProcess
 
 ROLES = ["history", "identity", "profiles"]
-TOPICS = {"cdp.events.raw", "cdp.events.resolved", "cdp.identity.merges", "cdp.profiles.changes"}
 PII = {"Authorization": "Bearer tk_pii"}
 READER = {"Authorization": "Bearer tk_reader"}
 #: A rejected event (no userId or anonymousId) that carries a phone number.

@@ -37,9 +37,8 @@ class World:
         store = SegmentStore(self.deps.redis, settings.worker.namespace)
         repeat = SegmentDefinition.model_validate({"definition": {"tag": "repeat_buyer"}})
         self.run(store.put(repeat, "repeat", create=True))
-        self.deps.membership = LiveMembership(
-            store, self.deps.tags.catalog, settings.kafka.topic("cdp.segments.membership"), 0
-        )
+        self.members_topic = settings.kafka.topic("cdp.segments.membership")
+        self.deps.membership = LiveMembership(store, self.deps.tags.catalog, self.members_topic, 0)
         self.step = ProfileStep(self.deps)
 
     def run(self, coro: Any) -> Any:
@@ -56,9 +55,9 @@ class World:
 
     def told(self, batch: list[ResolvedEvent]) -> tuple[list[dict[str, Any]], list[str]]:
         """What one delivery of ``batch`` would publish: change records, membership changes."""
-        out = self.run(self.step.records(batch, [], NOW))
+        out, _ = self.run(self.step.records(batch, [], NOW))
         changes = [json.loads(r.value) for r in out if r.topic == self.step.changes_topic]
-        members = [json.loads(r.value)["change"] for r in out if r.topic != self.step.changes_topic]
+        members = [json.loads(r.value)["change"] for r in out if r.topic == self.members_topic]
         return changes, members
 
     def orders(self, pid: str) -> tuple[int, int]:

@@ -1,0 +1,139 @@
+"""The stream publishes the snapshot of each profile it tagged; the history stores it as is.
+
+Real Redis (the fold, the tag store and its clock), real embedded ClickHouse for the history's
+table. What is checked: the published record is the profile exactly as stored, with its tags
+and a version from the Redis clock; a profile settled after its snapshot was published is no
+longer read back by the history, unless it changed in between; and snapshots of one profile
+from the stream and from the history's own reads order by that clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from contracts.events import ResolvedEvent
+from contracts.profiles import ProfileSnapshot
+from deploy.settings import Settings
+from deploy.worker import build_deps
+from identity.store import Located
+from profiles.agents import ProfileStep
+from sinks.agents import published_snapshots
+from sinks.clickhouse import connect
+from sinks.history import SNAPSHOT_COLUMNS, Batch, HistoryWriter, migrate, snapshot_batch
+from tests.support.events import ev
+from tests.support.services import Services
+
+NOW = datetime(2026, 3, 2, 4, tzinfo=UTC)
+MEMBER = [("member_id", "M-1")]
+
+
+class World:
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.settings = settings
+        self.deps = build_deps(settings, ["identity", "profiles"])
+        assert self.deps.tags is not None
+        self.step = ProfileStep(self.deps)
+        self.offset = 0
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def resolve(self, *events: Any) -> list[ResolvedEvent]:
+        located = []
+        for e in events:
+            located.append(Located(e, 0, self.offset))
+            self.offset += 1
+        return [o.resolved for o in self.run(self.deps.identity.resolve(located, NOW))]
+
+    def dirty(self) -> set[str]:
+        members = self.run(self.deps.redis.smembers(f"{self.settings.worker.namespace}:dirty"))
+        return {m.decode() for m in members}
+
+    def close(self) -> None:
+        self.run(self.deps.redis.aclose())
+        self.loop.close()
+
+
+@pytest.fixture
+def world(settings: Settings) -> Iterator[World]:
+    w = World(settings)
+    yield w
+    w.close()
+
+
+def _snapshots(world: World, out: list[Any]) -> list[ProfileSnapshot]:
+    topic = world.step.snapshots_topic
+    assert topic.endswith("cdp.profiles.snapshots")
+    return [ProfileSnapshot.model_validate_json(r.value) for r in out if r.topic == topic]
+
+
+def test_a_tagged_profile_is_published_as_stored_and_not_read_back(world: World) -> None:
+    batch = world.resolve(
+        ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30),
+        ev(2, "order_completed", "pos", MEMBER, NOW, order_id="B", total=70),
+    )
+    before = world.run(world.deps.profiles.clock_ns())
+    out, shots = world.run(world.step.records(batch, [], NOW))
+    published = _snapshots(world, out)
+    pid = batch[0].profile_id
+    assert [s.profile_id for s in published] == [pid]
+    stored = world.run(world.deps.profiles.get(pid))
+    assert stored is not None
+    # Exactly the profile a reader gets now, tags included.
+    assert published[0].profile == stored
+    assert "repeat_buyer" in published[0].profile.tags
+    assert published[0].profile.order_count == 2
+    after = world.run(world.deps.profiles.clock_ns())
+    assert before <= published[0].version <= after
+    assert pid in world.dirty()  # not published yet: still the history's to read
+
+    world.run(world.deps.profiles.settle(batch, shots))
+    assert pid not in world.dirty()  # published and still its state: nothing to read back
+
+
+def test_a_profile_changed_after_its_snapshot_keeps_its_mark(world: World) -> None:
+    batch = world.resolve(ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30))
+    out, shots = world.run(world.step.records(batch, [], NOW))
+    assert len(_snapshots(world, out)) == 1
+    # Another worker folds the next event of the profile before this one settles.
+    later = world.resolve(ev(2, "order_completed", "web", MEMBER, NOW, order_id="B", total=70))
+    world.run(world.deps.profiles.apply(later, NOW))
+    world.run(world.deps.profiles.settle(batch, shots))
+    assert batch[0].profile_id in world.dirty()  # the published state is not the latest
+
+
+def test_snapshots_of_both_paths_keep_the_newest_state(world: World, services: Services) -> None:
+    db = f"snap{uuid.uuid4().hex[:8]}"
+    client = connect(None, services.chdb_path)
+    migrate(client, db)
+    writer = HistoryWriter(client, db)
+    batch = world.resolve(ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30))
+    pid = batch[0].profile_id
+    out, _ = world.run(world.step.records(batch, [], NOW))
+    first = [r for r in out if r.topic == world.step.snapshots_topic]
+    # The history read the profile back after a later change (a fold outside this batch).
+    later = world.resolve(ev(2, "order_completed", "web", MEMBER, NOW, order_id="B", total=70))
+    world.run(world.deps.profiles.apply(later, NOW))
+    version = world.run(world.deps.profiles.clock_ns())
+    newest = world.run(world.deps.profiles.get(pid))
+    assert newest is not None and newest.order_count == 2
+    writer.write(snapshot_batch([newest], version, NOW, "read"))
+    # The stream's older snapshot arrives after it (a lagging history consumer).
+    events = [SimpleNamespace(message=SimpleNamespace(value=r.value)) for r in first]
+    rows, bad = published_snapshots(events)
+    assert bad == [] and len(rows) == 1
+    writer.write(Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, "published"))
+    found = client.query(
+        "SELECT JSONExtractInt(snapshot, 'order_count'), count() OVER () "
+        f"FROM {db}.profile_snapshots WHERE profile_id = {{p:String}}",
+        parameters={"p": pid},
+    ).result_rows
+    assert found == [(2, 1)]  # the newer state, one row
