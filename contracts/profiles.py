@@ -113,3 +113,14 @@ class ProfileSnapshot(BaseModel):
     version: int
     at: datetime
     profile: Profile
+
+
+class ProfileSnapshots(BaseModel):
+    """The snapshots one micro-batch of the stream left (``cdp.profiles.snapshots``): one
+    record carries many, so the topic costs a record per ~hundreds of profiles, not one per
+    event. Snapshots of one profile may be in several records, in any order: the highest
+    ``version`` is its newest state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    snapshots: list[ProfileSnapshot]

@@ -12,7 +12,7 @@ from contracts.deadletter import DeadLetter
 from contracts.events import Event, EventIn, ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.privacy import AuditRecord, Erasure
-from contracts.profiles import ProfileSnapshot
+from contracts.profiles import ProfileSnapshots
 from contracts.segments import MembershipChange, SavedSegment, SegmentDefinition
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -29,7 +29,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "erasure.v1.json": Erasure,
     "audit.v1.json": AuditRecord,
     "care-task.v1.json": CareTask,
-    "profile-snapshot.v1.json": ProfileSnapshot,
+    "profile-snapshots.v1.json": ProfileSnapshots,
 }
 
 

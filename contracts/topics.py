@@ -12,7 +12,7 @@ from contracts.events import Event, ResolvedEvent
 from contracts.identity import LedgerEntry
 from contracts.keys import WrappedKey
 from contracts.privacy import AuditRecord, Erasure
-from contracts.profiles import ProfileSnapshot
+from contracts.profiles import ProfileSnapshots
 from contracts.segments import MembershipChange, SavedSegment
 
 
@@ -75,11 +75,12 @@ PROFILES_CHANGES = Topic(
 )
 PROFILES_SNAPSHOTS = Topic(
     "cdp.profiles.snapshots",
-    key="profile id",
-    value_model=ProfileSnapshot,
-    description="The whole profile, with its tags, after the changes of a micro-batch (the "
-    "stream processor's read for tagging), versioned so the newest state wins. Feeds the "
-    "history's profile_snapshots table; for services that keep a copy of profiles.",
+    key="profile id of the record's first snapshot (a record carries many)",
+    value_model=ProfileSnapshots,
+    description="Whole profiles, with their tags, after the changes of a micro-batch (the "
+    "stream processor's read for tagging), many per record, each versioned by the Redis "
+    "clock so the newest state wins. Feeds the history's profile_snapshots table; for "
+    "services that keep a copy of profiles.",
     retention_days=7,
 )
 

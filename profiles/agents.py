@@ -26,6 +26,10 @@ from runtime.undecodable import dead_letters, split
 from tagging.changes import change_records, tag_only
 from tagging.store import TagChange
 
+#: The most bytes of snapshots one ``cdp.profiles.snapshots`` record carries: well under the
+#: 1 MB Kafka takes by default, and a few hundred profiles of the usual size.
+SNAPSHOTS_RECORD_BYTES = 512 * 1024
+
 #: How long a worker's claim on the tag backfill lasts unless renewed (every walk step renews
 #: it): a worker killed mid-walk blocks the backfill this long, not until its next start.
 BACKFILL_LEASE_S = 60
@@ -127,23 +131,40 @@ class ProfileStep:
             departed = deps.tags.departed([x for a in applied for x in a.left])
             members = await self.membership(tagged + departed, now)
         dead = dead_letters(bad, "profiles", self.dead_topic)
-        shots = list(seen.values()) if seen else []
+        snapshots, shots = self.snapshot_records(list(seen.values()) if seen else [])
         out = dead + change_records(self.changes_topic, changes) + members
-        return out + self.snapshot_records(shots), shots
+        return out + snapshots, shots
 
-    def snapshot_records(self, shots: list[Observed]) -> list[Record]:
-        """The ``cdp.profiles.snapshots`` records of profiles as the tag evaluation left them."""
+    def snapshot_records(self, seen: list[Observed]) -> tuple[list[Record], list[Observed]]:
+        """The ``cdp.profiles.snapshots`` records of profiles as the tag evaluation left them
+        (many per record, each record at most ``SNAPSHOTS_RECORD_BYTES``), and the profiles
+        they carry. A profile too big for a record is left to the history to read back."""
         names = self.deps.profiles.tag_names
-        if not shots or names is None:
-            return []
-        return [
-            Record(
-                self.snapshots_topic,
-                o.stored.profile.profile_id.encode(),
-                snapshot_value(o, names(o.tags) if o.tags else []),
-            )
-            for o in shots
-        ]
+        if not seen or names is None:
+            return [], []
+        records: list[Record] = []
+        shots: list[Observed] = []
+        chunk: list[bytes] = []
+        size = 0
+
+        def close() -> None:
+            key = shots[len(shots) - len(chunk)].stored.profile.profile_id.encode()
+            value = b'{"snapshots":[' + b",".join(chunk) + b"]}"
+            records.append(Record(self.snapshots_topic, key, value))
+
+        for o in seen:
+            value = snapshot_value(o, names(o.tags) if o.tags else [])
+            if len(value) > SNAPSHOTS_RECORD_BYTES:
+                continue
+            if chunk and size + len(value) > SNAPSHOTS_RECORD_BYTES:
+                close()
+                chunk, size = [], 0
+            chunk.append(value)
+            shots.append(o)
+            size += len(value) + 1
+        if chunk:
+            close()
+        return records, shots
 
     async def run(self, events: list[Any]) -> None:
         """Process one batch of faust events, publish (acked), then release its held changes."""

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from contracts.events import ResolvedEvent
@@ -37,8 +37,10 @@ from sinks.history import (
     HistoryWriter,
     audit_batch,
     change_batch,
-    event_batches,
+    event_row,
     ledger_batch,
+    resolved_row,
+    row_batches,
     snapshot_batch,
     tag_batch,
 )
@@ -80,8 +82,9 @@ class History:
                 raise
             metrics.CLICKHOUSE_SECONDS.observe(time.perf_counter() - began)
 
-    async def fresh(self, items: list[tuple[ResolvedEvent, int, int]]) -> list[Any]:
-        """Drop events already stored (after a crash the last batch is read again)."""
+    async def fresh(self, items: list[tuple[Any, int, int]]) -> list[Any]:
+        """Drop items (anything, partition, offset) already stored (after a crash the last
+        batch is read again)."""
         if self._high_water is None:
             self._high_water = await self.call(self.writer.high_water)
         hw = self._high_water
@@ -140,6 +143,28 @@ class Erased:
         return [i for i in items if not any(f(i) in gone for f in pids_of)]
 
 
+def event_rows(events: list[Any], now: datetime) -> list[tuple[list[Any], int, int]]:
+    """``events`` rows of resolved-event records, with the partition and offset of each.
+
+    Read as JSON (``resolved_row``); a record that reading cannot vouch for is validated
+    against the contract, and one that fails it is left out (the processor that owns the
+    topic's contract dead-letters it).
+    """
+    items = []
+    for ev in events:
+        msg = ev.message
+        try:
+            row = resolved_row(msg.value, msg.partition, msg.offset, now)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            try:
+                r = ResolvedEvent.model_validate_json(msg.value)
+            except ValidationError:
+                continue
+            row = event_row(r, msg.partition, msg.offset, now)
+        items.append((row, msg.partition, msg.offset))
+    return items
+
+
 def published_snapshots(events: list[Any]) -> tuple[list[list[Any]], list[Any]]:
     """``profile_snapshots`` rows of ``cdp.profiles.snapshots`` records, the newest of each
     profile, and the records that did not decode. Parsed with orjson, not validated: the
@@ -148,17 +173,20 @@ def published_snapshots(events: list[Any]) -> tuple[list[list[Any]], list[Any]]:
     bad = []
     for event in events:
         try:
-            shot = orjson.loads(event.message.value)
-            pid, version, profile = shot["profile_id"], int(shot["version"]), shot["profile"]
-            if not isinstance(pid, str) or not isinstance(profile, dict):
-                raise TypeError(pid)
+            found = []
+            for shot in orjson.loads(event.message.value)["snapshots"]:
+                pid, version, profile = shot["profile_id"], int(shot["version"]), shot["profile"]
+                if not isinstance(pid, str) or not isinstance(profile, dict):
+                    raise TypeError(pid)
+                found.append((pid, version, profile))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             bad.append(event)
             continue
-        held = newest.get(pid)
-        if held is None or version > held[2]:
-            at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
-            newest[pid] = [pid, orjson.dumps(profile).decode(), version, at]
+        for pid, version, profile in found:
+            held = newest.get(pid)
+            if held is None or version > held[2]:
+                at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
+                newest[pid] = [pid, orjson.dumps(profile).decode(), version, at]
     return list(newest.values()), bad
 
 
@@ -178,15 +206,12 @@ def register(app: Any, deps: Any) -> None:
     async def events_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
             with fatal("history-events"), metrics.batch("history-events", len(events)):
-                items = [
-                    (r, ev.message.partition, ev.message.offset)
-                    for r, ev in _decode(ResolvedEvent, list(events))
-                ]
-                fresh = await erased.kept(await history.fresh(items), lambda i: i[0].profile_id)
+                items = event_rows(list(events), datetime.now(UTC))
+                fresh = await erased.kept(await history.fresh(items), lambda i: i[0][1])
                 await until_done(
-                    "history.events", partial(history.write, event_batches(resolved_name, fresh))
+                    "history.events", partial(history.write, row_batches(resolved_name, fresh))
                 )
-                metrics.observe_freshness("history", [i[0].event.received_at for i in fresh])
+                metrics.observe_freshness("history", [i[0][8] for i in fresh])
 
     @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
     async def ledger_sink(stream: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from contracts.events import ResolvedEvent
+from contracts.events import Channel, EventType, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import Profile, ProfileChange
@@ -337,6 +337,57 @@ def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> l
     ]
 
 
+_EVENT_TYPES = frozenset(t.value for t in EventType)
+_CHANNELS = frozenset(c.value for c in Channel)
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def resolved_row(value: bytes, partition: int, offset: int, now: datetime) -> list[Any]:
+    """The ``events`` row of a ``cdp.events.resolved`` record, read as JSON without building
+    its model: the row ``event_row`` makes of the validated record (~10x cheaper).
+
+    Raises ``ValueError``, ``KeyError``, ``TypeError`` or ``AttributeError`` for a record
+    this reading cannot vouch for (a newer schema version, an unknown event type or
+    channel, a missing field); the caller then validates it against the contract.
+    """
+    r = orjson.loads(value)
+    e = r["event"]
+    if r.get("schema_version", 1) != 1 or e.get("schema_version", 1) != 1:
+        raise ValueError("schema version")
+    if e["type"] not in _EVENT_TYPES or e["channel"] not in _CHANNELS:
+        raise ValueError("event type or channel")
+    ids = e["identifiers"]
+    keys = [f"{i['type']}:{i['value']}" for i in ids]
+    props = e.get("properties") or {}
+    return [
+        e["event_id"],
+        r["profile_id"],
+        e["type"],
+        e.get("name") or "",
+        e["channel"],
+        e["source"],
+        keys,
+        _utc(e["timestamp"]),
+        _utc(e["received_at"]),
+        str(props.get("order_id") or ""),
+        _amount(props),
+        orjson.dumps(e.get("traits") or {}).decode(),
+        orjson.dumps(props).decode(),
+        orjson.dumps(e.get("consent") or {}).decode(),
+        partition,
+        offset,
+        now,
+        e.get("group_id") or "",
+        [k for k, i in zip(keys, ids, strict=True) if not i.get("normalized", True)],
+        {k: i["sealed"] for k, i in zip(keys, ids, strict=True) if i.get("sealed") is not None},
+        int(r.get("resolution", 0)),
+    ]
+
+
 @dataclass(frozen=True)
 class Batch:
     """Rows for one table from one source partition, with the offsets they came from."""
@@ -432,15 +483,19 @@ def event_batches(
     One insert is one part of ``events`` (atomic); its token names the offset range taken
     from each source partition, so a retry of the same batch is dropped by ClickHouse.
     """
+    now = now or datetime.now(UTC)
+    return row_batches(topic, [(event_row(r, part, off, now), part, off) for r, part, off in items])
+
+
+def row_batches(topic: str, items: list[tuple[list[Any], int, int]]) -> list[Batch]:
+    """``event_batches`` of rows already made: (row, partition, offset)."""
     if not items:
         return []
-    now = now or datetime.now(UTC)
     ranges: dict[int, list[int]] = defaultdict(list)
     for _, part, off in items:
         ranges[part].append(off)
     span = ",".join(f"{p}:{min(o)}-{max(o)}:{len(o)}" for p, o in sorted(ranges.items()))
-    rows = [event_row(r, part, off, now) for r, part, off in items]
-    return [Batch("events", EVENT_COLUMNS, rows, f"{topic}:{span}")]
+    return [Batch("events", EVENT_COLUMNS, [i[0] for i in items], f"{topic}:{span}")]
 
 
 def ledger_batch(entries: list[LedgerEntry], token: str) -> list[Batch]:

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from contracts.events import ResolvedEvent
-from contracts.profiles import ProfileSnapshot
+from contracts.profiles import ProfileSnapshot, ProfileSnapshots
 from deploy.settings import Settings
 from deploy.worker import build_deps
 from identity.store import Located
+from profiles import agents
 from profiles.agents import ProfileStep
 from sinks.agents import published_snapshots
 from sinks.clickhouse import connect
@@ -72,7 +73,8 @@ def world(settings: Settings) -> Iterator[World]:
 def _snapshots(world: World, out: list[Any]) -> list[ProfileSnapshot]:
     topic = world.step.snapshots_topic
     assert topic.endswith("cdp.profiles.snapshots")
-    return [ProfileSnapshot.model_validate_json(r.value) for r in out if r.topic == topic]
+    records = [ProfileSnapshots.model_validate_json(r.value) for r in out if r.topic == topic]
+    return [s for r in records for s in r.snapshots]
 
 
 def test_a_tagged_profile_is_published_as_stored_and_not_read_back(world: World) -> None:
@@ -137,3 +139,30 @@ def test_snapshots_of_both_paths_keep_the_newest_state(world: World, services: S
         parameters={"p": pid},
     ).result_rows
     assert found == [(2, 1)]  # the newer state, one row
+
+
+def test_records_hold_as_many_snapshots_as_fit_and_a_profile_too_big_stays_marked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = [("member_id", "M-2")]
+    batch = world.resolve(
+        ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30),
+        ev(2, "order_completed", "pos", other, NOW, order_id="B", total=70),
+    )
+    out, shots = world.run(world.step.records(batch, [], NOW))
+    one = [r for r in out if r.topic == world.step.snapshots_topic]
+    assert len(one) == 1 and len(shots) == 2  # both profiles in one record
+    size = max(len(s.model_dump_json()) for s in _snapshots(world, out))
+
+    # Room for one snapshot per record: two records, each keyed by its profile.
+    monkeypatch.setattr(agents, "SNAPSHOTS_RECORD_BYTES", size + 50)
+    out, shots = world.run(world.step.records(batch, [], NOW))
+    two = [r for r in out if r.topic == world.step.snapshots_topic]
+    assert sorted(r.key.decode() for r in two) == sorted({r.profile_id for r in batch})
+
+    # A profile bigger than a record: not published, so the history reads it back.
+    monkeypatch.setattr(agents, "SNAPSHOTS_RECORD_BYTES", 100)
+    out, shots = world.run(world.step.records(batch, [], NOW))
+    assert _snapshots(world, out) == [] and shots == []
+    world.run(world.deps.profiles.settle(batch, shots))
+    assert {r.profile_id for r in batch} <= world.dirty()
