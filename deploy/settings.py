@@ -228,9 +228,11 @@ class WorkerSettings(BaseModel):
     #: the profiles changed outside the stream: timed tags, backfills, splits).
     snapshot_interval_s: float = 2.0
     #: The stream processor publishes each profile it tagged, as it stored it, to
-    #: ``cdp.profiles.snapshots`` (the history stores it without reading Redis back). Off:
-    #: the history reads every changed profile from Redis.
-    publish_snapshots: bool = True
+    #: ``cdp.profiles.snapshots``, for services that keep a copy of profiles; the history
+    #: then stores those instead of reading them back from Redis. Off by default: measured on
+    #: two cores it costs ~5% more CPU per event than the read-back it replaces
+    #: (docs/benchmarks.md).
+    publish_snapshots: bool = False
     #: Redis key namespace for identity and profiles.
     namespace: str = "cdp"
     #: How long a client may retry an event and still have it recognised as a duplicate.

@@ -242,8 +242,9 @@ def register(app: Any, deps: Any) -> None:
 
     @app.agent(topic(PROFILES_SNAPSHOTS.name), name="history-snapshots")
     async def snapshots_sink(stream: Any) -> None:
-        # Batches as long as the snapshot interval: each stored batch also deletes the older
-        # snapshots of its profiles, and a profile changed often in it is stored once.
+        # Batches as long as the snapshot interval, stored with the profiles changed outside
+        # the stream in one insert: each insert also deletes the older snapshots of its
+        # profiles (a mutation of the table), so one per interval, not two.
         within = conf.snapshot_interval_s
         async for events in stream.take_events(conf.sink_batch_size, within=within):
             with fatal("history-snapshots"):
@@ -254,32 +255,44 @@ def register(app: Any, deps: Any) -> None:
                 if bad:
                     dead = dead_letters(bad, "history-snapshots", dead_topic)
                     await until_done("history.dead_letters", partial(deps.publisher.publish, dead))
-                batch = Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)
-                await until_done("history.published_snapshots", partial(history.write, [batch]))
+                await until_done("history.snapshots", partial(snapshot, rows, token))
 
-    async def snapshot() -> None:
-        """Store the current state of every profile changed since the last snapshot that
-        the stream did not publish (see ``ProfileStore.settle``).
+    snapshot_lock = asyncio.Lock()
+    last_snapshot_at = [-float("inf")]
+
+    async def snapshot(published: list[list[Any]] | None = None, token: str = "") -> None:
+        """Store the profiles changed since the last snapshot that the stream did not
+        publish (see ``ProfileStore.settle``), with the ``published`` snapshot rows if any,
+        in one insert.
 
         Coalesced: a profile that changed ten times in the interval is read and stored once.
         Versioned by the Redis clock after the changed set was taken and before the read:
         a snapshot the stream published of the same profile orders by the same clock.
         """
-        pids = await deps.profiles.take_changed()
-        if pids:
-            version = await deps.profiles.clock_ns()
-            found = await erased.kept(
-                [p for p in await deps.profiles.get_many(pids) if p is not None],
-                lambda p: p.profile_id,
-            )
-            at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
-            batch = snapshot_batch(found, version, at, f"snapshots:{version}")
-            await history.write([batch])
-        await deps.profiles.done_changed()
+        async with snapshot_lock:
+            rows = list(published or [])
+            pids = await deps.profiles.take_changed()
+            if pids:
+                version = await deps.profiles.clock_ns()
+                found = await erased.kept(
+                    [p for p in await deps.profiles.get_many(pids) if p is not None],
+                    lambda p: p.profile_id,
+                )
+                at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
+                rows += snapshot_batch(found, version, at, "").rows
+                token = f"{token}+snapshots:{version}" if token else f"snapshots:{version}"
+            if rows:
+                await history.write([Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)])
+            await deps.profiles.done_changed()
+            last_snapshot_at[0] = time.monotonic()
 
     @app.timer(conf.snapshot_interval_s)
     async def snapshots() -> None:
-        await until_done("history.snapshots", snapshot)
+        # The published snapshots' agent stores the changed profiles with its batches; this
+        # stores them when it has none (the stream publishes none, or is idle). Half the
+        # interval: a timer firing a moment early must not skip a turn.
+        if time.monotonic() - last_snapshot_at[0] >= conf.snapshot_interval_s / 2:
+            await until_done("history.snapshots", snapshot)
 
     async def last_snapshot() -> None:
         # One attempt, no retries: a stopping worker must not hang on an unreachable Redis

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from deploy.demo_run import tag_counts
@@ -184,19 +185,26 @@ def _load(api: str, n: int, customers: int) -> None:
         )
 
 
+@pytest.mark.parametrize("published", [False, True], ids=["snapshots-read-back", "published"])
 def test_kill_9_mid_stream_loses_and_duplicates_nothing(
-    settings: Settings, api: str, tmp_path: Path, workers: list[WorkerProcess]
+    settings: Settings, api: str, tmp_path: Path, workers: list[WorkerProcess], published: bool
 ) -> None:
     n = 6000
     _load(api, n, customers=300)
-    first = WorkerProcess(settings, tmp_path, ALL).start()
+
+    def worker() -> WorkerProcess:
+        process = WorkerProcess(settings, tmp_path, ALL)
+        process.env["CDP_WORKER__PUBLISH_SNAPSHOTS"] = str(published).lower()
+        return process
+
+    first = worker().start()
     workers.append(first)
     first.wait_for(lambda: _events_in_redis(settings) >= n // 4, f"{n // 4} events folded")
     first.stop(signal.SIGKILL)
     partial = _events_in_redis(settings)
     assert 0 < partial < n  # really killed mid-stream
 
-    second = WorkerProcess(settings, tmp_path, ALL).start()
+    second = worker().start()
     workers.append(second)
     # Every topic the history agent reads, so its last micro-batch is stored and committed.
     second.wait_caught_up(
@@ -228,6 +236,20 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(
         "(SELECT event_id FROM cdp.profile_changes FINAL GROUP BY event_id HAVING count() > 1)",
     )
     assert second.cli("history", "count", "--table", "profile_snapshots").strip() == "300"
+    # Each profile's stored snapshot is its last state (20 visits), with the tags it has now.
+    stored = [
+        json.loads(line)
+        for line in second.cli(
+            "history",
+            "sql",
+            "SELECT profile_id, JSONExtractInt(snapshot, 'store_visits') AS visits, tags "
+            "FROM cdp.profile_snapshots FINAL ORDER BY profile_id",
+        ).splitlines()
+    ]
+    assert {row["visits"] for row in stored} == {n // 300}
+    for row in stored[:: len(stored) // 10]:
+        now = httpx.get(f"{api}/v1/profiles/{row['profile_id']}", headers=READER).json()
+        assert sorted(row["tags"]) == sorted(now["tags"]), row["profile_id"]
 
 
 def test_a_tag_backfill_left_by_a_killed_worker_is_taken_over(

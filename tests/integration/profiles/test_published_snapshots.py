@@ -38,7 +38,8 @@ MEMBER = [("member_id", "M-1")]
 class World:
     def __init__(self, settings: Settings) -> None:
         self.loop = asyncio.new_event_loop()
-        self.settings = settings
+        worker = settings.worker.model_copy(update={"publish_snapshots": True})
+        settings = self.settings = settings.model_copy(update={"worker": worker})
         self.deps = build_deps(settings, ["identity", "profiles"])
         assert self.deps.tags is not None
         self.step = ProfileStep(self.deps)
