@@ -10,7 +10,7 @@
 --             i:<type:value> holders (the pid leaves; the set goes when empty), alias
 --             (merged pid -> survivor), rf:<pid>:<other or identifier>:<rule> refusal marks
 --   profiles  pf:<pid> profile, its fold watermarks (fields of wmb:<pid // 32>, or wm:<pid>
---             in the older layout; profiles/watermark.lua), dirty / dirty:taking
+--             in the older layout; profiles/watermark.lua), dirty / dirty:aging / dirty:taking
 --   tags      tag:<bit> and tags:all bitmaps (the profile's ordinal bit), pord:<n> ordinal ->
 --             pid, tags:due
 --   segments  seg:members:<id> saved segments' members
@@ -78,6 +78,7 @@ for _, pid in ipairs(plan.pids) do
     for _ in pairs(wm_all(ns, pid)) do counts.fields = counts.fields + 1 end
   end
   remove('set', k('dirty'), pid)
+  remove('set', k('dirty', 'aging'), pid)
   remove('set', k('dirty', 'taking'), pid)
   remove('zset', k('tags', 'due'), pid)
   for _, seg in ipairs(plan.segments) do remove('set', seg, pid) end

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from contracts.events import ResolvedEvent
 from contracts.profiles import ChannelActivity, Profile, ProfileChange, TraitValue
@@ -143,6 +142,7 @@ class ProfileStore:
         self._wm_upgrade = client.register_script(helpers + _WM_UPGRADE)
         self._read = BatchScript(client, here / "read.lua", [GRAPH])
         self._snapped = BatchScript(client, here / "snapped.lua")
+        self._take = client.register_script((here / "take_changed.lua").read_text())
         #: Tag bitmap (hex) -> tag ids; set when a tag catalog is loaded.
         self.tag_names: Callable[[str], list[str]] | None = None
 
@@ -240,21 +240,17 @@ class ProfileStore:
         await self._redis.set(flag, "1")
         return moved
 
-    async def take_changed(self) -> list[str]:
+    async def take_changed(self, age: bool = False) -> list[str]:
         """Return the profiles changed since the last call that finished with ``done_changed``.
 
         The fold marks every profile it changes in a ``dirty`` set, in the same atomic step.
         This moves the set aside (fresh changes start a new one) and returns it; a set moved
         aside before a crash is returned again, so a snapshot is never lost, only repeated.
+        ``age`` (the stream publishes snapshots): marks wait one call more before they are
+        returned, and those the stream publishes meanwhile are dropped (``settle``).
         """
-        taking = f"{self._ns}:dirty:taking"
-        if not await self._redis.exists(taking):
-            try:
-                await self._redis.renamenx(f"{self._ns}:dirty", taking)
-            except ResponseError:  # no profile changed since the last call
-                return []
-        members = await self._redis.smembers(taking)
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        taken = await self._take(args=[self._ns, "age" if age else "all"])
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in taken)
 
     async def done_changed(self) -> None:
         """Forget the profiles ``take_changed`` returned: their snapshots are stored."""

@@ -271,7 +271,7 @@ def register(app: Any, deps: Any) -> None:
         """
         async with snapshot_lock:
             rows = list(published or [])
-            pids = await deps.profiles.take_changed()
+            pids = await deps.profiles.take_changed(age=published is not None)
             if pids:
                 version = await deps.profiles.clock_ns()
                 found = await erased.kept(

@@ -167,3 +167,31 @@ def test_records_hold_as_many_snapshots_as_fit_and_a_profile_too_big_stays_marke
     assert _snapshots(world, out) == [] and shots == []
     world.run(world.deps.profiles.settle(batch, shots))
     assert {r.profile_id for r in batch} <= world.dirty()
+
+
+def test_marks_wait_one_interval_so_published_profiles_are_not_read_back(world: World) -> None:
+    profiles = world.deps.profiles
+
+    def take(age: bool) -> list[str]:
+        taken: list[str] = world.run(profiles.take_changed(age=age))
+        world.run(profiles.done_changed())
+        return taken
+
+    batch = world.resolve(ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30))
+    published = batch[0].profile_id
+    _, shots = world.run(world.step.records(batch, [], NOW))  # folded, tagged: marked
+    assert take(age=True) == []  # the marks wait an interval first
+    other = world.resolve(ev(2, "identify", "pos", [("member_id", "M-2")], NOW))
+    world.run(profiles.apply(other, NOW))  # changed, and no snapshot published for it
+    world.run(profiles.settle(batch, shots))  # published meanwhile: unmarked
+    assert take(age=True) == []
+    assert take(age=True) == [other[0].profile_id]  # read back an interval later
+    assert take(age=True) == []
+
+    # Without aging (the stop, publishing off) every mark is taken at once.
+    world.run(profiles.apply(world.resolve(ev(3, "identify", "pos", MEMBER, NOW)), NOW))
+    assert take(age=True) == []
+    world.run(
+        profiles.apply(world.resolve(ev(4, "identify", "web", [("member_id", "M-2")], NOW)), NOW)
+    )
+    assert take(age=False) == sorted([published, other[0].profile_id])
