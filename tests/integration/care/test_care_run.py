@@ -7,14 +7,19 @@ import json
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from deploy.local.kafka import free_port
 from deploy.settings import Settings
-from tests.integration.care.test_care import CARE, SECRET, send, triggers
+from tests.integration.care.test_care import (
+    CARE,
+    SECRET,
+    clear_of_midnight,
+    send,
+    triggers,
+)
 from tests.support.keys import known_sources, known_tokens
 from tests.support.spawned import Spawned
 from tests.support.webhook import Receiver
@@ -45,7 +50,7 @@ def test_cdp_run_runs_the_care_processor(
     run = Spawned(["run", "--api-workers", "1", "--stream-workers", "1"], env, tmp_path).start()
     try:
         run.wait_for("the API", lambda: httpx.get(base + "/healthz", timeout=5).is_success)
-        send(base, [e for e in triggers(datetime.now(UTC)) if e["messageId"] == "b1"])
+        send(base, [e for e in triggers(clear_of_midnight()) if e["messageId"] == "b1"])
         run.wait_for("the webhook's delivery", lambda: receiver.requests())
         (_, body), *more = receiver.requests()
         task = json.loads(body)
