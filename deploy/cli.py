@@ -246,7 +246,7 @@ def demo(settings: Settings, customers: int, seed: int, truth_path: Path | None)
     "--stream-workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Stream processor processes [default: CDP_WORKER__PROCESSES, else 1].",
+    help="Stream processor processes [default: CDP_WORKER__PROCESSES, else 2].",
 )
 @click.pass_obj
 def run(

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from deploy.local.kafka import free_port, port_open
+from deploy.settings import WorkerSettings
 from privacy.crypto import MasterKeys
 from runtime.auth import hash_token
 from runtime.readback import read_to_end
@@ -271,7 +272,7 @@ def _descendants_named(pid: int, name: str) -> list[int]:
     return found
 
 
-def test_run_restarts_its_stream_process_after_a_kill_and_loses_nothing(
+def test_run_restarts_its_stream_processes_after_a_kill_and_loses_nothing(
     services: Services, prefix: str, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -328,7 +329,13 @@ def test_run_restarts_its_stream_process_after_a_kill_and_loses_nothing(
 
     try:
         wait("API up", lambda: httpx.get(base + "/healthz", timeout=5).status_code == 200)
-        stream = wait("a stream process", lambda: _descendants_named(proc.pid, "cdp-stream"))
+        count = WorkerSettings().processes
+        stream = wait(
+            f"{count} stream processes",
+            lambda: (
+                found if len(found := _descendants_named(proc.pid, "cdp-stream")) == count else None
+            ),
+        )
         # The care processor is a process of its own, named apart: not killed below.
         wait("a care process", lambda: _descendants_named(proc.pid, "cdp-care"))
         order(1)
