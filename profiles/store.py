@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -100,11 +100,20 @@ class Observed:
     clock_ns: int
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def clock_time(clock_ns: int) -> datetime:
+    """The time of a Redis clock reading in nanoseconds (``ProfileStore.clock_ns``, a
+    snapshot's version), to the microsecond."""
+    return _EPOCH + timedelta(microseconds=clock_ns // 1000)
+
+
 def snapshot_value(observed: Observed, tags: list[str]) -> bytes:
     """The ``cdp.profiles.snapshots`` record (a ``ProfileSnapshot``) of ``observed``, whose
     tags are named ``tags``."""
     profile = observed.stored.profile.model_copy(update={"tags": tags})
-    at = datetime.fromtimestamp(observed.clock_ns // 1000 / 1e6, UTC)
+    at = clock_time(observed.clock_ns)
     return b'{"profile_id":%s,"version":%d,"at":"%s","profile":%s}' % (
         orjson.dumps(profile.profile_id),
         observed.clock_ns,

@@ -27,6 +27,7 @@ from contracts.topics import (
     PROFILES_CHANGES,
     PROFILES_SNAPSHOTS,
 )
+from profiles.store import clock_time
 from runtime import metrics
 from runtime.agents import fatal
 from runtime.retry import until_done
@@ -185,7 +186,7 @@ def published_snapshots(events: list[Any]) -> tuple[list[list[Any]], list[Any]]:
         for pid, version, profile in found:
             held = newest.get(pid)
             if held is None or version > held[2]:
-                at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
+                at = clock_time(version)
                 newest[pid] = [pid, orjson.dumps(profile).decode(), version, at]
     return list(newest.values()), bad
 
@@ -278,7 +279,7 @@ def register(app: Any, deps: Any) -> None:
                     [p for p in await deps.profiles.get_many(pids) if p is not None],
                     lambda p: p.profile_id,
                 )
-                at = datetime.fromtimestamp(version // 1000 / 1e6, UTC)
+                at = clock_time(version)
                 rows += snapshot_batch(found, version, at, "").rows
                 token = f"{token}+snapshots:{version}" if token else f"snapshots:{version}"
             if rows:

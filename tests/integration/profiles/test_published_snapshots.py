@@ -9,7 +9,6 @@ from the stream and from the history's own reads order by that clock.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,8 +20,6 @@ import pytest
 from contracts.events import ResolvedEvent
 from contracts.profiles import ProfileSnapshot, ProfileSnapshots
 from deploy.settings import Settings
-from deploy.worker import build_deps
-from identity.store import Located
 from profiles import agents
 from profiles.agents import ProfileStep
 from sinks.agents import published_snapshots
@@ -30,38 +27,27 @@ from sinks.clickhouse import connect
 from sinks.history import SNAPSHOT_COLUMNS, Batch, HistoryWriter, migrate, snapshot_batch
 from tests.support.events import ev
 from tests.support.services import Services
+from tests.support.steps import StepWorld
 
 NOW = datetime(2026, 3, 2, 4, tzinfo=UTC)
 MEMBER = [("member_id", "M-1")]
 
 
-class World:
+class World(StepWorld):
     def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
         worker = settings.worker.model_copy(update={"publish_snapshots": True})
-        settings = self.settings = settings.model_copy(update={"worker": worker})
-        self.deps = build_deps(settings, ["identity", "profiles"])
-        assert self.deps.tags is not None
+        super().__init__(settings.model_copy(update={"worker": worker}))
         self.step = ProfileStep(self.deps)
         self.offset = 0
 
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
     def resolve(self, *events: Any) -> list[ResolvedEvent]:
-        located = []
-        for e in events:
-            located.append(Located(e, 0, self.offset))
-            self.offset += 1
-        return [o.resolved for o in self.run(self.deps.identity.resolve(located, NOW))]
+        batch = self.resolve_at(list(events), self.offset, NOW)
+        self.offset += len(events)
+        return batch
 
     def dirty(self) -> set[str]:
         members = self.run(self.deps.redis.smembers(f"{self.settings.worker.namespace}:dirty"))
         return {m.decode() for m in members}
-
-    def close(self) -> None:
-        self.run(self.deps.redis.aclose())
-        self.loop.close()
 
 
 @pytest.fixture

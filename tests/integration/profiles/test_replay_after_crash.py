@@ -7,7 +7,6 @@ the profile step is the one the processor runs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,21 +17,20 @@ import pytest
 from contracts.events import ResolvedEvent
 from contracts.segments import SegmentDefinition
 from deploy.settings import Settings
-from deploy.worker import build_deps
 from identity.store import Located
 from profiles.agents import ProfileStep
 from segments.agents import LiveMembership
 from segments.store import SegmentStore
 from tests.support.events import ev
+from tests.support.steps import StepWorld
 
 NOW = datetime(2026, 3, 2, 4, tzinfo=UTC)
 MEMBER = [("member_id", "M-1")]
 
 
-class World:
+class World(StepWorld):
     def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.deps = build_deps(settings, ["identity", "profiles"])
+        super().__init__(settings)
         assert self.deps.tags is not None
         store = SegmentStore(self.deps.redis, settings.worker.namespace)
         repeat = SegmentDefinition.model_validate({"definition": {"tag": "repeat_buyer"}})
@@ -41,17 +39,13 @@ class World:
         self.deps.membership = LiveMembership(store, self.deps.tags.catalog, self.members_topic, 0)
         self.step = ProfileStep(self.deps)
 
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
     def resolve(self) -> list[ResolvedEvent]:
         # Two orders of one member: the second makes a repeat buyer (a tag, a live segment).
         events = [
             ev(1, "order_completed", "pos", MEMBER, NOW, order_id="A", total=30),
             ev(2, "order_completed", "pos", MEMBER, NOW, order_id="B", total=70),
         ]
-        located = [Located(e, 0, n) for n, e in enumerate(events)]
-        return [o.resolved for o in self.run(self.deps.identity.resolve(located, NOW))]
+        return self.resolve_at(events, 0, NOW)
 
     def told(self, batch: list[ResolvedEvent]) -> tuple[list[dict[str, Any]], list[str]]:
         """What one delivery of ``batch`` would publish: change records, membership changes."""
@@ -64,10 +58,6 @@ class World:
         found = self.run(self.deps.profiles.get(pid))
         assert found is not None
         return found.order_count, found.events
-
-    def close(self) -> None:
-        self.run(self.deps.redis.aclose())
-        self.loop.close()
 
 
 @pytest.fixture
