@@ -166,6 +166,7 @@ class Children:
         self.target, self.args, self.count = target, args, count
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[tuple[BaseProcess, Any]] = []
+        self._announced: set[int | None] = set()
 
     def _spawn(self, slot: int) -> tuple[BaseProcess, Any]:
         ready = self.context.Event()
@@ -187,9 +188,13 @@ class Children:
         return self
 
     def check(self) -> None:
-        """Replace a process that died after it was ready; raise if one never was."""
+        """Replace a process that died after it was ready; raise if one never was. Log
+        each process once when it is first seen ready (operators and tests wait for it)."""
         for i, (process, ready) in enumerate(self.processes):
             if process.is_alive():
+                if process.pid not in self._announced and ready.is_set():
+                    self._announced.add(process.pid)
+                    log.info(f"{self.kind}.process_ready", slot=i, pid=process.pid)
                 continue
             if not ready.is_set():
                 raise self.failure(

@@ -284,7 +284,8 @@ def test_run_restarts_its_stream_processes_after_a_kill_and_loses_nothing(
         tmp_path,
         port,
         1,
-        {"CDP_INGEST__SOURCES": sources, "CDP_API__TOKENS": tokens},
+        # info: the supervisor says when each stream process is ready.
+        {"CDP_INGEST__SOURCES": sources, "CDP_API__TOKENS": tokens, "CDP_LOG_LEVEL": "info"},
     )
     base = f"http://127.0.0.1:{port}"
     auth = {
@@ -336,6 +337,10 @@ def test_run_restarts_its_stream_processes_after_a_kill_and_loses_nothing(
                 found if len(found := _descendants_named(proc.pid, "cdp-stream")) == count else None
             ),
         )
+        # Killed before it is ready, a child stops `cdp run` (its fault would repeat).
+        for pid in stream:  # type: ignore[attr-defined]
+            said = re.compile(rf"worker\.process_ready\b.*\bpid={pid}\b")
+            wait(f"stream process {pid} ready", lambda said=said: said.search(log.read_text()))
         # The care processor is a process of its own, named apart: not killed below.
         wait("a care process", lambda: _descendants_named(proc.pid, "cdp-care"))
         order(1)

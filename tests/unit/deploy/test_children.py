@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from deploy.serve import ChildFailed, Children, die_with
 
@@ -66,3 +67,16 @@ def test_children_are_named_and_stopped(tmp_path: Path) -> None:
     children.stop()  # SIGTERM: a sleeping child ends at once
     assert not process.is_alive()
     assert process.exitcode == -15
+
+
+def test_each_child_is_logged_once_when_it_is_first_seen_ready(tmp_path: Path) -> None:
+    children = Children(_ready_and_named, (str(tmp_path / "comm"),), 2).start()
+    try:
+        assert all(ready.wait(30) for _, ready in children.processes)
+        with capture_logs() as logs:
+            children.check()
+            children.check()
+        ready = [e for e in logs if e["event"] == "child.process_ready"]
+        assert sorted((e["slot"], e["pid"]) for e in ready) == list(enumerate(children.pids))
+    finally:
+        children.stop()
