@@ -90,12 +90,13 @@ def tag_store(
 
     An invalid catalog raises ``CatalogError`` here, so processors refuse to start on it.
     Only a process that evaluates tags (``evaluates``: the profiles role) retires the
-    indexes of tags its catalog removed.
+    indexes of tags its catalog removed, and finds a new namespace's tags nothing to
+    backfill.
     """
     store = TagStore(
         client, load_catalog(settings.tags.catalog), profiles, settings.worker.namespace
     )
-    store.bind(settings.redis.url.get_secret_value(), retire=evaluates)
+    store.bind(settings.redis.url.get_secret_value(), evaluator=evaluates)
     return store
 
 

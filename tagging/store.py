@@ -47,9 +47,21 @@ end
 return out
 """
 
+# A namespace where no profile was ever created (``seq``, identity/resolve.lua) or tagged
+# (``pord:next``, tagging/apply.lua) holds no stale tag value: the tags are recorded as
+# backfilled, atomically with that check, so a first start over a backlog does not walk the
+# profiles the stream is creating (each is evaluated on every tag when first tagged).
+# ARGV[1] namespace, then tag id, fingerprint pairs. Returns 1 when it recorded them.
+_FRESH = """
+local ns = ARGV[1]
+if redis.call('EXISTS', ns .. ':seq', ns .. ':pord:next') > 0 then return 0 end
+for n = 2, #ARGV, 2 do redis.call('HSET', ns .. ':tags:print', ARGV[n], ARGV[n + 1]) end
+return 1
+"""
+
 
 def sync_catalog(
-    redis_url: str, catalog: Catalog, namespace: str, retire: bool = False
+    redis_url: str, catalog: Catalog, namespace: str, evaluator: bool = False
 ) -> list[Tag]:
     """Bind ``catalog`` to its stored ordinals (new tags get new ones), before any evaluation.
 
@@ -57,9 +69,11 @@ def sync_catalog(
     whose rule is new or changed since their last backfill: their stored values are missing
     or stale until ``TagStore.backfill`` has run over the existing profiles.
 
-    ``retire`` (profiles processors only) also drops the indexes of stored tags this catalog
-    no longer has. Readers (API, CLI) never retire: one deployed with an older catalog must
-    not delete the index of a tag the processors evaluate.
+    ``evaluator`` (profiles processors only, which evaluate tags) also drops the indexes of
+    stored tags this catalog no longer has, and in a namespace with no profile yet records
+    its tags as backfilled (``_FRESH``: none is pending). Readers (API, CLI) do neither: one
+    deployed with an older catalog must not delete the index of a tag the processors
+    evaluate, nor vouch for a rule they do not run.
     """
     client = redis.Redis.from_url(redis_url)
     try:
@@ -69,17 +83,22 @@ def sync_catalog(
         # Tags no longer in the catalog: drop their index and fingerprint. Their ordinal stays
         # reserved (a tag that comes back gets it again, and a backfill, as its print is gone).
         every = {text(k): int(v) for k, v in client.hgetall(f"{namespace}:tags:ord").items()}
-        retired = sorted(set(every) - set(ids)) if retire else []
+        retired = sorted(set(every) - set(ids)) if evaluator else []
         if retired:
             client.delete(*(f"{namespace}:tag:{every[t]}" for t in retired))
             client.hdel(f"{namespace}:tags:print", *retired)
             log.info("tags retired: %s", ", ".join(retired))
         stored = client.hgetall(f"{namespace}:tags:print")
         _ensure_universe(client, namespace)
+        known = {text(k): text(v) for k, v in stored.items()}
+        pending = [t for t in catalog.tags if known.get(t.id) != t.fingerprint]
+        prints = [x for t in pending for x in (t.id, t.fingerprint)]
+        if evaluator and pending and client.eval(_FRESH, 0, namespace, *prints):
+            log.info("tags: a new namespace, nothing to backfill (%d tags)", len(pending))
+            pending = []
     finally:
         client.close()
-    known = {text(k): text(v) for k, v in stored.items()}
-    return [t for t in catalog.tags if known.get(t.id) != t.fingerprint]
+    return pending
 
 
 def _ensure_universe(client: redis.Redis, namespace: str) -> None:
@@ -168,12 +187,12 @@ class TagStore:
         self._by_change: dict[frozenset[str], Selection] = {}
         self._bind_lock = asyncio.Lock()
 
-    def bind(self, redis_url: str, retire: bool = False) -> list[Tag]:
+    def bind(self, redis_url: str, evaluator: bool = False) -> list[Tag]:
         """Bind the catalog to its stored ordinals (blocking); remember the pending tags.
 
-        ``retire``: also drop the indexes of tags this catalog removed (see sync_catalog).
+        ``evaluator``: this process evaluates tags (see sync_catalog).
         """
-        self.pending = sync_catalog(redis_url, self.catalog, self._ns, retire)
+        self.pending = sync_catalog(redis_url, self.catalog, self._ns, evaluator)
         self._by_change = {}  # bits may have moved
         self.bound = True
         return self.pending

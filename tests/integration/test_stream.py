@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
@@ -17,6 +18,7 @@ from deploy.settings import Settings
 from runtime.readback import read_to_end
 from tagging.catalog import load as load_catalog
 from tests.support.keys import key_of
+from tests.support.seed import untagged_profiles
 from tests.support.worker import WorkerProcess
 
 ALL = ["history", "identity", "profiles"]
@@ -257,6 +259,8 @@ def test_a_tag_backfill_left_by_a_killed_worker_is_taken_over(
 ) -> None:
     client = redis.Redis.from_url(settings.redis.url.get_secret_value())
     ns = settings.worker.namespace
+    # Profiles stored before this catalog: a new namespace would have nothing to backfill.
+    asyncio.run(untagged_profiles(settings))
     lock = f"{ns}:tags:backfill:lock"
     client.set(lock, "1", ex=600)  # a worker walking the backfill
     _load(api, 200, customers=20)

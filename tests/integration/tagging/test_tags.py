@@ -44,9 +44,9 @@ class Tagged:
         self.offset = 0
         self.departed: list[TagChange] = []
 
-    def with_catalog(self, catalog: Catalog, retire: bool = True) -> TagStore:
+    def with_catalog(self, catalog: Catalog, evaluator: bool = True) -> TagStore:
         store = TagStore(self.client, catalog, self.profiles, self.ns)
-        store.bind(self.url, retire)  # as a profiles processor does
+        store.bind(self.url, evaluator)  # as a profiles processor does
         self.tags = store
         return store
 
@@ -335,6 +335,22 @@ def test_backfill_of_a_new_tag_gives_what_live_evaluation_gives(
     assert sync_catalog(services.redis_url, catalog, t.ns) == []
 
 
+def test_a_new_namespace_has_nothing_to_backfill_until_it_holds_profiles(make: Any) -> None:
+    t = make()  # bound as a profiles processor binds, before any profile exists
+    assert t.tags.pending == []
+    prints = t.run_async(t.client.hgetall(f"{t.ns}:tags:print"))
+    expected = {tag.id: tag.fingerprint for tag in t.tags.catalog.tags}
+    assert {k.decode(): v.decode() for k, v in prints.items()} == expected
+    # Its profiles get every tag from live evaluation, what a backfill would have given.
+    t.run([ev(1, "order_completed", "pos", [LI_M], T0, order_id="O1", total=100)], T0)
+    pid, tags = t.stored("1")
+    assert "channel_pos" in tags and tags == t.full(pid, T0)
+    # Once a profile exists, a new rule waits for a backfill again.
+    new = {"id": "web_big_basket", "rule": 'average_spend >= 1000 and channels contains "web"'}
+    store = t.with_catalog(_catalog_with([new]))
+    assert [tag.id for tag in store.pending] == ["web_big_basket"]
+
+
 def _catalog_without(tag_id: str) -> Catalog:
     documents = []
     for path in sorted(Path(DEFAULT_DIR).glob("*.yaml")):
@@ -354,7 +370,7 @@ def test_a_retired_tag_leaves_the_indexes_and_comes_back_through_a_backfill(make
     ordinal = t.tags.catalog.by_id["channel_pos"].bit
     assert t.count("channel_pos") == 2
     # A reader (API, CLI) with an older catalog never drops an index the processors keep.
-    t.with_catalog(_catalog_without("channel_pos"), retire=False)
+    t.with_catalog(_catalog_without("channel_pos"), evaluator=False)
     assert t.run_async(t.client.exists(f"{t.ns}:tag:{ordinal}")) == 1
     t.with_catalog(load())
     # A processor deployed without the tag: its index goes; its bit leaves each profile

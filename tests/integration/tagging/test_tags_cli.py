@@ -8,17 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
-from contracts.events import Event, Identifier
 from deploy.settings import Settings
-from identity.store import IdentityStore, Located
-from profiles.agents import changed_names
-from profiles.store import ProfileStore
 from tagging.catalog import DEFAULT_DIR
+from tests.support.seed import untagged_profiles
 
 
 def cdp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -70,41 +64,8 @@ def test_processors_refuse_to_start_on_an_invalid_catalog(
     assert ok.returncode == 0 and ok.stdout.startswith("catalog ok: ")
 
 
-async def _profiles(settings: Settings) -> None:
-    """Two customers folded into Redis with tagging off (as before a catalog existed)."""
-    client = aioredis.from_url(settings.redis.url.get_secret_value())
-    ns = settings.worker.namespace
-    identity = IdentityStore(client, settings.identity, ns)
-    profiles = ProfileStore(client, settings.profiles, ns)
-    events = []
-    for n, (member, total) in enumerate([("M1", 2500), ("M2", 80)]):
-        at = datetime(2026, 1, 5, tzinfo=UTC)
-        events.append(
-            Located(
-                Event(
-                    event_id=f"e{n}",
-                    type="order_completed",
-                    name="Order Completed",
-                    channel="pos",
-                    source="pos",
-                    identifiers=[Identifier(type="member_id", value=member)],
-                    properties={"order_id": f"O{n}", "total": total},
-                    original_timestamp=at,
-                    received_at=at,
-                    timestamp=at,
-                ),
-                0,
-                n,
-            )
-        )
-    resolved = [o.resolved for o in await identity.resolve(events, events[0].event.timestamp)]
-    applied = await profiles.apply(resolved, events[0].event.timestamp)
-    assert len(changed_names(applied)) == 2
-    await client.aclose()
-
-
 def test_backfill_list_show_and_count_from_the_terminal(settings: Settings) -> None:
-    asyncio.run(_profiles(settings))
+    asyncio.run(untagged_profiles(settings))
     env = env_of(settings)
     listed = cdp(env, "tags", "list", "--category", "care")
     assert listed.returncode == 0
