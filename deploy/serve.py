@@ -149,14 +149,20 @@ class ApiProcessFailed(ChildFailed):
     """An API process exited before it served."""
 
 
+#: Times in a row a child killed by a signal before it was ready is started again.
+KILLED_STARTING_RESTARTS = 3
+
+
 class Children:
     """Spawned processes of one kind, kept running beside this one.
 
     Child ``slot`` (0 to count - 1) keeps its number across restarts. Each child gets an
     event it sets once it is ready (serving, consuming). ``check``
     restarts a child that died after it was ready and raises ``ChildFailed`` for one that
-    died before: a fault at start (bad settings, a catalog that does not load) would only
-    repeat. ``stop`` sends SIGTERM and kills those still running after a grace period.
+    exited before: a fault at start (bad settings, a catalog that does not load) would only
+    repeat. A child killed by a signal while starting (the kernel's OOM killer, an operator)
+    is no such fault: it is started again, up to ``KILLED_STARTING_RESTARTS`` times in a
+    row. ``stop`` sends SIGTERM and kills those still running after a grace period.
     """
 
     kind = "child"
@@ -167,6 +173,7 @@ class Children:
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[tuple[BaseProcess, Any]] = []
         self._announced: set[int | None] = set()
+        self._killed_starting = [0] * count
 
     def _spawn(self, slot: int) -> tuple[BaseProcess, Any]:
         ready = self.context.Event()
@@ -194,13 +201,29 @@ class Children:
             if process.is_alive():
                 if process.pid not in self._announced and ready.is_set():
                     self._announced.add(process.pid)
+                    self._killed_starting[i] = 0
                     log.info(f"{self.kind}.process_ready", slot=i, pid=process.pid)
                 continue
+            code = process.exitcode
             if not ready.is_set():
-                raise self.failure(
-                    f"{self.kind} process {process.pid} exited with {process.exitcode} "
-                    "before it was ready; see its log"
+                if code is None or code >= 0:
+                    raise self.failure(
+                        f"{self.kind} process {process.pid} exited with {code} "
+                        "before it was ready; see its log"
+                    )
+                name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+                if self._killed_starting[i] >= KILLED_STARTING_RESTARTS:
+                    raise self.failure(
+                        f"{self.kind} process {process.pid} was killed by {name} before it "
+                        f"was ready, {self._killed_starting[i] + 1} times in a row "
+                        "(out of memory? see the kernel log)"
+                    )
+                self._killed_starting[i] += 1
+                log.warning(
+                    f"{self.kind}.process_killed_starting", slot=i, pid=process.pid, signal=name
                 )
+                self.processes[i] = self._spawn(i)
+                continue
             log.warning(f"{self.kind}.process_died", pid=process.pid, exitcode=process.exitcode)
             self.processes[i] = self._spawn(i)
 
@@ -386,8 +409,9 @@ def attach_api(app: faust.App, settings: Settings, workers: int) -> None:
 def supervise(app: faust.App, children: Children) -> None:
     """Start ``children`` with ``app``, keep them running, stop them before it stops.
 
-    A child that dies before it was ready stops the app (``ChildFailed``, exit 3): the fault
-    would repeat; one that dies later is restarted. The children are told to stop as soon
+    A child that exits before it was ready stops the app (``ChildFailed``, exit 3): the fault
+    would repeat; one killed by a signal while starting, or that dies later, is restarted
+    (see ``Children``). The children are told to stop as soon
     as this process's stop begins, and killed if they outlast its bound.
     """
     STOP.on_begin(children.terminate)
