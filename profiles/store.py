@@ -51,6 +51,10 @@ def conflicts(main: dict[str, str]) -> dict[str, list[TraitValue]]:
     for field, raw in main.items():
         if not field.startswith("c:"):
             continue
+        kept = orjson.loads(raw)
+        kept.pop("~", None)
+        if len(kept) < 2:  # one value: no conflict (most traits; no model built for it)
+            continue
         values = [
             TraitValue(
                 value=orjson.loads(v),
@@ -58,12 +62,10 @@ def conflicts(main: dict[str, str]) -> dict[str, list[TraitValue]]:
                 count=e[1],
                 last_seen=datetime.fromtimestamp(int(e[2]) / 1000, UTC),
             )
-            for v, e in orjson.loads(raw).items()
-            if v != "~"
+            for v, e in kept.items()
         ]
-        if len(values) > 1:
-            values.sort(key=lambda t: (-t.count, -t.last_seen.timestamp()))
-            out[field[2:]] = values
+        values.sort(key=lambda t: (-t.count, -t.last_seen.timestamp()))
+        out[field[2:]] = values
     return out
 
 
