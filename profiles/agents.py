@@ -148,7 +148,7 @@ class ProfileStep:
         size = 0
 
         def close() -> None:
-            key = shots[len(shots) - len(chunk)].stored.profile.profile_id.encode()
+            key = shots[len(shots) - len(chunk)].stored.profile_id.encode()
             value = b'{"snapshots":[' + b",".join(chunk) + b"]}"
             records.append(Record(self.snapshots_topic, key, value))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,108 @@ def nps_class(score: int | None) -> str | None:
     return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
 
 
+#: The profile's times that ``profile_values`` gives in epoch ms.
+_TIMES = ("first_seen", "last_seen", "first_purchase_at", "last_purchase_at")
+
+
+def profile_values(
+    pid: str,
+    main: dict[str, str],
+    traits: dict[str, str],
+    ids: list[str] | dict[str, Any],
+    sets: dict[str, Any],
+    counts: dict[str, int],
+    tags: list[str],
+) -> dict[str, Any]:
+    """A stored profile (read.lua's answer, split by prefix) as ``Profile``'s fields, but
+    with times in epoch ms (None when unset) and each channel's activity a dict: tag facts
+    are computed from these without the model, which ``as_profile`` builds from them."""
+    # cjson encodes an empty Lua table as {}: an empty set arrives as a dict.
+    members = {name: set(sets.get(name) or ()) for name in _SETS}
+    chans, cats = members["channels"], members["categories"]
+    orders, csat = counts.get("orders", 0), counts.get("csat", 0)
+    n = {k: int(v) for k, v in main.items() if not k.startswith(("_", "c:"))}
+    t = {k: orjson.loads(v) for k, v in traits.items()}
+    spend = n.get("e:orders", 0) / 100
+    nps = t.get("nps_last")
+    return {
+        "profile_id": pid,
+        "identifiers": sorted(ids or ()),
+        "traits": {
+            k: v
+            for k, v in t.items()
+            if not k.startswith(("account.", "consent.")) and k not in ("nps_last", "csat_last")
+        },
+        "first_seen": n.get("lo:first_seen"),
+        "last_seen": n.get("hi:last_seen"),
+        "channels": {
+            ch: {
+                "first_seen": n.get(f"lo:first_seen:{ch}"),
+                "last_seen": n.get(f"hi:last_seen:{ch}"),
+                "events": n.get(f"n:events:{ch}", 0),
+            }
+            for ch in sorted(chans)
+        },
+        "events": n.get("n:events", 0),
+        "order_count": orders,
+        "total_spend": spend,
+        "average_spend": round(spend / orders, 2) if orders else None,
+        "first_purchase_at": n.get("lo:first_purchase_at"),
+        "last_purchase_at": n.get("hi:last_purchase_at"),
+        "refund_total": n.get("e:refunds", 0) / 100,
+        "categories": sorted(cats),
+        "csat_last": t.get("csat_last"),
+        "csat_average": round(n.get("e:csat", 0) / csat, 2) if csat else None,
+        "csat_count": csat,
+        "nps_last": nps,
+        "nps_class": nps_class(nps),
+        "complaints": len(members["complaints"]),
+        "open_complaints": len(members["complaints"] - members["tickets_resolved"]),
+        "tickets": len(members["tickets_opened"]),
+        "tickets_resolved": len(members["tickets_resolved"]),
+        "open_tickets": len(members["tickets_opened"] - members["tickets_resolved"]),
+        "follow_ups": len(members["follow_ups"]),
+        "orders_by_daypart": {d: counts.get(f"orders_{d}", 0) for d in PARTS_OF_DAY},
+        "orders_weekend": counts.get("orders_weekend", 0),
+        "purchase_months": sorted(members["purchase_months"]),
+        "points_earned": n.get("e:points_earned", 0),
+        "points_redeemed": n.get("e:points_redeemed", 0),
+        "points_balance": n.get("e:points_earned", 0) - n.get("e:points_redeemed", 0),
+        "coupons_redeemed": n.get("n:coupons_redeemed", 0),
+        "store_visits": n.get("n:store_visits", 0),
+        "member_level": t.get("member_level"),
+        "account": {
+            k.removeprefix("account."): v for k, v in t.items() if k.startswith("account.")
+        },
+        "consent": {
+            k.removeprefix("consent."): bool(v) for k, v in t.items() if k.startswith("consent.")
+        },
+        "tags": tags,
+    }
+
+
+def as_profile(values: dict[str, Any], competing: dict[str, str]) -> Profile:
+    """The ``Profile`` of ``profile_values``' fields and the stored conflict fields."""
+    fields = {**values, **{f: _time(values[f]) for f in _TIMES}}
+    fields["channels"] = {
+        ch: ChannelActivity(
+            first_seen=_time(a["first_seen"]), last_seen=_time(a["last_seen"]), events=a["events"]
+        )
+        for ch, a in values["channels"].items()
+    }
+    return Profile(**fields, conflicts=conflicts(competing))
+
+
 @dataclass(frozen=True)
 class Stored:
-    """A profile as stored: the profile, its version and its tag bitmap (hex, "" if none)."""
+    """A profile as stored: its fields, its version and its tag bitmap (hex, "" if none).
 
-    profile: Profile
+    ``values`` are what tag evaluation reads (``tagging.facts.facts_of``); the ``Profile``
+    model is built from them when first asked for.
+    """
+
+    #: The profile's fields as ``profile_values`` gives them (times in epoch ms).
+    values: dict[str, Any]
     version: str
     tags: str
     #: Identifier (``type:~blind``) -> its sealed value, for identifiers stored sealed.
@@ -88,6 +186,17 @@ class Stored:
     #: With ``read(with_keys=True)``: kid -> the stored data key (as the key store keeps it)
     #: of the profile's sealed values, for those Redis holds.
     keys: dict[str, bytes]
+    #: The conflict fields (``c:<trait>``) as stored, for the model's ``conflicts``.
+    competing: dict[str, str]
+
+    @property
+    def profile_id(self) -> str:
+        return str(self.values["profile_id"])
+
+    @cached_property
+    def profile(self) -> Profile:
+        """The profile as the contract's model."""
+        return as_profile(self.values, self.competing)
 
 
 @dataclass(frozen=True)
@@ -217,7 +326,7 @@ class ProfileStore:
                 pipe.hdel(f"{self._ns}:fold:held:{part}", *offsets)
             await pipe.execute()
         if snapshots:
-            rows = [[o.stored.profile.profile_id, o.stored.version, o.tags] for o in snapshots]
+            rows = [[o.stored.profile_id, o.stored.version, o.tags] for o in snapshots]
             await self._snapped.run([[self._ns, orjson.dumps(chunk)] for chunk in chunks(rows)])
 
     async def clock_ns(self) -> int:
@@ -316,86 +425,10 @@ class ProfileStore:
             pid, main, traits, ids, sets, counts, sealed, keys = answer
             tags = main.get("_tg", "")
             names = self.tag_names(tags) if self.tag_names and tags else []
-            profile = self._profile(pid, main, traits, ids, sets, counts, names)
+            values = profile_values(pid, main, traits, ids, sets, counts, names)
             # cjson encodes an empty Lua table as {}; a list only if it had array items.
             stored = {kid: bytes.fromhex(raw) for kid, raw in (keys or {}).items()}
-            out.append(Stored(profile, main.get("_v", "0"), tags, sealed or {}, stored))
+            competing = {k: v for k, v in main.items() if k.startswith("c:")}
+            version = main.get("_v", "0")
+            out.append(Stored(values, version, tags, sealed or {}, stored, competing))
         return out
-
-    @staticmethod
-    def _profile(
-        pid: str,
-        main: dict[str, str],
-        traits: dict[str, str],
-        ids: list[str] | dict[str, Any],
-        sets: dict[str, Any],
-        counts: dict[str, int],
-        tags: list[str],
-    ) -> Profile:
-        # cjson encodes an empty Lua table as {}: an empty set arrives as a dict.
-        members = {name: set(sets.get(name) or ()) for name in _SETS}
-        chans, cats = members["channels"], members["categories"]
-        orders, csat = counts.get("orders", 0), counts.get("csat", 0)
-        n = {k: int(v) for k, v in main.items() if not k.startswith(("_", "c:"))}
-        t = {k: orjson.loads(v) for k, v in traits.items()}
-        spend = n.get("e:orders", 0) / 100
-        nps = t.get("nps_last")
-        channels = {
-            ch: ChannelActivity(
-                first_seen=_time(n.get(f"lo:first_seen:{ch}")),
-                last_seen=_time(n.get(f"hi:last_seen:{ch}")),
-                events=n.get(f"n:events:{ch}", 0),
-            )
-            for ch in sorted(chans)
-        }
-        plain = {
-            k: v
-            for k, v in t.items()
-            if not k.startswith(("account.", "consent.")) and k not in ("nps_last", "csat_last")
-        }
-        return Profile(
-            profile_id=pid,
-            identifiers=sorted(ids or ()),
-            traits=plain,
-            first_seen=_time(n.get("lo:first_seen")),
-            last_seen=_time(n.get("hi:last_seen")),
-            channels=channels,
-            events=n.get("n:events", 0),
-            order_count=orders,
-            total_spend=spend,
-            average_spend=round(spend / orders, 2) if orders else None,
-            first_purchase_at=_time(n.get("lo:first_purchase_at")),
-            last_purchase_at=_time(n.get("hi:last_purchase_at")),
-            refund_total=n.get("e:refunds", 0) / 100,
-            categories=sorted(cats),
-            csat_last=t.get("csat_last"),
-            csat_average=round(n.get("e:csat", 0) / csat, 2) if csat else None,
-            csat_count=csat,
-            nps_last=nps,
-            nps_class=nps_class(nps),
-            complaints=len(members["complaints"]),
-            open_complaints=len(members["complaints"] - members["tickets_resolved"]),
-            tickets=len(members["tickets_opened"]),
-            tickets_resolved=len(members["tickets_resolved"]),
-            open_tickets=len(members["tickets_opened"] - members["tickets_resolved"]),
-            follow_ups=len(members["follow_ups"]),
-            orders_by_daypart={d: counts.get(f"orders_{d}", 0) for d in PARTS_OF_DAY},
-            orders_weekend=counts.get("orders_weekend", 0),
-            purchase_months=sorted(members["purchase_months"]),
-            points_earned=n.get("e:points_earned", 0),
-            points_redeemed=n.get("e:points_redeemed", 0),
-            points_balance=n.get("e:points_earned", 0) - n.get("e:points_redeemed", 0),
-            coupons_redeemed=n.get("n:coupons_redeemed", 0),
-            store_visits=n.get("n:store_visits", 0),
-            member_level=t.get("member_level"),
-            account={
-                k.removeprefix("account."): v for k, v in t.items() if k.startswith("account.")
-            },
-            consent={
-                k.removeprefix("consent."): bool(v)
-                for k, v in t.items()
-                if k.startswith("consent.")
-            },
-            tags=tags,
-            conflicts=conflicts(main),
-        )

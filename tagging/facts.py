@@ -8,8 +8,8 @@ undeclared trait fails at load, and a trait value of the wrong shape is simply a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from contracts.events import Channel
@@ -114,8 +114,17 @@ def changed_facts(names: Iterable[str]) -> set[str] | None:
     return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def _ms(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp() * 1000)
+    # Exact (no float): the stored times are whole milliseconds.
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
 
 
 def coerce(kind: Kind, value: Any) -> Any:
@@ -203,59 +212,75 @@ def _gap_months(months: list[str]) -> int | None:
 
 def profile_facts(profile: Profile, declared: dict[str, Kind]) -> Facts:
     """Return the facts of ``profile``; declared facts appear only when well-formed."""
-    orders, spend = profile.order_count, profile.total_spend
-    parts = profile.orders_by_daypart
+    values = profile.model_dump(exclude={"conflicts"})
+    for name in _TIMES:
+        values[name] = _ms(values[name])
+    for act in values["channels"].values():
+        act["first_seen"], act["last_seen"] = _ms(act["first_seen"]), _ms(act["last_seen"])
+    return facts_of(values, declared)
+
+
+#: The profile's times (epoch ms in ``facts_of``'s values).
+_TIMES = ("first_seen", "last_seen", "first_purchase_at", "last_purchase_at")
+
+
+def facts_of(v: Mapping[str, Any], declared: dict[str, Kind]) -> Facts:
+    """The facts of a profile's fields (``profiles.store.profile_values``: ``Profile``'s
+    fields with times in epoch ms, channels' activity as dicts), without the model: tag
+    evaluation reads stored profiles this way. Declared facts appear only when well-formed."""
+    orders, spend, events = v["order_count"], v["total_spend"], v["events"]
+    parts = v["orders_by_daypart"]
+    months = v["purchase_months"]
+    channels = v["channels"]
+    categories = v["categories"]
+    identifiers = v["identifiers"]
     f: Facts = {
-        "open_complaints": profile.open_complaints,
-        "tickets": profile.tickets,
-        "tickets_resolved": profile.tickets_resolved,
+        "open_complaints": v["open_complaints"],
+        "tickets": v["tickets"],
+        "tickets_resolved": v["tickets_resolved"],
         **{f"order_share_{d}": _ratio(parts.get(d, 0), orders) for d in PARTS_OF_DAY},
-        "weekend_order_share": _ratio(profile.orders_weekend, orders),
-        "purchase_month_count": len(profile.purchase_months),
-        "purchase_gap_months": _gap_months(profile.purchase_months),
-        "net_spend": round(spend - profile.refund_total, 2),
-        "coupon_rate": _ratio(profile.coupons_redeemed, orders),
-        "refund_rate": _ratio(profile.refund_total, spend),
-        "events": profile.events,
-        "order_count": profile.order_count,
-        "total_spend": profile.total_spend,
-        "average_spend": profile.average_spend,
-        "refund_total": profile.refund_total,
-        "csat_last": profile.csat_last,
-        "csat_average": profile.csat_average,
-        "csat_count": profile.csat_count,
-        "nps_last": profile.nps_last,
-        "nps_class": profile.nps_class,
-        "complaints": profile.complaints,
-        "open_tickets": profile.open_tickets,
-        "follow_ups": profile.follow_ups,
-        "points_earned": profile.points_earned,
-        "points_redeemed": profile.points_redeemed,
-        "points_balance": profile.points_balance,
-        "coupons_redeemed": profile.coupons_redeemed,
-        "store_visits": profile.store_visits,
-        "member_level": coerce(Kind.STRING, profile.member_level),
-        "first_seen": _ms(profile.first_seen),
-        "last_seen": _ms(profile.last_seen),
-        "first_purchase_at": _ms(profile.first_purchase_at),
-        "last_purchase_at": _ms(profile.last_purchase_at),
-        "channels": frozenset(profile.channels),
-        "channel_count": len(profile.channels),
-        "categories": frozenset(profile.categories),
-        "category_count": len(profile.categories),
-        "identifier_types": frozenset(i.split(":", 1)[0] for i in profile.identifiers),
-        "identifier_count": len(profile.identifiers),
+        "weekend_order_share": _ratio(v["orders_weekend"], orders),
+        "purchase_month_count": len(months),
+        "purchase_gap_months": _gap_months(months),
+        "net_spend": round(spend - v["refund_total"], 2),
+        "coupon_rate": _ratio(v["coupons_redeemed"], orders),
+        "refund_rate": _ratio(v["refund_total"], spend),
+        "events": events,
+        "order_count": orders,
+        "total_spend": spend,
+        "average_spend": v["average_spend"],
+        "refund_total": v["refund_total"],
+        "csat_last": v["csat_last"],
+        "csat_average": v["csat_average"],
+        "csat_count": v["csat_count"],
+        "nps_last": v["nps_last"],
+        "nps_class": v["nps_class"],
+        "complaints": v["complaints"],
+        "open_tickets": v["open_tickets"],
+        "follow_ups": v["follow_ups"],
+        "points_earned": v["points_earned"],
+        "points_redeemed": v["points_redeemed"],
+        "points_balance": v["points_balance"],
+        "coupons_redeemed": v["coupons_redeemed"],
+        "store_visits": v["store_visits"],
+        "member_level": coerce(Kind.STRING, v["member_level"]),
+        "first_seen": v["first_seen"],
+        "last_seen": v["last_seen"],
+        "first_purchase_at": v["first_purchase_at"],
+        "last_purchase_at": v["last_purchase_at"],
+        "channels": frozenset(channels),
+        "channel_count": len(channels),
+        "categories": frozenset(categories),
+        "category_count": len(categories),
+        "identifier_types": frozenset(i.split(":", 1)[0] for i in identifiers),
+        "identifier_count": len(identifiers),
     }
-    for ch, act in profile.channels.items():
-        f[f"channel.{ch}.events"] = act.events
-        f[f"channel.{ch}.share"] = _ratio(act.events, profile.events)
-        f[f"channel.{ch}.first_seen"] = _ms(act.first_seen)
-        f[f"channel.{ch}.last_seen"] = _ms(act.last_seen)
-    sources = (
-        ("trait.", profile.traits),
-        ("account.", profile.account),
-        ("consent.", profile.consent),
-    )
+    for ch, act in channels.items():
+        f[f"channel.{ch}.events"] = act["events"]
+        f[f"channel.{ch}.share"] = _ratio(act["events"], events)
+        f[f"channel.{ch}.first_seen"] = act["first_seen"]
+        f[f"channel.{ch}.last_seen"] = act["last_seen"]
+    sources = (("trait.", v["traits"]), ("account.", v["account"]), ("consent.", v["consent"]))
     for prefix, values in sources:
         for key, value in values.items():
             name = prefix + key

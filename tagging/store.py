@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from identity.scripts import BatchScript, chunks
 from profiles.store import Observed, ProfileStore, Stored
 from tagging.catalog import Catalog, Selection, Tag
-from tagging.facts import changed_facts, profile_facts
+from tagging.facts import changed_facts, facts_of
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -344,7 +344,7 @@ class TagStore:
     def _row(
         self, stored: Stored, chosen: Selection | None, clock: Any, force: bool = False
     ) -> list[Any]:
-        facts = profile_facts(stored.profile, self.catalog.declared)
+        facts = facts_of(stored.values, self.catalog.declared)
         # Never evaluated (or merged): every tag. Otherwise only those the change touches.
         if chosen is None or not stored.tags:
             chosen = self.catalog.select(None)
@@ -355,7 +355,7 @@ class TagStore:
         old &= self.catalog.known
         due = self.catalog.due(facts, clock) or 0
         # The stored profile id: a merged id read through its alias lands on the survivor.
-        pid = stored.profile.profile_id
+        pid = stored.profile_id
         if force:
             sets, clears = _bits(values), _bits(chosen.mask & ~values)
         else:
@@ -384,7 +384,7 @@ class TagStore:
         for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
             # A profile merged away since reads as its survivor; its tags left with the
             # merge (told as a departure), so it has no tag change of its own to tell.
-            if stored is not None and stored.profile.profile_id == pid:
+            if stored is not None and stored.profile_id == pid:
                 change = self._change([pid, None, before[pid], stored.tags])
                 if change.added or change.removed:
                     changes.append(change)

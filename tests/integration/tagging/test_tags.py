@@ -21,7 +21,7 @@ from profiles.agents import changed_names
 from profiles.fold import FoldRules
 from profiles.store import ProfileStore
 from tagging.catalog import DEFAULT_DIR, Catalog, build, load
-from tagging.facts import profile_facts
+from tagging.facts import facts_of, profile_facts
 from tagging.store import DUE_LEASE_MS, TagChange, TagStore, sync_catalog
 from tests.support.events import ev
 from tests.support.services import Services
@@ -333,6 +333,23 @@ def test_backfill_of_a_new_tag_gives_what_live_evaluation_gives(
     assert live > 0 and t.count("web_big_basket") == live
     # Once backfilled, nothing is pending for this catalog any more.
     assert sync_catalog(services.redis_url, catalog, t.ns) == []
+
+
+def test_facts_read_from_the_stored_fields_are_the_profile_models_facts(make: Any) -> None:
+    # Evaluation reads facts straight from the stored fields; the model (what the API shows
+    # and explains) must give the very same facts, times to the millisecond.
+    t = make()
+    events = _random_events(random.Random(5), 300)
+    for start in range(0, len(events), 15):
+        t.run(events[start : start + 15], T0)
+    found = t.run_async(t.profiles.read([str(p) for p in range(1, 40)]))
+    stored = {s.profile_id: s for s in found if s is not None}
+    assert len(stored) >= 5
+    declared = t.tags.catalog.declared
+    for pid, s in stored.items():
+        facts = facts_of(s.values, declared)
+        assert facts == profile_facts(s.profile, declared), pid
+        assert facts["first_seen"] == s.values["first_seen"] > 0
 
 
 def test_a_new_namespace_has_nothing_to_backfill_until_it_holds_profiles(make: Any) -> None:

@@ -15,7 +15,7 @@ from privacy.classification import Classification
 from privacy.crypto import DataKey, MasterKeys, envelope_kid, is_blind, is_sealed, kid_of
 from privacy.keystore import KeyStore
 from privacy.seal import Sealer
-from profiles.store import ProfileStore
+from profiles.store import as_profile, profile_values
 from tagging.catalog import load
 from tagging.facts import profile_facts
 from tagging.rules import Kind
@@ -106,7 +106,7 @@ def test_sealing_twice_gives_the_same_event() -> None:
 def test_a_sealed_birthday_still_reads_its_month_for_birthday_rules() -> None:
     declared = load().declared
     assert declared["trait.birthday"] == Kind.DATE
-    stored = ProfileStore._profile("1", {}, {}, [], {}, {}, [])
+    stored = as_profile(profile_values("1", {}, {}, [], {}, {}, []), {})
     traits = {"birthday": "v1.abcdefghijkl.AAAA", "birthday_md": "--06-30"}
     profile = stored.model_copy(update={"traits": traits})
     fact = profile_facts(profile, declared)["trait.birthday"]
