@@ -77,6 +77,17 @@ def nps_class(score: int | None) -> str | None:
     return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
 
 
+def _whole(value: Any) -> int | None:
+    """A score trait (``csat_last``, ``nps_last``) as the contract has it, a whole number;
+    None for anything else: a client may send its own trait of that name ("great", 8.5),
+    which must not make the profile unreadable nor stop tag evaluation."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return value
+
+
 #: The profile's times that ``profile_values`` gives in epoch ms.
 _TIMES = ("first_seen", "last_seen", "first_purchase_at", "last_purchase_at")
 
@@ -100,7 +111,7 @@ def profile_values(
     n = {k: int(v) for k, v in main.items() if not k.startswith(("_", "c:"))}
     t = {k: orjson.loads(v) for k, v in traits.items()}
     spend = n.get("e:orders", 0) / 100
-    nps = t.get("nps_last")
+    nps = _whole(t.get("nps_last"))
     return {
         "profile_id": pid,
         "identifiers": sorted(ids or ()),
@@ -127,7 +138,7 @@ def profile_values(
         "last_purchase_at": n.get("hi:last_purchase_at"),
         "refund_total": n.get("e:refunds", 0) / 100,
         "categories": sorted(cats),
-        "csat_last": t.get("csat_last"),
+        "csat_last": _whole(t.get("csat_last")),
         "csat_average": round(n.get("e:csat", 0) / csat, 2) if csat else None,
         "csat_count": csat,
         "nps_last": nps,

@@ -352,6 +352,20 @@ def test_facts_read_from_the_stored_fields_are_the_profile_models_facts(make: An
         assert facts["first_seen"] == s.values["first_seen"] > 0
 
 
+def test_a_clients_own_score_traits_neither_stop_tagging_nor_hide_the_profile(
+    make: Any,
+) -> None:
+    # csat_last / nps_last are the survey scores the fold keeps as traits; a client's
+    # identify may send traits of those names with any value.
+    t = make()
+    said = {"csat_last": "great", "nps_last": 8.5}
+    t.run([ev(1, "identify", "member_app", [LI_M], T0, traits=said)], T0)
+    pid, tags = t.stored("1")
+    assert "channel_member_app" in tags and tags == t.full(pid, T0)
+    profile = t.run_async(t.profiles.get(pid))
+    assert profile is not None and (profile.csat_last, profile.nps_last) == (None, None)
+
+
 def test_a_new_namespace_has_nothing_to_backfill_until_it_holds_profiles(make: Any) -> None:
     t = make()  # bound as a profiles processor binds, before any profile exists
     assert t.tags.pending == []
