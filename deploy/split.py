@@ -19,6 +19,7 @@ are replaced by the split's, and snapshots are taken again.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,10 @@ from tagging.store import TagChange, TagStore
 
 _BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
 _SWAP = Path(__file__).parent.parent / "identity" / "swap.lua"
+#: Fault hook for tests: before it deletes the group's tombstones, the split waits until
+#: history has stored the new profiles' snapshots (the interleaving in which a tombstone,
+#: the newest version, superseded a split profile's snapshot and left it without any).
+SNAPSHOT_FIRST_ENV = "CDP_FAULT_SPLIT_SNAPSHOT_FIRST"
 
 
 class SplitError(Exception):
@@ -191,7 +196,13 @@ class Splitter:
         new = outcome["survivors"]
         await self._explain(split_id, new, marks, now)
         records = await self._records(split_id, survivor, new, before, outcome, now)
+        if os.environ.get(SNAPSHOT_FIRST_ENV):
+            await self._until_snapshotted(new)
         result.moved = await self._rewrite_history(group, rows, outcome, split_id)
+        # Snapshot the new profiles again, now that no tombstone hides them: the swap marked
+        # them changed, but a snapshot stored before the tombstones' deletion was superseded
+        # by the tombstone (the newest version) and deleted, leaving the profile unsnapshotted.
+        await self._redis.sadd(f"{self._ns}:dirty", *new)
         await self._publish(records)
         result.events = len(rows)
         for pid in new:
@@ -203,6 +214,16 @@ class Splitter:
                 }
         result.seconds = time.perf_counter() - started
         return result
+
+    async def _until_snapshotted(self, pids: list[str], timeout_s: float = 60.0) -> None:
+        """Wait until no change mark of ``pids`` is left (history stored their snapshots)."""
+        deadline = time.monotonic() + timeout_s
+        sets = [f"{self._ns}:{name}" for name in ("dirty", "dirty:aging", "dirty:taking")]
+        while time.monotonic() < deadline:
+            marked = [await self._redis.smismember(key, pids) for key in sets]
+            if not any(any(m) for m in marked):
+                return
+            await asyncio.sleep(0.05)
 
     async def _marks(
         self,
