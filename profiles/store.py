@@ -41,8 +41,21 @@ for n = 2, #ARGV do moved = moved + wm_upgrade(ARGV[1], ARGV[n]) end
 return moved"""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def _time(ms: Any) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+def epoch_ms(moment: datetime | None) -> int | None:
+    """A profile's time as epoch ms, exactly (no float): the stored times are whole ms."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
 
 
 def conflicts(main: dict[str, str]) -> dict[str, list[TraitValue]]:
@@ -89,7 +102,7 @@ def _whole(value: Any) -> int | None:
 
 
 #: The profile's times that ``profile_values`` gives in epoch ms.
-_TIMES = ("first_seen", "last_seen", "first_purchase_at", "last_purchase_at")
+PROFILE_TIMES = ("first_seen", "last_seen", "first_purchase_at", "last_purchase_at")
 
 
 def profile_values(
@@ -168,16 +181,17 @@ def profile_values(
     }
 
 
-def as_profile(values: dict[str, Any], competing: dict[str, str]) -> Profile:
-    """The ``Profile`` of ``profile_values``' fields and the stored conflict fields."""
-    fields = {**values, **{f: _time(values[f]) for f in _TIMES}}
+def as_profile(values: dict[str, Any], main: dict[str, str]) -> Profile:
+    """The ``Profile`` of ``profile_values``' fields and the main fields they were read from
+    (for the conflicts)."""
+    fields = {**values, **{f: _time(values[f]) for f in PROFILE_TIMES}}
     fields["channels"] = {
         ch: ChannelActivity(
             first_seen=_time(a["first_seen"]), last_seen=_time(a["last_seen"]), events=a["events"]
         )
         for ch, a in values["channels"].items()
     }
-    return Profile(**fields, conflicts=conflicts(competing))
+    return Profile(**fields, conflicts=conflicts(main))
 
 
 @dataclass(frozen=True)
@@ -197,8 +211,9 @@ class Stored:
     #: With ``read(with_keys=True)``: kid -> the stored data key (as the key store keeps it)
     #: of the profile's sealed values, for those Redis holds.
     keys: dict[str, bytes]
-    #: The conflict fields (``c:<trait>``) as stored, for the model's ``conflicts``.
-    competing: dict[str, str]
+    #: The profile hash's main fields as read; its conflict fields (``c:<trait>``) give the
+    #: model's ``conflicts``.
+    main: dict[str, str]
 
     @property
     def profile_id(self) -> str:
@@ -207,7 +222,7 @@ class Stored:
     @cached_property
     def profile(self) -> Profile:
         """The profile as the contract's model."""
-        return as_profile(self.values, self.competing)
+        return as_profile(self.values, self.main)
 
 
 @dataclass(frozen=True)
@@ -220,9 +235,6 @@ class Observed:
     tags: str
     #: The Redis clock at that moment, in nanoseconds: the snapshot's version.
     clock_ns: int
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def clock_time(clock_ns: int) -> datetime:
@@ -439,7 +451,6 @@ class ProfileStore:
             values = profile_values(pid, main, traits, ids, sets, counts, names)
             # cjson encodes an empty Lua table as {}; a list only if it had array items.
             stored = {kid: bytes.fromhex(raw) for kid, raw in (keys or {}).items()}
-            competing = {k: v for k, v in main.items() if k.startswith("c:")}
             version = main.get("_v", "0")
-            out.append(Stored(values, version, tags, sealed or {}, stored, competing))
+            out.append(Stored(values, version, tags, sealed or {}, stored, main))
         return out

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from contracts.events import Channel
 from contracts.profiles import Profile
 from privacy.crypto import is_sealed
 from profiles.fold import PARTS_OF_DAY
+from profiles.store import PROFILE_TIMES, epoch_ms
 from tagging.rules import Facts, Kind
 
 _N, _S, _T = Kind.NUMBER, Kind.STRING, Kind.TIME
@@ -114,19 +115,6 @@ def changed_facts(names: Iterable[str]) -> set[str] | None:
     return out
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def _ms(moment: datetime | None) -> int | None:
-    # Exact (no float): the stored times are whole milliseconds.
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MS
-
-
 def coerce(kind: Kind, value: Any) -> Any:
     """Return ``value`` as a fact of ``kind``, or None when it has another shape."""
     if value is None:
@@ -213,15 +201,12 @@ def _gap_months(months: list[str]) -> int | None:
 def profile_facts(profile: Profile, declared: dict[str, Kind]) -> Facts:
     """Return the facts of ``profile``; declared facts appear only when well-formed."""
     values = profile.model_dump(exclude={"conflicts"})
-    for name in _TIMES:
-        values[name] = _ms(values[name])
+    for name in PROFILE_TIMES:
+        values[name] = epoch_ms(values[name])
     for act in values["channels"].values():
-        act["first_seen"], act["last_seen"] = _ms(act["first_seen"]), _ms(act["last_seen"])
+        for name in ("first_seen", "last_seen"):
+            act[name] = epoch_ms(act[name])
     return facts_of(values, declared)
-
-
-#: The profile's times (epoch ms in ``facts_of``'s values).
-_TIMES = ("first_seen", "last_seen", "first_purchase_at", "last_purchase_at")
 
 
 def facts_of(v: Mapping[str, Any], declared: dict[str, Kind]) -> Facts:

@@ -93,7 +93,7 @@ def sync_catalog(
         known = {text(k): text(v) for k, v in stored.items()}
         pending = [t for t in catalog.tags if known.get(t.id) != t.fingerprint]
         prints = [x for t in pending for x in (t.id, t.fingerprint)]
-        if evaluator and pending and client.eval(_FRESH, 0, namespace, *prints):
+        if evaluator and prints and client.eval(_FRESH, 0, namespace, *prints):
             log.info("tags: a new namespace, nothing to backfill (%d tags)", len(pending))
             pending = []
     finally:
