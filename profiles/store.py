@@ -58,29 +58,33 @@ def epoch_ms(moment: datetime | None) -> int | None:
     return (moment - _EPOCH) // _MS
 
 
-def conflicts(main: dict[str, str]) -> dict[str, list[TraitValue]]:
-    """The traits with more than one value kept (``c:<trait>``, see fold.lua), each value
-    with its source, count and last seen, most reported first."""
-    out: dict[str, list[TraitValue]] = {}
+def _kept_values(main: dict[str, str]) -> dict[str, list[tuple[Any, str, int, datetime]]]:
+    """The traits with more than one value kept (``c:<trait>``, see fold.lua): each value
+    as (value, source, count, last seen), most reported first, then most recently seen."""
+    out: dict[str, list[tuple[Any, str, int, datetime]]] = {}
     for field, raw in main.items():
         if not field.startswith("c:"):
             continue
         kept = orjson.loads(raw)
         kept.pop("~", None)
-        if len(kept) < 2:  # one value: no conflict (most traits; no model built for it)
+        if len(kept) < 2:  # one value: no conflict (most traits)
             continue
         values = [
-            TraitValue(
-                value=orjson.loads(v),
-                source=e[0],
-                count=e[1],
-                last_seen=datetime.fromtimestamp(int(e[2]) / 1000, UTC),
-            )
+            (orjson.loads(v), e[0], e[1], datetime.fromtimestamp(int(e[2]) / 1000, UTC))
             for v, e in kept.items()
         ]
-        values.sort(key=lambda t: (-t.count, -t.last_seen.timestamp()))
+        values.sort(key=lambda t: (-t[2], -t[3].timestamp()))
         out[field[2:]] = values
     return out
+
+
+def conflicts(main: dict[str, str]) -> dict[str, list[TraitValue]]:
+    """The traits with more than one value kept, each value with its source, count and last
+    seen, most reported first."""
+    return {
+        trait: [TraitValue(value=v, source=s, count=n, last_seen=at) for v, s, n, at in values]
+        for trait, values in _kept_values(main).items()
+    }
 
 
 def nps_class(score: int | None) -> str | None:
@@ -194,6 +198,36 @@ def as_profile(values: dict[str, Any], main: dict[str, str]) -> Profile:
     return Profile(**fields, conflicts=conflicts(main))
 
 
+#: ``Profile``'s fields in the order its JSON gives them.
+_PROFILE_FIELDS = tuple(Profile.model_fields)
+
+
+def profile_json(
+    values: dict[str, Any], main: dict[str, str], tags: list[str] | None = None
+) -> bytes:
+    """``as_profile(values, main)``'s JSON (with ``tags`` instead of the stored ones if
+    given), the same bytes as the model's ``model_dump_json``, without building the model:
+    snapshots serialise every changed profile, and the model took most of that time."""
+    out = {f: values[f] for f in _PROFILE_FIELDS if f != "conflicts"}
+    for f in PROFILE_TIMES:
+        out[f] = _time(values[f])
+    out["channels"] = {
+        ch: {
+            "first_seen": _time(a["first_seen"]),
+            "last_seen": _time(a["last_seen"]),
+            "events": a["events"],
+        }
+        for ch, a in values["channels"].items()
+    }
+    if tags is not None:
+        out["tags"] = tags
+    out["conflicts"] = {
+        trait: [{"value": v, "source": s, "count": n, "last_seen": at} for v, s, n, at in kept]
+        for trait, kept in _kept_values(main).items()
+    }
+    return orjson.dumps(out, option=orjson.OPT_UTC_Z)
+
+
 @dataclass(frozen=True)
 class Stored:
     """A profile as stored: its fields, its version and its tag bitmap (hex, "" if none).
@@ -224,6 +258,10 @@ class Stored:
         """The profile as the contract's model."""
         return as_profile(self.values, self.main)
 
+    def json(self, tags: list[str] | None = None) -> bytes:
+        """The profile as the model's JSON (``tags`` instead of the stored ones if given)."""
+        return profile_json(self.values, self.main, tags)
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -246,13 +284,12 @@ def clock_time(clock_ns: int) -> datetime:
 def snapshot_value(observed: Observed, tags: list[str]) -> bytes:
     """The ``cdp.profiles.snapshots`` record (a ``ProfileSnapshot``) of ``observed``, whose
     tags are named ``tags``."""
-    profile = observed.stored.profile.model_copy(update={"tags": tags})
     at = clock_time(observed.clock_ns)
     return b'{"profile_id":%s,"version":%d,"at":"%s","profile":%s}' % (
-        orjson.dumps(profile.profile_id),
+        orjson.dumps(observed.stored.profile_id),
         observed.clock_ns,
         at.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode(),
-        profile.__pydantic_serializer__.to_json(profile),
+        observed.stored.json(tags),
     )
 
 

@@ -42,7 +42,7 @@ from sinks.history import (
     ledger_batch,
     resolved_row,
     row_batches,
-    snapshot_batch,
+    snapshot_rows,
     tag_batch,
 )
 
@@ -276,11 +276,11 @@ def register(app: Any, deps: Any) -> None:
             if pids:
                 version = await deps.profiles.clock_ns()
                 found = await erased.kept(
-                    [p for p in await deps.profiles.get_many(pids) if p is not None],
-                    lambda p: p.profile_id,
+                    [s for s in await deps.profiles.read(pids) if s is not None],
+                    lambda s: s.profile_id,
                 )
                 at = clock_time(version)
-                rows += snapshot_batch(found, version, at, "").rows
+                rows += snapshot_rows(found, version, at)
                 token = f"{token}+snapshots:{version}" if token else f"snapshots:{version}"
             if rows:
                 await history.write([Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -13,9 +13,12 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from contracts.events import Channel, EventType, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
 from contracts.privacy import AuditRecord
-from contracts.profiles import Profile, ProfileChange
+from contracts.profiles import ProfileChange
 from runtime.exceptions import StoreUnavailable
 from sinks.clickhouse import unavailable
+
+if TYPE_CHECKING:
+    from profiles.store import Stored
 
 #: Same-data retries within this many recent inserts per table are dropped by ClickHouse.
 DEDUP_WINDOW = 10_000
@@ -566,14 +569,13 @@ def tag_batch(changes: list[ProfileChange], token: str) -> Batch:
 SNAPSHOT_COLUMNS = ["profile_id", "snapshot", "version", "at"]
 
 
-def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: str) -> Batch:
-    """Rows for ``profile_snapshots``: the full profile after a batch of changes.
+def snapshot_rows(profiles: list[Stored], version: int, at: datetime) -> list[list[Any]]:
+    """Rows for ``profile_snapshots``: each profile as stored, as the ``Profile`` JSON.
 
     ``version`` orders snapshots of one profile (ReplacingMergeTree keeps the highest), so a
     replayed batch can only write the same or a newer state.
     """
-    rows = [[p.profile_id, p.model_dump_json(), version, at] for p in profiles]
-    return Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)
+    return [[p.profile_id, p.json().decode(), version, at] for p in profiles]
 
 
 AUDIT_COLUMNS = ["id", "at", "actor", "action", "target", "subjects", "origin", "detail"]

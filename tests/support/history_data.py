@@ -13,7 +13,7 @@ import pandas as pd
 from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry, Rule
 from contracts.profiles import ChannelActivity, Profile
-from sinks.history import HistoryWriter, event_batches, ledger_batch, snapshot_batch
+from sinks.history import SNAPSHOT_COLUMNS, Batch, HistoryWriter, event_batches, ledger_batch
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 CITIES = ["上海", "Beijing", "Shenzhen", "Hangzhou", 'Xi\'an "West"']
@@ -193,3 +193,10 @@ def write(history: History, writer: HistoryWriter) -> None:
     for batch in ledger_batch(ledger, "ledger:0"):
         writer.write(batch)
     writer.write(snapshot_batch(history.profiles, 1, NOW, "snapshots:1"))
+
+
+def snapshot_batch(profiles: list[Profile], version: int, at: datetime, token: str) -> Batch:
+    """A ``profile_snapshots`` batch of ``profiles`` built as models (what the history stores
+    of a profile read from Redis is the same JSON)."""
+    rows = [[p.profile_id, p.model_dump_json(), version, at] for p in profiles]
+    return Batch("profile_snapshots", SNAPSHOT_COLUMNS, rows, token)

@@ -24,7 +24,7 @@ from profiles import agents
 from profiles.agents import ProfileStep
 from sinks.agents import published_snapshots
 from sinks.clickhouse import connect
-from sinks.history import SNAPSHOT_COLUMNS, Batch, HistoryWriter, migrate, snapshot_batch
+from sinks.history import SNAPSHOT_COLUMNS, Batch, HistoryWriter, migrate, snapshot_rows
 from tests.support.events import ev
 from tests.support.services import Services
 from tests.support.steps import StepWorld
@@ -112,9 +112,11 @@ def test_snapshots_of_both_paths_keep_the_newest_state(world: World, services: S
     later = world.resolve(ev(2, "order_completed", "web", MEMBER, NOW, order_id="B", total=70))
     world.run(world.deps.profiles.apply(later, NOW))
     version = world.run(world.deps.profiles.clock_ns())
-    newest = world.run(world.deps.profiles.get(pid))
-    assert newest is not None and newest.order_count == 2
-    writer.write(snapshot_batch([newest], version, NOW, "read"))
+    (newest,) = world.run(world.deps.profiles.read([pid]))
+    assert newest is not None and newest.profile.order_count == 2
+    writer.write(
+        Batch("profile_snapshots", SNAPSHOT_COLUMNS, snapshot_rows([newest], version, NOW), "read")
+    )
     # The stream's older snapshot arrives after it (a lagging history consumer).
     events = [SimpleNamespace(message=SimpleNamespace(value=r.value)) for r in first]
     rows, bad = published_snapshots(events)

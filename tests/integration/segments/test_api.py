@@ -29,10 +29,11 @@ from profiles.agents import changed_names
 from profiles.fold import FoldRules
 from profiles.store import ProfileStore
 from sinks.clickhouse import connect
-from sinks.history import HistoryWriter, event_batches, ledger_batch, migrate, snapshot_batch
+from sinks.history import HistoryWriter, event_batches, ledger_batch, migrate
 from tagging.catalog import load
 from tagging.store import TagStore
 from tests.support.events import ev
+from tests.support.history_data import snapshot_batch
 from tests.support.server import running_api
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -274,8 +274,8 @@ def test_window_edges_and_missing_values(services: Services) -> None:
     from datetime import timedelta
 
     from contracts.events import Channel, Event, EventType, Identifier, ResolvedEvent
-    from sinks.history import event_batches, snapshot_batch
-    from tests.support.history_data import _profile
+    from sinks.history import event_batches
+    from tests.support.history_data import _profile, snapshot_batch
 
     client, db, writer = fresh_history(services, "segedge")
     import random
@@ -343,8 +343,7 @@ def test_snapshots_keep_one_row_per_profile_whatever_the_order(services: Service
     """Segment queries read snapshots without FINAL: the writer keeps only the newest."""
     import random
 
-    from sinks.history import snapshot_batch
-    from tests.support.history_data import _profile
+    from tests.support.history_data import _profile, snapshot_batch
 
     client, db, writer = fresh_history(services, "segsnap")
     rng = random.Random(2)

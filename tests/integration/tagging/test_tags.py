@@ -352,6 +352,25 @@ def test_facts_read_from_the_stored_fields_are_the_profile_models_facts(make: An
         assert facts["first_seen"] == s.values["first_seen"] > 0
 
 
+def test_a_profile_written_from_the_stored_fields_is_the_models_json(make: Any) -> None:
+    # Snapshots serialise the stored fields without the model; the history, segment queries
+    # and readers of cdp.profiles.snapshots get the very bytes the model would give.
+    t = make()
+    events = _random_events(random.Random(9), 300)
+    said = {"name": "王小明 \u2028", "height": 1.75, "vip": True, "note": None, "big": 2**60}
+    events.append(ev(301, "identify", "web", [("member_id", "M1")], T0, traits=said))
+    for start in range(0, len(events), 15):
+        t.run(events[start : start + 15], T0)
+    found = t.run_async(t.profiles.read([str(p) for p in range(1, 40)]))
+    stored = [s for s in found if s is not None]
+    assert len(stored) >= 5
+    assert any(s.profile.conflicts for s in stored) and any(s.profile.tags for s in stored)
+    for s in stored:
+        assert s.json() == s.profile.model_dump_json().encode(), s.profile_id
+        renamed = s.profile.model_copy(update={"tags": ["a", "b"]})
+        assert s.json(["a", "b"]) == renamed.model_dump_json().encode(), s.profile_id
+
+
 def test_a_clients_own_score_traits_neither_stop_tagging_nor_hide_the_profile(
     make: Any,
 ) -> None:
