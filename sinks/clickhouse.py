@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from runtime.exceptions import StoreUnavailable
 
 #: ClickHouse error codes of a store that cannot take writes for now, whatever is written:
 #: its disk (NOT_ENOUGH_SPACE, CANNOT_WRITE_TO_FILE_DESCRIPTOR, CANNOT_OPEN_FILE,
@@ -58,3 +61,54 @@ def unavailable(exc: ClickHouseError) -> bool:
     if any(marker in text for marker in DISK_ERRORS):
         return True
     return any(f"Code: {code}." in text for code in UNAVAILABLE_CODES)
+
+
+#: How long ``mutate`` waits for ClickHouse to apply a delete before the caller hears
+#: ``StoreUnavailable`` (and backs off, logging it).
+MUTATION_WAIT_S = 20.0
+#: A delete is issued without ClickHouse's own wait, which has no end: a mutation it cannot
+#: start (no disk space for its result) is neither run nor failed, and the waiting call, with
+#: every other call of a process's embedded client behind it, hangs until space comes back.
+_NO_WAIT = {"lightweight_deletes_sync": 0, "mutations_sync": 0}
+
+
+def mutate(
+    client: Any,
+    db: str,
+    table: str,
+    sql: str,
+    parameters: dict[str, Any] | None = None,
+    timeout_s: float = MUTATION_WAIT_S,
+) -> None:
+    """Run a delete (``DELETE FROM`` or ``ALTER TABLE ... DELETE``) on ``db.table`` and
+    return once ClickHouse applied it, as its synchronous settings would, but within
+    ``timeout_s``. ``StoreUnavailable`` when it is still pending then; a retry first waits
+    for that one instead of queueing another. A delete ClickHouse failed to run for another
+    reason than its disk raises ``RuntimeError`` (a bug: fail loudly)."""
+    _applied(client, db, table, timeout_s)
+    client.command(sql, parameters=parameters, settings=_NO_WAIT)
+    _applied(client, db, table, timeout_s)
+
+
+def _applied(client: Any, db: str, table: str, timeout_s: float) -> None:
+    """Wait until ``db.table`` has no mutation left to apply."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.002
+    while True:
+        pending, reason = client.query(
+            "SELECT count(), anyLast(latest_fail_reason) FROM system.mutations "
+            "WHERE database = {db:String} AND table = {table:String} AND NOT is_done",
+            parameters={"db": db, "table": table},
+        ).result_rows[0]
+        if not pending:
+            return
+        disk = not reason or any(m in reason for m in DISK_ERRORS) or "NOT_ENOUGH_SPACE" in reason
+        if not disk:
+            raise RuntimeError(f"ClickHouse cannot apply a delete on {db}.{table}: {reason}")
+        if time.monotonic() >= deadline:
+            why = reason or "ClickHouse did not start it: is its disk full?"
+            raise StoreUnavailable(
+                f"a delete on {db}.{table} is not applied after {timeout_s:.0f} s ({why})"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)

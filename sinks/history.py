@@ -15,7 +15,7 @@ from contracts.identity import Decision, LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
 from runtime.exceptions import StoreUnavailable
-from sinks.clickhouse import unavailable
+from sinks.clickhouse import mutate, unavailable
 
 if TYPE_CHECKING:
     from profiles.store import Stored
@@ -445,12 +445,15 @@ class HistoryWriter:
         so their snapshot is written again, and this runs again, on restart.
         """
         ids = sorted({row[0] for row in batch.rows})
-        self._client.command(
+        mutate(
+            self._client,
+            self._db,
+            "profile_snapshots",
             f"DELETE FROM {self._db}.profile_snapshots "  # noqa: S608 - db validated
             "WHERE profile_id IN {ids:Array(String)} AND (profile_id, version) NOT IN ("
             f"SELECT profile_id, max(version) FROM {self._db}.profile_snapshots "
             "WHERE profile_id IN {ids:Array(String)} GROUP BY profile_id)",
-            parameters={"ids": ids},
+            {"ids": ids},
         )
 
     def high_water(self) -> dict[int, int]:

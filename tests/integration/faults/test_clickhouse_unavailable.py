@@ -8,6 +8,9 @@ it does not simulate a server that hangs without answering (docs/operations.md).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from deploy.settings import Settings
@@ -52,3 +55,60 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
         assert worker.stop() == 0
         counts = reconcile(settings, worker, feed)
     assert counts["history"] == scaled(2500)
+
+
+#: In a process of its own (chDB is one data directory per process): snapshots stored, the
+#: disk filled, then the delete that keeps one snapshot per profile.
+_DELETE_ON_A_FULL_DISK = """
+import json, os, sys
+from pathlib import Path
+from runtime.exceptions import StoreUnavailable
+from sinks.clickhouse import connect, mutate
+disk = Path(sys.argv[1])
+client = connect(None, disk / "chdb")
+client.command("CREATE DATABASE d")
+client.command("CREATE TABLE d.s (id String, v UInt64) ENGINE = ReplacingMergeTree(v) ORDER BY id")
+client.insert("d.s", [[str(i), 1] for i in range(1000)], column_names=["id", "v"])
+client.insert("d.s", [[str(i), 2] for i in range(500)], column_names=["id", "v"])
+with open(disk / "ballast", "wb") as ballast:
+    try:
+        while True:
+            ballast.write(bytes(1 << 20))
+            ballast.flush()
+    except OSError:
+        pass
+older = "DELETE FROM d.s WHERE (id, v) NOT IN (SELECT id, max(v) FROM d.s GROUP BY id)"
+out = {}
+try:
+    mutate(client, "d", "s", older, timeout_s=2)
+    out["full"] = "applied"
+except StoreUnavailable as exc:
+    out["full"] = str(exc)
+out["rows_while_full"] = client.command("SELECT count() FROM d.s")
+os.unlink(disk / "ballast")
+mutate(client, "d", "s", older, timeout_s=60)
+out["rows_after"] = client.command("SELECT count() FROM d.s")
+print(json.dumps(out), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_delete_on_a_full_disk_fails_for_a_retry_instead_of_waiting_without_end(
+    tmp_path: Path,
+) -> None:
+    # ClickHouse's own wait for a delete it cannot start (no space for its result) has no
+    # end, and every call of the process's embedded client queues behind it.
+    with small_disk(tmp_path / "disk", 64) as disk:
+        done = subprocess.run(
+            [sys.executable, "-c", _DELETE_ON_A_FULL_DISK, str(disk.path)],
+            cwd=Path(__file__).resolve().parents[3],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["full"].startswith("a delete on d.s is not applied after 2 s"), out
+    assert out["rows_while_full"] == 1500  # nothing deleted while the disk is full
+    assert out["rows_after"] == 1000  # once space is back: one row per id
