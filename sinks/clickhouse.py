@@ -70,9 +70,10 @@ def _for_now(text: str) -> bool:
 #: How long ``mutate`` waits for ClickHouse to apply a delete before the caller hears
 #: ``StoreUnavailable`` (and backs off, logging it).
 MUTATION_WAIT_S = 20.0
-#: A delete is issued without ClickHouse's own wait, which has no end: a mutation it cannot
-#: start (no disk space for its result) is neither run nor failed, and the waiting call, with
-#: every other call of a process's embedded client behind it, hangs until space comes back.
+#: Short of disk room, a delete is issued without ClickHouse's own wait, which then has no
+#: end: a mutation it cannot start (no space for its result) is neither run nor failed, and
+#: the waiting call, with every call of a process's embedded client behind it, hangs until
+#: space comes back.
 _NO_WAIT = {"lightweight_deletes_sync": 0, "mutations_sync": 0}
 
 
