@@ -185,16 +185,26 @@ def profile_values(
     }
 
 
+def _timed(values: dict[str, Any]) -> dict[str, Any]:
+    """``profile_values``' fields with its times (the profile's and each channel's) as
+    datetimes, as the model holds them; channels stay dicts."""
+    out = {**values, **{f: _time(values[f]) for f in PROFILE_TIMES}}
+    out["channels"] = {
+        ch: {
+            "first_seen": _time(a["first_seen"]),
+            "last_seen": _time(a["last_seen"]),
+            "events": a["events"],
+        }
+        for ch, a in values["channels"].items()
+    }
+    return out
+
+
 def as_profile(values: dict[str, Any], main: dict[str, str]) -> Profile:
     """The ``Profile`` of ``profile_values``' fields and the main fields they were read from
     (for the conflicts)."""
-    fields = {**values, **{f: _time(values[f]) for f in PROFILE_TIMES}}
-    fields["channels"] = {
-        ch: ChannelActivity(
-            first_seen=_time(a["first_seen"]), last_seen=_time(a["last_seen"]), events=a["events"]
-        )
-        for ch, a in values["channels"].items()
-    }
+    fields = _timed(values)
+    fields["channels"] = {ch: ChannelActivity(**a) for ch, a in fields["channels"].items()}
     return Profile(**fields, conflicts=conflicts(main))
 
 
@@ -208,23 +218,14 @@ def profile_json(
     """``as_profile(values, main)``'s JSON (with ``tags`` instead of the stored ones if
     given), the same bytes as the model's ``model_dump_json``, without building the model:
     snapshots serialise every changed profile, and the model took most of that time."""
-    out = {f: values[f] for f in _PROFILE_FIELDS if f != "conflicts"}
-    for f in PROFILE_TIMES:
-        out[f] = _time(values[f])
-    out["channels"] = {
-        ch: {
-            "first_seen": _time(a["first_seen"]),
-            "last_seen": _time(a["last_seen"]),
-            "events": a["events"],
-        }
-        for ch, a in values["channels"].items()
-    }
+    timed = _timed(values)
     if tags is not None:
-        out["tags"] = tags
-    out["conflicts"] = {
+        timed["tags"] = tags
+    timed["conflicts"] = {
         trait: [{"value": v, "source": s, "count": n, "last_seen": at} for v, s, n, at in kept]
         for trait, kept in _kept_values(main).items()
     }
+    out = {f: timed[f] for f in _PROFILE_FIELDS}
     return orjson.dumps(out, option=orjson.OPT_UTC_Z)
 
 
