@@ -51,6 +51,7 @@ from privacy.crypto import is_blind, kid_of
 from privacy.keystore import KeyStore
 from profiles.store import WATERMARK
 from runtime.publisher import Publisher, Record
+from sinks.clickhouse import mutate
 
 log = structlog.get_logger()
 
@@ -107,13 +108,16 @@ class HistoryEraser:
         }
 
     def delete(self, pids: list[str], hashes: list[str], tables: Sequence[str]) -> None:
-        """Delete the rows, synchronously (``mutations_sync = 2``), in ``tables``."""
+        """Delete the rows in ``tables``, each applied before the next (``mutate``: on a disk
+        short of room, ``StoreUnavailable`` after a bounded wait, and the erasure retries)."""
         params = self._params(pids, hashes)
         for table in tables:
-            self._client.command(
-                f"ALTER TABLE {self._db}.{table} DELETE WHERE {TABLE_WHERE[table]} "
-                "SETTINGS mutations_sync = 2",
-                parameters=params,
+            mutate(
+                self._client,
+                self._db,
+                table,
+                f"ALTER TABLE {self._db}.{table} DELETE WHERE {TABLE_WHERE[table]}",
+                params,
             )
 
 

@@ -75,6 +75,8 @@ MUTATION_WAIT_S = 20.0
 #: the waiting call, with every call of a process's embedded client behind it, hangs until
 #: space comes back.
 _NO_WAIT = {"lightweight_deletes_sync": 0, "mutations_sync": 0}
+#: With room, ClickHouse's own wait (``ALTER TABLE ... DELETE`` does not wait by default).
+_WAIT = {"lightweight_deletes_sync": 2, "mutations_sync": 2}
 
 
 def mutate(
@@ -90,10 +92,11 @@ def mutate(
     ``timeout_s`` when the disks are short of room (with room, ClickHouse's own wait, which
     costs no looks). ``StoreUnavailable`` when it is still pending then; a retry first waits
     for that one instead of queueing another. A delete ClickHouse failed to run for another
-    reason than its disk raises ``RuntimeError`` (a bug: fail loudly)."""
+    reason than its disk raises ``RuntimeError`` (a bug: fail loudly). ``sql`` carries no
+    ``SETTINGS`` of its own: they would override the wait chosen here."""
     _applied(client, db, table, timeout_s)
     if _room_for(client, db, table):
-        client.command(sql, parameters=parameters)  # ClickHouse's own wait: no looks
+        client.command(sql, parameters=parameters, settings=_WAIT)  # its own wait: no looks
         return
     client.command(sql, parameters=parameters, settings=_NO_WAIT)
     _applied(client, db, table, timeout_s)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deploy.settings import Settings
 from tests.integration.faults.conftest import on_services
 from tests.support.faults import SCALE, Feed, events_in_redis, reconcile, scaled, small_disk
@@ -58,10 +60,12 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
 
 
 #: In a process of its own (chDB is one data directory per process): snapshots stored, the
-#: disk filled, then the delete that keeps one snapshot per profile.
+#: disk filled, then a delete of the 500 older versions (``argv[2]``).
 _DELETE_ON_A_FULL_DISK = """
 import json, os, sys
 from pathlib import Path
+
+import pytest
 from runtime.exceptions import StoreUnavailable
 from sinks.clickhouse import connect, mutate
 disk = Path(sys.argv[1])
@@ -77,7 +81,7 @@ with open(disk / "ballast", "wb") as ballast:
             ballast.flush()
     except OSError:
         pass
-older = "DELETE FROM d.s WHERE (id, v) NOT IN (SELECT id, max(v) FROM d.s GROUP BY id)"
+older = sys.argv[2]
 out = {}
 try:
     mutate(client, "d", "s", older, timeout_s=2)
@@ -93,14 +97,24 @@ os._exit(0)
 """
 
 
+@pytest.mark.parametrize(
+    "older",
+    [
+        # The history's: a lightweight delete of the snapshots a newer one supersedes.
+        "DELETE FROM d.s WHERE (id, v) NOT IN (SELECT id, max(v) FROM d.s GROUP BY id)",
+        # The erasure's: a mutation that rewrites the parts.
+        "ALTER TABLE d.s DELETE WHERE v = 1 AND toUInt64(id) < 500",
+    ],
+    ids=["lightweight", "mutation"],
+)
 def test_a_delete_on_a_full_disk_fails_for_a_retry_instead_of_waiting_without_end(
-    tmp_path: Path,
+    tmp_path: Path, older: str
 ) -> None:
     # ClickHouse's own wait for a delete it cannot start (no space for its result) has no
     # end, and every call of the process's embedded client queues behind it.
     with small_disk(tmp_path / "disk", 64) as disk:
         done = subprocess.run(
-            [sys.executable, "-c", _DELETE_ON_A_FULL_DISK, str(disk.path)],
+            [sys.executable, "-c", _DELETE_ON_A_FULL_DISK, str(disk.path), older],
             cwd=Path(__file__).resolve().parents[3],
             capture_output=True,
             text=True,
