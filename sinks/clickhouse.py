@@ -67,9 +67,11 @@ def _for_now(text: str) -> bool:
     return any(f"Code: {code}." in text for code in UNAVAILABLE_CODES)
 
 
-#: How long ``mutate`` waits for ClickHouse to apply a delete before the caller hears
+#: How long ``mutate`` waits for a delete that makes no progress before the caller hears
 #: ``StoreUnavailable`` (and backs off, logging it).
 MUTATION_WAIT_S = 20.0
+#: The longest pause between two looks at a pending mutation.
+MAX_LOOK_GAP_S = 0.25
 #: Short of disk room, a delete is issued without ClickHouse's own wait, which then has no
 #: end: a mutation it cannot start (no space for its result) is neither run nor failed, and
 #: the waiting call, with every call of a process's embedded client behind it, hangs until
@@ -88,12 +90,12 @@ def mutate(
     timeout_s: float = MUTATION_WAIT_S,
 ) -> None:
     """Run a delete (``DELETE FROM`` or ``ALTER TABLE ... DELETE``) on ``db.table`` and
-    return once ClickHouse applied it, as its synchronous settings would, but within
-    ``timeout_s`` when the disks are short of room (with room, ClickHouse's own wait, which
-    costs no looks). ``StoreUnavailable`` when it is still pending then; a retry first waits
-    for that one instead of queueing another. A delete ClickHouse failed to run for another
-    reason than its disk raises ``RuntimeError`` (a bug: fail loudly). ``sql`` carries no
-    ``SETTINGS`` of its own: they would override the wait chosen here."""
+    return once ClickHouse applied it, as its synchronous settings would, but, when the disks
+    are short of room, giving up after ``timeout_s`` without progress (with room, ClickHouse's
+    own wait, which costs no looks). ``StoreUnavailable`` when it is still pending then; a
+    retry first waits for that one instead of queueing another. A delete ClickHouse failed
+    to run for another reason than its disk raises ``RuntimeError`` (a bug: fail loudly).
+    ``sql`` carries no ``SETTINGS`` of its own: they would override the wait chosen here."""
     _applied(client, db, table, timeout_s)
     if _room_for(client, db, table):
         client.command(sql, parameters=parameters, settings=_WAIT)  # its own wait: no looks
@@ -116,13 +118,17 @@ def _room_for(client: Any, db: str, table: str) -> bool:
 
 
 def _applied(client: Any, db: str, table: str, timeout_s: float) -> None:
-    """Wait until ``db.table`` has no mutation left to apply. Each look at
-    ``system.mutations`` costs chDB ~3 ms of CPU, so looks are 5-20 ms apart."""
+    """Wait until ``db.table`` has no mutation left to apply, for as long as its mutations
+    make progress (fewer parts left to do) and at most ``timeout_s`` without any: a large
+    delete may rewrite parts for minutes, one without room does not start. Each look at
+    ``system.mutations`` costs chDB ~3 ms of CPU, so looks are 5 ms apart at first and at
+    most ``MAX_LOOK_GAP_S`` later on."""
     deadline = time.monotonic() + timeout_s
     pause = 0.005
+    least: int | None = None
     while True:
-        pending, reason = client.query(
-            "SELECT count(), anyLast(latest_fail_reason) FROM system.mutations "
+        pending, reason, parts = client.query(
+            "SELECT count(), anyLast(latest_fail_reason), sum(parts_to_do) FROM system.mutations "
             "WHERE database = {db:String} AND table = {table:String} AND NOT is_done",
             parameters={"db": db, "table": table},
         ).result_rows[0]
@@ -130,10 +136,15 @@ def _applied(client: Any, db: str, table: str, timeout_s: float) -> None:
             return
         if reason and not _for_now(reason):
             raise RuntimeError(f"ClickHouse cannot apply a delete on {db}.{table}: {reason}")
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if least is not None and parts < least:
+            deadline = now + timeout_s  # progress: the wait is bounded without any, not in all
+        least = parts if least is None else min(least, parts)
+        if now >= deadline:
             why = reason or "ClickHouse did not start it: is its disk full?"
             raise StoreUnavailable(
-                f"a delete on {db}.{table} is not applied after {timeout_s:.0f} s ({why})"
+                f"a delete on {db}.{table} is not applied after {timeout_s:.0f} s "
+                f"without progress ({why})"
             )
         time.sleep(pause)
-        pause = min(pause * 2, 0.02)
+        pause = min(pause * 2, MAX_LOOK_GAP_S)
