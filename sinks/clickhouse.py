@@ -125,7 +125,7 @@ def _applied(client: Any, db: str, table: str, timeout_s: float) -> None:
     most ``MAX_LOOK_GAP_S`` later on."""
     deadline = time.monotonic() + timeout_s
     pause = 0.005
-    least: int | None = None
+    least = float("inf")  # the fewest parts left to do seen so far
     while True:
         pending, reason, parts = client.query(
             "SELECT count(), anyLast(latest_fail_reason), sum(parts_to_do) FROM system.mutations "
@@ -137,9 +137,8 @@ def _applied(client: Any, db: str, table: str, timeout_s: float) -> None:
         if reason and not _for_now(reason):
             raise RuntimeError(f"ClickHouse cannot apply a delete on {db}.{table}: {reason}")
         now = time.monotonic()
-        if least is not None and parts < least:
-            deadline = now + timeout_s  # progress: the wait is bounded without any, not in all
-        least = parts if least is None else min(least, parts)
+        if parts < least:  # progress: the wait is bounded without any, not in all
+            deadline, least = now + timeout_s, parts
         if now >= deadline:
             why = reason or "ClickHouse did not start it: is its disk full?"
             raise StoreUnavailable(

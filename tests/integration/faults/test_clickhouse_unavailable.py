@@ -64,8 +64,6 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
 _DELETE_ON_A_FULL_DISK = """
 import json, os, sys
 from pathlib import Path
-
-import pytest
 from runtime.exceptions import StoreUnavailable
 from sinks.clickhouse import connect, mutate
 disk = Path(sys.argv[1])

@@ -6,6 +6,7 @@ A scripted ``system.mutations`` and a clock that moves only when the code sleeps
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,8 +31,10 @@ class Looks:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [0.0]
-    monkeypatch.setattr(clickhouse.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(clickhouse.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    ticking = SimpleNamespace(
+        monotonic=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s)
+    )
+    monkeypatch.setattr(clickhouse, "time", ticking)  # the module's clock only
     return now
 
 
