@@ -150,6 +150,12 @@ def observe_freshness(stage: str, received: Iterable[datetime], now: float | Non
     observe_many(FRESHNESS.labels(stage), [at - r.timestamp() for r in received])
 
 
+def observe_freshness_ms(stage: str, received_ms: Iterable[int]) -> None:
+    """``observe_freshness`` of events received at ``received_ms`` (epoch ms)."""
+    at = time.time()
+    observe_many(FRESHNESS.labels(stage), [at - r / 1000 for r in received_ms])
+
+
 @contextmanager
 def batch(stage: str, size: int) -> Iterator[None]:
     """Count one micro-batch of ``size`` messages of ``stage`` and time its processing."""

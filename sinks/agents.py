@@ -35,11 +35,13 @@ from runtime.undecodable import dead_letters, split
 from sinks.history import (
     SNAPSHOT_COLUMNS,
     Batch,
+    Change,
     HistoryWriter,
     audit_batch,
     change_batch,
     event_row,
     ledger_batch,
+    read_change,
     resolved_row,
     row_batches,
     snapshot_rows,
@@ -166,6 +168,33 @@ def event_rows(events: list[Any], now: datetime) -> list[tuple[list[Any], int, i
     return items
 
 
+def change_items(events: list[Any]) -> list[Change]:
+    """The changes of ``cdp.profiles.changes`` records, read as JSON (``read_change``); a
+    record that reading cannot vouch for is validated against the contract, and one that
+    fails it is left out (the processor that owns the topic's contract dead-letters it)."""
+    items = []
+    for ev in events:
+        try:
+            items.append(read_change(ev.message.value))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            try:
+                c = ProfileChange.model_validate_json(ev.message.value)
+            except ValidationError:
+                continue
+            items.append(
+                Change(
+                    c.profile_id,
+                    c.event_id,
+                    c.changed,
+                    c.merged,
+                    c.tags_added,
+                    c.tags_removed,
+                    c.at,
+                )
+            )
+    return items
+
+
 def published_snapshots(events: list[Any]) -> tuple[list[list[Any]], list[Any]]:
     """``profile_snapshots`` rows of ``cdp.profiles.snapshots`` records, the newest of each
     profile, and the records that did not decode. Parsed with orjson, not validated: the
@@ -212,7 +241,7 @@ def register(app: Any, deps: Any) -> None:
                 await until_done(
                     "history.events", partial(history.write, row_batches(resolved_name, fresh))
                 )
-                metrics.observe_freshness("history", [i[0][8] for i in fresh])
+                metrics.observe_freshness_ms("history", [i[0][8] for i in fresh])
 
     @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
     async def ledger_sink(stream: Any) -> None:
@@ -233,9 +262,7 @@ def register(app: Any, deps: Any) -> None:
     async def changes_sink(stream: Any) -> None:
         async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
             with fatal("history-changes"):
-                changes = await erased.kept(
-                    [c for c, _ in _decode(ProfileChange, list(events))], lambda c: c.profile_id
-                )
+                changes = await erased.kept(change_items(list(events)), lambda c: c.profile_id)
                 token = _token(PROFILES_CHANGES.name, list(events))
                 batches = [change_batch(changes, token), tag_batch(changes, token)]
             with fatal("history-changes"), metrics.batch("history-changes", len(events)):

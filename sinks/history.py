@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -14,6 +14,7 @@ from contracts.events import Channel, EventType, ResolvedEvent
 from contracts.identity import Decision, LedgerEntry
 from contracts.privacy import AuditRecord
 from contracts.profiles import ProfileChange
+from profiles.store import epoch_ms
 from runtime.exceptions import StoreUnavailable
 from sinks.clickhouse import mutate, unavailable
 
@@ -312,8 +313,15 @@ def _amount(props: dict[str, Any]) -> float:
     return 0.0
 
 
+def ms(moment: datetime) -> int:
+    """A time as a ``DateTime64(3)`` value: epoch ms, exactly. The hot tables' rows carry
+    their times so, which clickhouse-connect writes as they are, instead of turning each
+    ``datetime`` into ticks in Python (~4% of the history process's CPU)."""
+    return epoch_ms(moment) or 0
+
+
 def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> list[Any]:
-    """Flatten a resolved event into a row of ``events``."""
+    """Flatten a resolved event into a row of ``events`` (times as epoch ms, ``ms``)."""
     e = r.event
     return [
         e.event_id,
@@ -323,8 +331,8 @@ def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> l
         e.channel.value,
         e.source,
         [i.key() for i in e.identifiers],
-        e.timestamp,
-        e.received_at,
+        ms(e.timestamp),
+        ms(e.received_at),
         str(e.properties.get("order_id") or ""),
         _amount(e.properties),
         orjson.dumps(e.traits).decode(),
@@ -332,7 +340,7 @@ def event_row(r: ResolvedEvent, partition: int, offset: int, now: datetime) -> l
         orjson.dumps(e.consent).decode(),
         partition,
         offset,
-        now,
+        ms(now),
         e.group_id or "",
         [i.key() for i in e.identifiers if not i.normalized],
         {i.key(): i.sealed for i in e.identifiers if i.sealed is not None},
@@ -374,8 +382,8 @@ def resolved_row(value: bytes, partition: int, offset: int, now: datetime) -> li
         e["channel"],
         e["source"],
         keys,
-        _utc(e["timestamp"]),
-        _utc(e["received_at"]),
+        ms(_utc(e["timestamp"])),
+        ms(_utc(e["received_at"])),
         str(props.get("order_id") or ""),
         _amount(props),
         orjson.dumps(e.get("traits") or {}).decode(),
@@ -383,7 +391,7 @@ def resolved_row(value: bytes, partition: int, offset: int, now: datetime) -> li
         orjson.dumps(e.get("consent") or {}).decode(),
         partition,
         offset,
-        now,
+        ms(now),
         e.get("group_id") or "",
         [k for k, i in zip(keys, ids, strict=True) if not i.get("normalized", True)],
         {k: i["sealed"] for k, i in zip(keys, ids, strict=True) if i.get("sealed") is not None},
@@ -549,19 +557,57 @@ def ledger_batch(entries: list[LedgerEntry], token: str) -> list[Batch]:
     ]
 
 
-def change_batch(changes: list[ProfileChange], token: str) -> Batch:
+class Change(NamedTuple):
+    """What the history stores of a ``cdp.profiles.changes`` record (``ProfileChange``)."""
+
+    profile_id: str
+    event_id: str
+    changed: list[str]
+    merged: list[str]
+    tags_added: list[str]
+    tags_removed: list[str]
+    at: datetime
+
+
+_CHANGE_FIELDS = frozenset(ProfileChange.model_fields)
+
+
+def read_change(value: bytes) -> Change:
+    """A ``cdp.profiles.changes`` record read as JSON without building its model (what the
+    model would hold; ~5x cheaper).
+
+    Raises ``ValueError``, ``KeyError``, ``TypeError`` or ``AttributeError`` for a record
+    this reading cannot vouch for (a field unknown or of another type, a newer schema
+    version, a time that is not ISO text); the caller then validates it against the contract.
+    """
+    c = orjson.loads(value)
+    if c.keys() - _CHANGE_FIELDS or c.get("schema_version", 1) != 1:
+        raise ValueError("fields or schema version")
+    pid, eid, at = c["profile_id"], c["event_id"], c["at"]
+    if type(pid) is not str or type(eid) is not str or type(at) is not str:
+        raise TypeError("profile_id, event_id or at")
+    changed, merged = c["changed"], c.get("merged", [])
+    added, removed = c.get("tags_added", []), c.get("tags_removed", [])
+    for names in (changed, merged, added, removed):
+        if type(names) is not list or any(type(n) is not str for n in names):
+            raise TypeError("a list of names")
+    return Change(pid, eid, changed, merged, added, removed, _utc(at))
+
+
+def change_batch(changes: list[ProfileChange] | list[Change], token: str) -> Batch:
     """Rows for ``profile_changes``."""
-    rows = [[c.profile_id, c.event_id, c.changed, c.merged, c.at] for c in changes]
+    rows = [[c.profile_id, c.event_id, c.changed, c.merged, ms(c.at)] for c in changes]
     return Batch(
         "profile_changes", ["profile_id", "event_id", "changed", "merged", "at"], rows, token
     )
 
 
-def tag_batch(changes: list[ProfileChange], token: str) -> Batch:
+def tag_batch(changes: list[ProfileChange] | list[Change], token: str) -> Batch:
     """Rows for ``tag_changes``: one per tag gained (added=1) or lost (added=0)."""
     rows = [
-        [c.profile_id, tag, added, c.event_id, c.at]
+        [c.profile_id, tag, added, c.event_id, at]
         for c in changes
+        for at in (ms(c.at),)
         for added, tags in ((1, c.tags_added), (0, c.tags_removed))
         for tag in tags
     ]
