@@ -7,7 +7,9 @@ Measures, against the services of `cdp up` (fresh Redis namespace, temporary chD
 - the profile fold (fold.lua) and profile reads (read.lua), with their Redis CPU;
 - history inserts of resolved events into embedded ClickHouse;
 - one faust crossing: a do-nothing agent reading a prefilled topic, with faust's stock
-  consumer and with the batched consumer of deploy/fastfaust.py, in CPU µs per event.
+  consumer, with the batched consumer of deploy/fastfaust.py, and with the batches the
+  processors read (``App.batches``: no faust event or stream per message), in CPU µs per
+  event.
 
     .venv/bin/cdp up
     .venv/bin/python bench/components.py --events 20000
@@ -25,6 +27,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import redis
 import redis.asyncio as aioredis
@@ -157,16 +160,29 @@ def faust_child(kind: str, bootstrap: str, topic: str, n: int) -> None:
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
     state: dict[str, float] = {"n": 0}
 
-    @app.agent(source)
-    async def nothing(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(BATCH, within=0.05):
-            if "t0" not in state:
-                state["t0"], state["c0"] = time.perf_counter(), time.process_time()
-            state["n"] += len(batch)
-            if state["n"] >= n:
-                wall, cpu = time.perf_counter() - state["t0"], time.process_time() - state["c0"]
-                print(f"{n / wall:.0f} {cpu / n * 1e6:.1f}", flush=True)
-                os._exit(0)
+    def count(batch: list[object]) -> None:
+        if "t0" not in state:
+            state["t0"], state["c0"] = time.perf_counter(), time.process_time()
+        state["n"] += len(batch)
+        if state["n"] >= n:
+            wall, cpu = time.perf_counter() - state["t0"], time.process_time() - state["c0"]
+            print(f"{n / wall:.0f} {cpu / n * 1e6:.1f}", flush=True)
+            os._exit(0)
+
+    if kind == "direct":  # the processors' path: batches straight from the fetch loop
+        batches = cast(App, app).batches(source, BATCH, 0.05)
+
+        @app.task
+        async def nothing_direct() -> None:
+            async for batch in batches:
+                count(batch)
+
+    else:
+
+        @app.agent(source)
+        async def nothing(stream: faust.StreamT[bytes]) -> None:
+            async for batch in stream.take_events(BATCH, within=0.05):
+                count(list(batch))
 
     @app.task
     async def no_monitor() -> None:
@@ -188,7 +204,7 @@ def faust_crossing(settings: Settings, evs: list[Event]) -> None:
         producer.send(topic, key=e.partition_key(), value=e.model_dump_json().encode())
     producer.flush()
     producer.close()
-    for kind in ("stock", "batched"):
+    for kind in ("stock", "batched", "direct"):
         out = subprocess.run(
             [sys.executable, __file__, "--faust-child", kind, bootstrap, topic, str(len(evs))],
             capture_output=True,

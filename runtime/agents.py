@@ -23,8 +23,9 @@ def fatal(agent: str) -> Iterator[None]:
     """End the process, committing nothing more, if the block raises.
 
     faust acks a batch's events when its ``take_events`` generator is closed, which an
-    exception leaving the agent does; its supervisor then restarts the agent, and the
-    failed batch's offsets are committed with no effect stored: lost. The error policy
+    exception leaving an agent does; its supervisor then restarts the agent, and the
+    failed batch's offsets are committed with no effect stored: lost. ``batch_loop`` does
+    not ack on an exception, but the task would end and its topic stall. The error policy
     (``runtime.retry``) has already retried what is transient, so what reaches here is a
     bug: the process ends at once (exit 1) and its supervisor starts it again from the last
     committed offsets, replaying the batch (docs/operations.md).
@@ -38,22 +39,42 @@ def fatal(agent: str) -> Iterator[None]:
         os._exit(EXIT_FAILED)
 
 
+def batch_loop(
+    app: Any,
+    topic: str,
+    name: str,
+    size: int,
+    within: float,
+    body: Callable[[list[Any]], Awaitable[None]],
+) -> None:
+    """Run ``body`` on each micro-batch of topic ``topic`` (its full name) in ``app``.
+
+    A batch is up to ``size`` messages gathered for at most ``within`` seconds, each with
+    its faust ``message`` (``app.batches``: deploy/fastfaust.py). Its offsets are acked when
+    the loop asks for the next batch, i.e. after ``body`` returned: an offset is committed
+    only once its effects are stored and published.
+    """
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    batches = app.batches(source, size, within)
+
+    async def loop() -> None:
+        async for events in batches:
+            await body(events)
+
+    loop.__name__ = loop.__qualname__ = name
+    app.task(loop)
+
+
 def batch_agent(
     app: Any, deps: Any, topic: str, name: str, step: Callable[[list[Any]], Awaitable[None]]
 ) -> None:
-    """Add agent ``name`` on registry topic ``topic`` to ``app``: ``step`` gets each batch.
-
-    faust acks a batch's offsets when the agent asks for the next one, i.e. after ``step``
-    returned: an offset is committed only once its effects are stored and published. A
-    step that fails for good ends the process (``fatal``) before anything is acked.
-    """
-    source = app.topic(deps.topic(topic), key_serializer="raw", value_serializer="raw")
+    """Add processor ``name`` on registry topic ``topic`` to ``app``: ``step`` gets each
+    batch (``batch_loop``). A step that fails for good ends the process (``fatal``) before
+    anything is acked."""
     conf = deps.settings.worker
 
-    async def consume(stream: Any) -> None:
-        async for batch in stream.take_events(conf.batch_size, within=conf.batch_within_s):
-            events = list(batch)
-            with fatal(name), metrics.batch(name, len(events)):
-                await step(events)
+    async def run(events: list[Any]) -> None:
+        with fatal(name), metrics.batch(name, len(events)):
+            await step(events)
 
-    app.agent(source, name=name)(consume)
+    batch_loop(app, deps.topic(topic), name, conf.batch_size, conf.batch_within_s, run)

@@ -29,7 +29,7 @@ from contracts.topics import (
 )
 from profiles.store import clock_time
 from runtime import metrics
-from runtime.agents import fatal
+from runtime.agents import batch_loop, fatal
 from runtime.retry import until_done
 from runtime.undecodable import dead_letters, split
 from sinks.history import (
@@ -229,61 +229,68 @@ def register(app: Any, deps: Any) -> None:
     dead_topic = deps.topic(EVENTS_DEADLETTER.name)
     erased = deps.erased = Erased(deps.redis, conf.namespace)
 
-    def topic(name: str) -> Any:
-        return app.topic(deps.topic(name), key_serializer="raw", value_serializer="raw")
+    def sink(name: str, agent: str, within: float | None = None) -> Callable[..., Any]:
+        """Register the decorated body as loop ``agent`` over the history's batches of
+        registry topic ``name`` (of at most ``within`` seconds, the insert window)."""
 
-    @app.agent(topic(EVENTS_RESOLVED.name), name="history-events")
-    async def events_sink(stream: Any) -> None:
-        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            with fatal("history-events"), metrics.batch("history-events", len(events)):
-                items = event_rows(list(events), datetime.now(UTC))
-                fresh = await erased.kept(await history.fresh(items), lambda i: i[0][1])
-                await until_done(
-                    "history.events", partial(history.write, row_batches(resolved_name, fresh))
-                )
-                metrics.observe_freshness_ms("history", [i[0][8] for i in fresh])
+        def register_body(body: Callable[[list[Any]], Any]) -> Callable[..., Any]:
+            batch_loop(
+                app,
+                deps.topic(name),
+                agent,
+                conf.sink_batch_size,
+                conf.sink_within_s if within is None else within,
+                body,
+            )
+            return body
 
-    @app.agent(topic(IDENTITY_MERGES.name), name="history-ledger")
-    async def ledger_sink(stream: Any) -> None:
-        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            with fatal("history-ledger"):
-                entries = await erased.kept(
-                    [e for e, _ in _decode(LedgerEntry, list(events))],
-                    lambda e: e.profile_id,
-                    lambda e: e.other_profile_id,
-                )
-                token = _token(IDENTITY_MERGES.name, list(events))
-            with fatal("history-ledger"), metrics.batch("history-ledger", len(events)):
-                await until_done(
-                    "history.ledger", partial(history.write, ledger_batch(entries, token))
-                )
+        return register_body
 
-    @app.agent(topic(PROFILES_CHANGES.name), name="history-changes")
-    async def changes_sink(stream: Any) -> None:
-        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            with fatal("history-changes"):
-                changes = await erased.kept(change_items(list(events)), lambda c: c.profile_id)
-                token = _token(PROFILES_CHANGES.name, list(events))
-                batches = [change_batch(changes, token), tag_batch(changes, token)]
-            with fatal("history-changes"), metrics.batch("history-changes", len(events)):
-                await until_done("history.changes", partial(history.write, batches))
+    @sink(EVENTS_RESOLVED.name, "history-events")
+    async def events_sink(events: list[Any]) -> None:
+        with fatal("history-events"), metrics.batch("history-events", len(events)):
+            items = event_rows(events, datetime.now(UTC))
+            fresh = await erased.kept(await history.fresh(items), lambda i: i[0][1])
+            await until_done(
+                "history.events", partial(history.write, row_batches(resolved_name, fresh))
+            )
+            metrics.observe_freshness_ms("history", [i[0][8] for i in fresh])
 
-    @app.agent(topic(PROFILES_SNAPSHOTS.name), name="history-snapshots")
-    async def snapshots_sink(stream: Any) -> None:
-        # Batches as long as the snapshot interval, stored with the profiles changed outside
-        # the stream in one insert: each insert also deletes the older snapshots of its
-        # profiles (a mutation of the table), so one per interval, not two.
-        within = conf.snapshot_interval_s
-        async for events in stream.take_events(conf.sink_batch_size, within=within):
-            with fatal("history-snapshots"):
-                found, bad = published_snapshots(list(events))
-                rows = await erased.kept(found, lambda r: r[0])
-                token = _token(PROFILES_SNAPSHOTS.name, list(events))
-            with fatal("history-snapshots"), metrics.batch("history-snapshots", len(events)):
-                if bad:
-                    dead = dead_letters(bad, "history-snapshots", dead_topic)
-                    await until_done("history.dead_letters", partial(deps.publisher.publish, dead))
-                await until_done("history.snapshots", partial(snapshot, rows, token))
+    @sink(IDENTITY_MERGES.name, "history-ledger")
+    async def ledger_sink(events: list[Any]) -> None:
+        with fatal("history-ledger"):
+            entries = await erased.kept(
+                [e for e, _ in _decode(LedgerEntry, events)],
+                lambda e: e.profile_id,
+                lambda e: e.other_profile_id,
+            )
+            token = _token(IDENTITY_MERGES.name, events)
+        with fatal("history-ledger"), metrics.batch("history-ledger", len(events)):
+            await until_done("history.ledger", partial(history.write, ledger_batch(entries, token)))
+
+    @sink(PROFILES_CHANGES.name, "history-changes")
+    async def changes_sink(events: list[Any]) -> None:
+        with fatal("history-changes"):
+            changes = await erased.kept(change_items(events), lambda c: c.profile_id)
+            token = _token(PROFILES_CHANGES.name, events)
+            batches = [change_batch(changes, token), tag_batch(changes, token)]
+        with fatal("history-changes"), metrics.batch("history-changes", len(events)):
+            await until_done("history.changes", partial(history.write, batches))
+
+    # Batches as long as the snapshot interval, stored with the profiles changed outside the
+    # stream in one insert: each insert also deletes the older snapshots of its profiles (a
+    # mutation of the table), so one per interval, not two.
+    @sink(PROFILES_SNAPSHOTS.name, "history-snapshots", conf.snapshot_interval_s)
+    async def snapshots_sink(events: list[Any]) -> None:
+        with fatal("history-snapshots"):
+            found, bad = published_snapshots(events)
+            rows = await erased.kept(found, lambda r: r[0])
+            token = _token(PROFILES_SNAPSHOTS.name, events)
+        with fatal("history-snapshots"), metrics.batch("history-snapshots", len(events)):
+            if bad:
+                dead = dead_letters(bad, "history-snapshots", dead_topic)
+                await until_done("history.dead_letters", partial(deps.publisher.publish, dead))
+            await until_done("history.snapshots", partial(snapshot, rows, token))
 
     snapshot_lock = asyncio.Lock()
     last_snapshot_at = [-float("inf")]
@@ -332,12 +339,9 @@ def register(app: Any, deps: Any) -> None:
 
     deps.on_stop.append(last_snapshot)
 
-    @app.agent(topic(AUDIT.name), name="history-audit")
-    async def audit_sink(stream: Any) -> None:
-        async for events in stream.take_events(conf.sink_batch_size, within=conf.sink_within_s):
-            with fatal("history-audit"):
-                records = [r for r, _ in _decode(AuditRecord, list(events))]
-                token = _token(AUDIT.name, list(events))
-                await until_done(
-                    "history.audit", partial(history.write, [audit_batch(records, token)])
-                )
+    @sink(AUDIT.name, "history-audit")
+    async def audit_sink(events: list[Any]) -> None:
+        with fatal("history-audit"):
+            records = [r for r, _ in _decode(AuditRecord, events)]
+            token = _token(AUDIT.name, events)
+            await until_done("history.audit", partial(history.write, [audit_batch(records, token)]))
