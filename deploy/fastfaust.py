@@ -14,15 +14,11 @@ read (the next assignment fetches it again from the committed offset).
 The loop mirrors ``faust.transport.consumer.Consumer._drain_messages`` of faust-streaming 0.15,
 which pyproject.toml pins (<0.16); check it against the new loop before raising the pin.
 
-Topics whose keys and values are raw bytes (every topic here) decode a message into its
-event without faust's serializer registry (``RawSchema``): the registry's codec lookups
-were ~4% of the history process's CPU, for a result equal to the message's own bytes.
-
 Topics read in micro-batches (every processor here: ``App.batches``) skip faust's
 per-message path altogether: the fetch loop hands each fetched list of their messages to
 the topic's batch queue, and the loop reading it takes micro-batches of up to ``size``
 messages, gathered for at most ``within`` seconds. No faust event, channel queue or stream
-per message (~85 µs of CPU each on this machine, measured by bench/components.py); the
+per message (~88 µs of CPU each on this machine, against 24 µs this way: bench/components.py); the
 messages are still tracked as unacknowledged until the batch after them is asked for, so
 faust's commits, rebalances and stops treat them as an agent's events.
 
@@ -203,38 +199,6 @@ class BatchedConsumer(driver.Consumer):
             unset_flag(CONSUMER_FETCHING)
 
 
-class RawSchema(faust.Schema[Any, Any]):
-    """A schema of raw keys and values that makes the event of a message straight from its
-    bytes; anything else (a missing value, a key that is not bytes) takes faust's path."""
-
-    def compile(
-        self,
-        app: Any,
-        *,
-        on_key_decode_error: Any = None,
-        on_value_decode_error: Any = None,
-        default_propagate: bool = False,
-    ) -> Any:
-        errors = {
-            name: handler
-            for name, handler in (
-                ("on_key_decode_error", on_key_decode_error),
-                ("on_value_decode_error", on_value_decode_error),
-            )
-            if handler is not None
-        }
-        slow = super().compile(app, default_propagate=default_propagate, **errors)
-        create_event = app.create_event
-
-        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
-            key, value = message.key, message.value
-            if type(value) is bytes and (key is None or type(key) is bytes):
-                return create_event(key, value, message.headers, message)
-            return await slow(message, propagate=propagate)
-
-        return decode
-
-
 class Transport(driver.Transport):
     """The aiokafka transport using :class:`BatchedConsumer`."""
 
@@ -251,14 +215,6 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
-
-    def topic(self, *topics: str, **kwargs: Any) -> Any:
-        """faust's topic; one of raw keys and values decodes with :class:`RawSchema`."""
-        raw = kwargs.get("key_serializer") == "raw" and kwargs.get("value_serializer") == "raw"
-        typed = any(kwargs.get(k) is not None for k in ("schema", "key_type", "value_type"))
-        if raw and not typed:
-            kwargs["schema"] = RawSchema(key_serializer="raw", value_serializer="raw")
-        return super().topic(*topics, **kwargs)
 
     def batches(self, topic: Any, size: int, within: float) -> Batches:
         """Subscribe to ``topic`` and return its micro-batches (:class:`Batches`), for one
