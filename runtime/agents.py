@@ -58,8 +58,11 @@ def batch_loop(
     batches = app.batches(source, size, within)
 
     async def loop() -> None:
-        async for events in batches:
-            await body(events)
+        # Anything raised outside ``body`` too ends the process: a task that ended would
+        # leave its topic unread until a restart, with nothing but lag to show for it.
+        with fatal(name):
+            async for events in batches:
+                await body(events)
 
     loop.__name__ = loop.__qualname__ = name
     app.task(loop)
