@@ -18,9 +18,10 @@ Topics read in micro-batches (every processor here: ``App.batches``) skip faust'
 per-message path altogether: the fetch loop hands each fetched list of their messages to
 the topic's batch queue, and the loop reading it takes micro-batches of up to ``size``
 messages, gathered for at most ``within`` seconds. No faust event, channel queue or stream
-per message (~88 µs of CPU each on this machine, against 24 µs this way: bench/components.py); the
-messages are still tracked as unacknowledged until the batch after them is asked for, so
-faust's commits, rebalances and stops treat them as an agent's events.
+per message (~88 µs of CPU each on this machine, against 24 µs this way, measured by
+bench/components.py); the messages are still tracked as unacknowledged until the batch
+after them is asked for, so faust's commits, rebalances and stops treat them as an agent's
+events.
 
 A stopping app waits for the batches in progress only so long (``App._consumer_wait_empty``):
 faust waits for them without end, and a batch retrying against a Redis that is down never

@@ -22,13 +22,12 @@ EXIT_FAILED = 1
 def fatal(agent: str) -> Iterator[None]:
     """End the process, committing nothing more, if the block raises.
 
-    faust acks a batch's events when its ``take_events`` generator is closed, which an
-    exception leaving an agent does; its supervisor then restarts the agent, and the
-    failed batch's offsets are committed with no effect stored: lost. ``batch_loop`` does
-    not ack on an exception, but the task would end and its topic stall. The error policy
-    (``runtime.retry``) has already retried what is transient, so what reaches here is a
-    bug: the process ends at once (exit 1) and its supervisor starts it again from the last
-    committed offsets, replaying the batch (docs/operations.md).
+    A ``batch_loop`` that raised acks nothing, but its task would end and its topic go
+    unread until a restart (and a faust agent's ``take_events`` acks its batch when the
+    generator closes, which an exception does: the failed batch would be lost). The error
+    policy (``runtime.retry``) has already retried what is transient, so what reaches here
+    is a bug: the process ends at once (exit 1) and its supervisor starts it again from the
+    last committed offsets, replaying the batch (docs/operations.md).
     """
     try:
         yield

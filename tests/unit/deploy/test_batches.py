@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from mode.utils.queues import FlowControlEvent
@@ -29,6 +30,13 @@ class App:
 
 def offsets(batch: list[Any]) -> list[int]:
     return [d.message.offset for d in batch]
+
+
+async def until(condition: Callable[[], bool], deadline_s: float = 5.0) -> None:
+    """Let the loop run until ``condition`` holds; fail after ``deadline_s``."""
+    async with asyncio.timeout(deadline_s):
+        while not condition():
+            await asyncio.sleep(0)
 
 
 def test_batches_are_cut_at_size_and_acked_only_when_the_next_is_asked_for() -> None:
@@ -68,7 +76,7 @@ def test_messages_fetched_before_a_rebalance_are_dropped_unacked() -> None:
         await batches.put(stale[:1])
         it = batches.__aiter__()
         nxt = asyncio.ensure_future(it.__anext__())
-        await asyncio.sleep(0.01)  # the loop holds offset 0, waiting for more
+        await until(batches.queue.empty)  # the loop holds offset 0, waiting for more
         await batches.put(stale[1:])
         app.flow_control.clear()  # partitions revoked: faust clears every queue
         assert not nxt.done()
@@ -84,7 +92,7 @@ def test_the_fetch_loop_waits_while_two_batches_are_queued() -> None:
         batches = Batches(App(), size=Batches.CHUNK, within=0.05)
         messages = [Message(n) for n in range(Batches.CHUNK * 5)]
         put = asyncio.ensure_future(batches.put(messages))
-        await asyncio.sleep(0.05)
+        await until(batches.queue.full)
         assert not put.done()  # 4 chunks queued, the fifth waits for the loop
         it = batches.__aiter__()
         assert offsets(await it.__anext__()) == list(range(Batches.CHUNK))
