@@ -17,7 +17,7 @@ from contracts.topics import (
     PROFILES_CHANGES,
     PROFILES_SNAPSHOTS,
 )
-from profiles.store import Applied, Observed, snapshot_value
+from profiles.store import Applied, Observed, latest, snapshot_value
 from runtime.agents import batch_agent
 from runtime.metrics import observe_freshness
 from runtime.publisher import Record
@@ -114,14 +114,16 @@ class ProfileStep:
         """Fold and tag ``batch``; return everything to publish for it, and the profiles
         whose snapshots it holds (``settle`` them once published)."""
         deps = self.deps
-        applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now))
+        # With tags, the fold answers the profiles it changed: the evaluation reads nothing.
+        read = deps.tags is not None
+        applied = await until_done("profiles.apply", partial(deps.profiles.apply, batch, now, read))
         changes = [a.change for a in applied if a.change is not None]
         members: list[Record] = []
         seen: dict[str, Observed] | None = {} if self.snapshots_topic else None
         if deps.tags is not None and changes:
             tagged = await until_done(
                 "tags.evaluate",
-                partial(deps.tags.after_fold, changed_names(applied), now, seen),
+                partial(deps.tags.after_fold, changed_names(applied), now, seen, latest(applied)),
             )
             before = replayed_tags(applied)
             if before:

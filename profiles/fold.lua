@@ -5,6 +5,7 @@
 -- ARGV[2] the batch JSON: [[profile id the event was keyed by, raw partition, raw offset,
 --         operations (see profiles/fold.py), merged profile ids to fold into the survivor first],
 --         ...]
+-- ARGV[3] 'r': answer the profiles changed as they stand after the call (see the end), '-': not
 --
 -- A profile is one hash, pf:<pid> (one key: small profiles stay in Redis's compact listpack
 -- encoding, and a read is one HGETALL). Its fields, by prefix:
@@ -202,16 +203,16 @@ local wm_older = wm_legacy(ns)
 
 local function apply(keyed, part, off, ops, merged)
   if erasing and redis.call('SISMEMBER', k('erased'), resolve(keyed)) == 1 then
-    return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}})
+    return {pid = resolve(keyed), applied = 0, changed = {}}
   end
   if off <= wm_get(ns, keyed, part, wm_older) then
     local held = redis.call('HGET', k('fold', 'held', part), off)
-    if not held then return cjson.encode({pid = resolve(keyed), applied = 0, changed = {}}) end
+    if not held then return {pid = resolve(keyed), applied = 0, changed = {}} end
     local h = cjson.decode(held)
     -- The profile it was folded into, not its survivor now: the change may have been
     -- published before the crash, and told again it must be the same record.
-    return cjson.encode({pid = h.p or resolve(keyed), applied = 0, replay = 1, changed = h.c,
-                         left = h.l, tg = h.t})
+    return {pid = h.p or resolve(keyed), applied = 0, replay = 1, changed = h.c, left = h.l,
+            tg = h.t}
   end
   wm_set(ns, keyed, part, off)
 
@@ -249,12 +250,24 @@ local function apply(keyed, part, off, ops, merged)
     if #left > 0 then held.l = left end
     redis.call('HSET', k('fold', 'held', part), off, cjson.encode(held))
   end
-  if #left == 0 then return cjson.encode({pid = pid, applied = 1, changed = changed}) end
-  return cjson.encode({pid = pid, applied = 1, changed = changed, left = left})
+  if #left == 0 then return {pid = pid, applied = 1, changed = changed} end
+  return {pid = pid, applied = 1, changed = changed, left = left}
 end
 
-local outs = {}
+-- Each event's answer; with ARGV[3] = 'r', the last answer of each profile changed (or told
+-- again) in this call also carries the profile as it stands after the call, as read.lua gives
+-- it ("now"): the tag evaluation that follows reads nothing back.
+local reading = ARGV[3] == 'r'
+local answers, last = {}, {}
 for n, e in ipairs(batch) do
-  outs[n] = apply(e[1], e[2], tonumber(e[3]), e[4], e[5])
+  local a = apply(e[1], e[2], tonumber(e[3]), e[4], e[5])
+  answers[n] = a
+  if reading and (a.replay or #a.changed > 0) then last[a.pid] = n end
 end
+if reading then
+  local legacy = graph_legacy(ns)
+  for pid, n in pairs(last) do answers[n].now = profile_read(ns, pid, legacy, false) end
+end
+local outs = {}
+for n, a in ipairs(answers) do outs[n] = cjson.encode(a) end
 return '[' .. table.concat(outs, ',') .. ']'

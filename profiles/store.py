@@ -33,6 +33,8 @@ _SETS = (
 
 
 _BITS = Path(__file__).parent.parent / "tagging" / "bits.lua"
+#: The helper that answers one whole profile (read.lua, and fold.lua for what it changed).
+_PROFILE = Path(__file__).parent / "profile.lua"
 #: Helpers of the scripts that read or write fold watermarks.
 WATERMARK = Path(__file__).parent / "watermark.lua"
 _WM_READ = "return cjson.encode(wm_all(ARGV[1], ARGV[2]))"
@@ -307,6 +309,22 @@ class Applied:
     #: ``change`` is told again, and ``tags_before`` is the profile's tags (hex) before it.
     replayed: bool = False
     tags_before: str = ""
+    #: With ``apply(read=True)``: the profile as it stood after the script call that folded
+    #: this event (given with the call's last event of each profile it changed).
+    now: Stored | None = None
+
+
+def latest(applied: Sequence[Applied]) -> dict[str, Stored]:
+    """Per profile, the newest state a fold answered (``Applied.now``): the highest version,
+    as a profile's events may span calls when other events merge into it."""
+    out: dict[str, Stored] = {}
+    for a in applied:
+        now = a.now
+        if now is not None:
+            seen = out.get(now.profile_id)
+            if seen is None or int(now.version) > int(seen.version):
+                out[now.profile_id] = now
+    return out
 
 
 class ProfileStore:
@@ -317,22 +335,26 @@ class ProfileStore:
         self._rules = rules
         self._ns = namespace
         here = Path(__file__).parent
-        self._fold = BatchScript(client, here / "fold.lua", [_BITS, WATERMARK])
+        self._fold = BatchScript(client, here / "fold.lua", [_BITS, WATERMARK, GRAPH, _PROFILE])
         helpers = WATERMARK.read_text()
         self._wm_read = client.register_script(helpers + _WM_READ)
         self._wm_upgrade = client.register_script(helpers + _WM_UPGRADE)
-        self._read = BatchScript(client, here / "read.lua", [GRAPH])
+        self._read = BatchScript(client, here / "read.lua", [GRAPH, _PROFILE])
         self._snapped = BatchScript(client, here / "snapped.lua")
         self._take = client.register_script((here / "take_changed.lua").read_text())
         #: Tag bitmap (hex) -> tag ids; set when a tag catalog is loaded.
         self.tag_names: Callable[[str], list[str]] | None = None
 
-    async def apply(self, batch: list[ResolvedEvent], at: datetime) -> list[Applied]:
+    async def apply(
+        self, batch: list[ResolvedEvent], at: datetime, read: bool = False
+    ) -> list[Applied]:
         """Fold a batch: one script call per chunk, each event atomic and applied once.
 
         A profile's events of the batch go in one call (``grouped_chunks``): the fold skips
         an offset at or below the profile's watermark, so an earlier event refused in one
         call while a later one was applied in the next would be skipped on the retry.
+        ``read``: the same call also answers each profile it changed as it then stands
+        (``Applied.now``, ``latest``), for the tag evaluation that follows.
         """
         todo = [r for r in batch if r.profile_id]
         rows = [
@@ -346,12 +368,20 @@ class ProfileStore:
             for r in todo
         ]
         grouped, order = grouped_chunks(rows, key=itemgetter(0))
-        answers = await self._fold.run([[self._ns, orjson.dumps(chunk)] for chunk in grouped])
-        by_index = dict(zip(order, answers, strict=True))
-        return [self._applied(r, by_index[n], at) for n, r in enumerate(todo)]
+        flag = "r" if read else "-"
+        calls = [[self._ns, orjson.dumps(chunk), flag] for chunk in grouped]
+        by_index = dict(zip(order, await self._fold.run(calls), strict=True))
+        out = []
+        for n, r in enumerate(todo):
+            answer = by_index[n]
+            now = answer.get("now")
+            out.append(self._applied(r, answer, at, self._stored(now) if now else None))
+        return out
 
     @staticmethod
-    def _applied(r: ResolvedEvent, answer: dict[str, Any], at: datetime) -> Applied:
+    def _applied(
+        r: ResolvedEvent, answer: dict[str, Any], at: datetime, now: Stored | None = None
+    ) -> Applied:
         changed = answer["changed"] if isinstance(answer["changed"], list) else []
         change = None
         replayed = bool(answer.get("replay"))
@@ -369,8 +399,9 @@ class ProfileStore:
                 at=at,
             )
         left = tuple((str(g), str(t)) for g, t in answer.get("left", ()))
+        tags_before = answer.get("tg", "")
         return Applied(
-            answer["pid"], bool(answer["applied"]), change, left, replayed, answer.get("tg", "")
+            answer["pid"], bool(answer["applied"]), change, left, replayed, tags_before, now
         )
 
     async def settle(self, batch: list[ResolvedEvent], snapshots: Sequence[Observed] = ()) -> None:
@@ -478,17 +509,14 @@ class ProfileStore:
         data keys of its sealed values, for a reader that opens them)."""
         flag = "k" if with_keys else "-"
         calls = [[self._ns, flag, *chunk] for chunk in chunks(profile_ids)]
-        out: list[Stored | None] = []
-        for answer in await self._read.run(calls):
-            if not answer:
-                out.append(None)
-                continue
-            pid, main, traits, ids, sets, counts, sealed, keys = answer
-            tags = main.get("_tg", "")
-            names = self.tag_names(tags) if self.tag_names and tags else []
-            values = profile_values(pid, main, traits, ids, sets, counts, names)
-            # cjson encodes an empty Lua table as {}; a list only if it had array items.
-            stored = {kid: bytes.fromhex(raw) for kid, raw in (keys or {}).items()}
-            version = main.get("_v", "0")
-            out.append(Stored(values, version, tags, sealed or {}, stored, main))
-        return out
+        return [self._stored(a) if a else None for a in await self._read.run(calls)]
+
+    def _stored(self, answer: list[Any]) -> Stored:
+        """A profile as profile.lua answers it."""
+        pid, main, traits, ids, sets, counts, sealed, keys = answer
+        tags = main.get("_tg", "")
+        names = self.tag_names(tags) if self.tag_names and tags else []
+        values = profile_values(pid, main, traits, ids, sets, counts, names)
+        # cjson encodes an empty Lua table as {}; a list only if it had array items.
+        stored = {kid: bytes.fromhex(raw) for kid, raw in (keys or {}).items()}
+        return Stored(values, main.get("_v", "0"), tags, sealed or {}, stored, main)

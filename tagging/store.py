@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -232,12 +232,15 @@ class TagStore:
         changed: dict[str, list[str] | None],
         now: datetime,
         seen: dict[str, Observed] | None = None,
+        known: Mapping[str, Stored] | None = None,
     ) -> list[TagChange]:
         """Re-evaluate, for each changed profile, the tags its change can affect.
 
         ``changed`` maps a profile id to the fold's change names (None: merged, so all tags).
         ``seen``: filled with each profile whose tags were stored, as it stood then (by its
-        stored id), for a snapshot of it.
+        stored id), for a snapshot of it. ``known``: profiles as the fold answered them
+        (``profiles.store.latest``), evaluated without reading them back; one changed since
+        is read again, as any stale read is.
         """
         todo: dict[str, Selection | None] = {}
         for pid, names in changed.items():
@@ -247,7 +250,7 @@ class TagStore:
             selection = self.for_change(names)
             if selection.tags:
                 todo[pid] = selection
-        return await self._evaluate(todo, now, seen=seen)
+        return await self._evaluate(todo, now, seen=seen, known=known)
 
     def for_change(self, names: list[str]) -> Selection:
         """The compiled tags a fold's change ``names`` can affect (cached per shape)."""
@@ -300,6 +303,7 @@ class TagStore:
         force: bool = False,
         dues: dict[str, int] | None = None,
         seen: dict[str, Observed] | None = None,
+        known: Mapping[str, Stored] | None = None,
     ) -> list[TagChange]:
         """Evaluate and store; a profile folded meanwhile is read and evaluated again.
 
@@ -313,9 +317,16 @@ class TagStore:
         for _ in range(_ATTEMPTS):
             if not todo:
                 break
+            given = known or {}
+            known = None  # a retry reads the profile back
             pids = list(todo)
+            missing = [pid for pid in pids if pid not in given]
+            read = {}
+            if missing:
+                read = dict(zip(missing, await self._profiles.read(missing), strict=True))
             rows, asked = [], []
-            for pid, stored in zip(pids, await self._profiles.read(pids), strict=True):
+            for pid in pids:
+                stored = given[pid] if pid in given else read[pid]
                 if stored is not None:
                     row = self._row(stored, todo[pid], clock, force)
                     if dues is not None:
@@ -327,6 +338,8 @@ class TagStore:
             )
             retry: dict[str, Selection | None] = {}
             for (pid, stored), row, state in zip(asked, rows, answers, strict=True):
+                # "gone": merged away (or erased) since it was read. The merge's own fold
+                # already folded it into the survivor and asked for all of that one's tags.
                 if state == "stale":
                     retry[pid] = todo[pid]
                 elif isinstance(state, list):  # ["ok", Redis clock in microseconds]

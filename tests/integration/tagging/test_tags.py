@@ -19,7 +19,7 @@ from identity.rules import IdentityRules
 from identity.store import IdentityStore, Located
 from profiles.agents import changed_names
 from profiles.fold import FoldRules
-from profiles.store import ProfileStore
+from profiles.store import ProfileStore, latest
 from tagging.catalog import DEFAULT_DIR, Catalog, build, load
 from tagging.facts import facts_of, profile_facts
 from tagging.store import DUE_LEASE_MS, TagChange, TagStore, sync_catalog
@@ -50,8 +50,10 @@ class Tagged:
         self.tags = store
         return store
 
-    def run(self, events: list[Event], now: datetime) -> list[TagChange]:
-        """Resolve, fold and tag ``events`` as one micro-batch, like the processors do."""
+    def run(self, events: list[Event], now: datetime, fused: bool = True) -> list[TagChange]:
+        """Resolve, fold and tag ``events`` as one micro-batch, like the processors do
+        (``fused``: the fold answers the changed profiles, as in the processors; otherwise
+        the evaluation reads them back)."""
         items = []
         for e in events:
             items.append(Located(e, 0, self.offset))
@@ -59,10 +61,13 @@ class Tagged:
         resolved: list[ResolvedEvent] = [
             o.resolved for o in self.loop.run_until_complete(self.identity.resolve(items, now))
         ]
-        applied = self.loop.run_until_complete(self.profiles.apply(resolved, now))
+        applied = self.loop.run_until_complete(self.profiles.apply(resolved, now, fused))
         # Merged-away profiles' tags, removed by the fold, as the profiles processor adds them.
         self.departed = self.tags.departed([x for a in applied for x in a.left])
-        return self.loop.run_until_complete(self.tags.after_fold(changed_names(applied), now))
+        known = latest(applied) if fused else None
+        return self.loop.run_until_complete(
+            self.tags.after_fold(changed_names(applied), now, known=known)
+        )
 
     def stored(self, pid: str) -> tuple[str, list[str]]:
         found = self.loop.run_until_complete(self.profiles.read([pid]))[0]
@@ -269,14 +274,19 @@ def _random_events(rng: random.Random, n: int) -> list[Event]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_incremental_evaluation_equals_full_evaluation(make: Any, seed: int) -> None:
-    """Only the tags a change can affect are re-evaluated; the result must not differ."""
+@pytest.mark.parametrize(("size", "fused"), [(7, True), (150, True), (150, False)])
+def test_incremental_evaluation_equals_full_evaluation(
+    make: Any, seed: int, size: int, fused: bool
+) -> None:
+    """Only the tags a change can affect are re-evaluated; the result must not differ.
+    Batches of 150 span two fold calls, so a profile the first call answered can be merged
+    away or changed by the second before its tags are evaluated."""
     t = make()
     rng = random.Random(seed)
     events = _random_events(rng, 300)
     now = T0
-    for start in range(0, len(events), 7):
-        t.run(events[start : start + 7], now)
+    for start in range(0, len(events), size):
+        t.run(events[start : start + size], now, fused)
     pids = {t.stored(str(p))[0] for p in range(1, 40) if t.run_async(t.profiles.read([str(p)]))[0]}
     assert len(pids) >= 5
     for pid in pids:
@@ -483,3 +493,68 @@ def test_history_snapshots_are_retaken_when_tags_change(make: Any) -> None:
     t.run_async(t.tags.settle_due(claim))
     assert t.run_async(t.tags.run_due(T0 + 32 * DAY)).changes == []
     assert t.run_async(t.profiles.take_changed()) == []
+
+
+def test_the_fold_answers_each_changed_profile_as_a_read_gives_it(make: Any) -> None:
+    """The tag evaluation after a fold reads nothing back: the fold's call answered the
+    profiles it changed, exactly as a read gives them; one changed since is read again."""
+    t = make()
+    now = T0 + DAY
+    first = [
+        ev(1, "identify", "pos", [LI_M, LI_P], T0, traits={"age": 34, "city": "Shanghai"}),
+        ev(2, "order_completed", "pos", [LI_M], T0, order_id="O1", total=2500, category="Shoes"),
+        ev(3, "order_completed", "web", [LI_E], T0, order_id="O2", total=900),
+    ]
+    items = [Located(e, 0, n) for n, e in enumerate(first)]
+    resolved = [o.resolved for o in t.run_async(t.identity.resolve(items, now))]
+    applied = t.run_async(t.profiles.apply(resolved, now, True))
+    known = latest(applied)
+    li, other = applied[0].profile_id, applied[2].profile_id
+    assert sorted(known) == sorted([li, other]) and li != other
+    for pid, answered in known.items():
+        assert answered == t.run_async(t.profiles.read([pid]))[0]
+    # Only the call's last event of each profile carries it.
+    assert [a.now is not None for a in applied] == [False, True, True]
+
+    reads: list[list[str]] = []
+    read = t.profiles.read
+
+    async def counted(pids: list[str], with_keys: bool = False) -> Any:
+        reads.append(list(pids))
+        return await read(pids, with_keys)
+
+    t.profiles.read = counted  # type: ignore[method-assign]
+    # The web profile changes after the fold answered it: stale, so it is read again.
+    later = ev(4, "order_completed", "web", [LI_E], T0, order_id="O3", total=8000)
+    again = [o.resolved for o in t.run_async(t.identity.resolve([Located(later, 0, 3)], now))]
+    t.run_async(t.profiles.apply(again, now))
+    t.run_async(t.tags.after_fold(changed_names(applied), now, known=known))
+    assert reads == [[other]]
+    for pid in (li, other):
+        assert t.stored(pid)[1] == t.full(pid, now)
+
+
+def test_a_profile_answered_by_two_fold_calls_of_a_batch_is_evaluated_as_the_newest(
+    make: Any,
+) -> None:
+    """One batch, three fold calls: the first and the third change the same survivor (the
+    third merges into it a profile the batch created). Both answer it; the newer is kept."""
+    t = make()
+    now = T0 + DAY
+    t.run([ev(1, "order_completed", "web", [LI_E], T0, order_id="O1", total=1500)], now)
+    other = ("phone", "+8613900139000")
+    batch = [ev(2, "order_completed", "pos", [LI_M], T0, order_id="O2", total=2000)]
+    batch += [ev(3 + n, "store_visited", "pos", [other], T0) for n in range(120)]
+    batch.append(ev(200, "identify", "member_app", [LI_M, LI_E], T0))
+    items = [Located(e, 0, 10 + n) for n, e in enumerate(batch)]
+    resolved = [o.resolved for o in t.run_async(t.identity.resolve(items, now))]
+    applied = t.run_async(t.profiles.apply(resolved, now, True))
+    pid = applied[-1].profile_id
+    answers = [a.now for a in applied if a.now is not None and a.profile_id == pid]
+    assert len(answers) == 2 and answers[0] != answers[1]
+    assert latest(applied)[pid] == t.run_async(t.profiles.read([pid]))[0]
+    t.run_async(t.tags.after_fold(changed_names(applied), now, known=latest(applied)))
+    survivor, tags = t.stored(pid)
+    assert survivor == pid and t.stored("2")[0] == pid  # merged
+    assert tags == t.full(pid, now) and "channel_web" in tags and "channel_pos" in tags
+    assert t.count("channel_web") == 1 and t.count("rfm_m3") == 1
