@@ -92,10 +92,25 @@ class Batches:
         queued = max(4, -(-2 * size // self.CHUNK))
         self.queue = BatchQueue(maxsize=queued, flow_control=app.flow_control, clear_on_resume=True)
 
-    async def put(self, messages: list[Any]) -> None:
-        """Queue fetched ``messages`` (in fetch order); waits while the queue is full."""
+    async def put(self, messages: list[Any]) -> bool:
+        """Queue fetched ``messages`` (in fetch order); waits while the queue is full.
+
+        A rebalance clears the queue, and cancels a put waiting for room: then the rest is
+        dropped, unacked, as faust drops what its own queues held (fetched before the
+        revoke, they are fetched again after the seek to the committed offsets that
+        follows it, by this consumer or the partition's new owner), and this returns False.
+        That ends the delivery, never the fetch loop: a fetcher that raises stops the worker.
+        """
+        generation = self.queue.generation
         for start in range(0, len(messages), self.CHUNK):
-            await self.queue.put((self.queue.generation, messages[start : start + self.CHUNK]))
+            try:
+                await self.queue.put((generation, messages[start : start + self.CHUNK]))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if generation == self.queue.generation or (task and task.cancelling()):
+                    raise  # the task itself is being cancelled
+                return False
+        return True
 
     async def _get(self, timeout: float | None) -> tuple[int, list[Any]] | None:
         try:
@@ -121,6 +136,9 @@ class Batches:
                     if not pending:
                         deadline = loop.time() + self.within
                     pending.extend(messages)
+                # Held no longer than needed: faust's wait at a rebalance ends when the
+                # messages it dropped are acked or garbage.
+                del got, messages
                 continue
             if not pending:
                 continue
@@ -167,7 +185,8 @@ class BatchedConsumer(driver.Consumer):
                 await asyncio.sleep(0)  # let health checks and other agents run
         for topic, messages in routed.items():
             for route in routes[topic]:
-                await route.put(messages)
+                if not await route.put(messages):
+                    return  # a rebalance: the rest was fetched before it too
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - faust loop
         consumer_should_stop = cast(Service, self)._stopped.is_set
@@ -181,7 +200,13 @@ class BatchedConsumer(driver.Consumer):
                 if not self.should_stop:
                     batch = [item async for item in ait]
                     if batch:
-                        await self.wait_first(self._deliver(batch), self.suspend_flow.wait())
+                        deliver = self._deliver(batch)
+                        del batch  # see below
+                        await self.wait_first(deliver, self.suspend_flow.wait())
+                        # faust's wait for in-flight messages at a rebalance waits until
+                        # every tracked one is acked or garbage (a weak set): what a
+                        # rebalance dropped must not stay referenced here meanwhile.
+                        del deliver
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -97,5 +99,53 @@ def test_the_fetch_loop_waits_while_two_batches_are_queued() -> None:
         it = batches.__aiter__()
         assert offsets(await it.__anext__()) == list(range(Batches.CHUNK))
         await asyncio.wait_for(put, 5)
+
+    asyncio.run(run())
+
+
+def test_a_rebalance_while_the_fetch_loop_waits_for_room_ends_only_that_delivery() -> None:
+    """faust clears its queues on a revoke, which cancels a put waiting for room. That put
+    must end quietly: an error out of the fetch loop stops the worker (seen at every
+    second process's join while a backlog filled the queue)."""
+
+    async def run() -> None:
+        app = App()
+        batches = Batches(app, size=Batches.CHUNK, within=0.05)
+        stale = [Message(n) for n in range(Batches.CHUNK * 6)]
+        put = asyncio.ensure_future(batches.put(stale))
+        await until(batches.queue.full)
+        assert not put.done()
+        app.flow_control.clear()  # partitions revoked
+        assert await asyncio.wait_for(put, 5) is False  # the rest dropped, and no error
+        fresh = [Message(10_000 + n) for n in range(3)]
+        await batches.put(fresh)
+        it = batches.__aiter__()
+        assert offsets(await asyncio.wait_for(it.__anext__(), 5)) == [10_000, 10_001, 10_002]
+        assert all(not m.acked_by for m in stale)
+
+    asyncio.run(run())
+
+
+def test_messages_a_rebalance_dropped_are_left_to_the_garbage_collector() -> None:
+    """faust's wait for in-flight messages at a rebalance ends when each tracked message is
+    acked or garbage (a weak set); one the batch loop kept would hold the rebalance until
+    the broker's session timeout dropped the worker from its group."""
+
+    async def run() -> list[weakref.ref[Message]]:
+        app = App()
+        batches = Batches(app, size=10, within=0.05)
+        stale = [Message(n) for n in range(3)]
+        refs = [weakref.ref(m) for m in stale]
+        await batches.put(stale[:1])
+        it = batches.__aiter__()
+        nxt = asyncio.ensure_future(it.__anext__())
+        await until(batches.queue.empty)  # the loop holds offset 0, waiting for more
+        await batches.put(stale[1:])
+        del stale
+        app.flow_control.clear()  # partitions revoked
+        await until(lambda: gc.collect() >= 0 and all(r() is None for r in refs))
+        assert not nxt.done()  # and no batch was cut of them
+        nxt.cancel()
+        return refs
 
     asyncio.run(run())
