@@ -457,11 +457,19 @@ def main() -> None:
         )
         watched |= {name: [pid] for name, pid in service_pids(settings).items()}
         cpu_before = {name: cpu_of(pids) for name, pids in watched.items()}
-        drained = max(wait_drained(settings, g, t) for g, t in groups)
+        # Each group in turn (the history reads what the stream writes, so it is last):
+        # which one the drain waited on.
+        caught = [(g, wait_drained(settings, g, t)) for g, t in groups]
+        drained = max(at for _, at in caught)
         cpu = {name: cpu_of(pids) - cpu_before[name] for name, pids in watched.items()}
         e2e = events / (drained - started)
         timing += f", all processed {drained - started:.1f}s after " + (
             "the processors' first commit" if args.prefill else "the first POST"
+        )
+        timing += (
+            " (groups caught up: "
+            + ", ".join(f"{g.rsplit('-', 1)[-1]} {at - started:.1f}s" for g, at in caught)
+            + ")"
         )
         fresh: list[float] = []
         started: list[float] = []
