@@ -462,6 +462,10 @@ def main() -> None:
         caught = [(g, wait_drained(settings, g, t)) for g, t in groups]
         drained = max(at for _, at in caught)
         cpu = {name: cpu_of(pids) - cpu_before[name] for name, pids in watched.items()}
+        # A process that exited (a crash its supervisor restarted) takes its CPU with it.
+        exited = [
+            p for pids in watched.values() for p in pids if not Path(f"/proc/{abs(p)}").exists()
+        ]
         e2e = events / (drained - started)
         timing += f", all processed {drained - started:.1f}s after " + (
             "the processors' first commit" if args.prefill else "the first POST"
@@ -504,6 +508,8 @@ def main() -> None:
     for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<45} {seconds / events * 1e6:8.1f}")
     print(f"  {'total':<45} {sum(cpu.values()) / events * 1e6:8.1f}")
+    if exited:
+        print(f"  WARNING: watched processes {exited} exited during the run: CPU undercounted")
     what = "prefilled events" if args.prefill else "events"
     print(
         f"end-to-end, {args.feed} feed: {events} {what} ({args.customers} customers) {timing} "
