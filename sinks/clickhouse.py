@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+import structlog
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from runtime.exceptions import StoreUnavailable
@@ -22,6 +23,40 @@ DISK_ERRORS = ("No space left on device", "Read-only file system", "Disk quota e
 
 _EMBEDDED: dict[Path, Any] = {}
 _LOCK = threading.Lock()
+
+#: How a MergeTree mutation entry (``mutation_<n>.txt``) starts, and a line it must have.
+_MUTATION_HEADER = b"format version: 1\n"
+_MUTATION_COMMANDS = b"\ncommands: "
+
+log = structlog.get_logger(__name__)
+
+
+def set_aside_broken_mutations(path: Path) -> list[Path]:
+    """Rename (``broken_<name>``) the mutation entries under the embedded data directory
+    ``path`` that a full disk left empty or cut short, and return them.
+
+    ClickHouse writes a mutation's entry before it runs it. When the disk fills between the
+    history's room check and that write (the delete that keeps one snapshot per profile),
+    the entry can be left empty, and ClickHouse then cannot load the table: chDB refuses to
+    open the whole directory, at every later start. Such a mutation never ran, so setting
+    its entry aside loses only that delete: older snapshot rows of its profiles stay until
+    their next snapshot deletes them.
+    """
+    moved = []
+    for entry in sorted(
+        [*path.glob("store/*/*/mutation_*.txt"), *path.glob("data/*/*/mutation_*.txt")]
+    ):
+        try:
+            text = entry.read_bytes()
+        except OSError:
+            continue
+        if text.startswith(_MUTATION_HEADER) and _MUTATION_COMMANDS in text:
+            continue
+        target = entry.with_name("broken_" + entry.name)
+        entry.rename(target)
+        moved.append(target)
+        log.warning("clickhouse.mutation_set_aside", entry=str(entry), bytes=len(text))
+    return moved
 
 
 def connect(url: str | None, path: Path) -> Any:
@@ -40,6 +75,7 @@ def connect(url: str | None, path: Path) -> Any:
         client = _EMBEDDED.get(path)
         if client is None:
             path.mkdir(parents=True, exist_ok=True)
+            set_aside_broken_mutations(path)
             client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
             _EMBEDDED[path] = client
         return client
