@@ -1,6 +1,6 @@
 -- Prepended to the scripts that answer whole profiles (read.lua, and fold.lua for the profiles
 -- it changed): one profile's fields, split by prefix, and its identifiers, in the table
--- ProfileStore reads (profiles/store.py: ProfileStore.stored).
+-- ProfileStore reads (profiles/store.py: ProfileStore._stored).
 
 local function profile_hex(s)
   return string.format(string.rep('%02x', #s), string.byte(s, 1, -1))
