@@ -124,3 +124,70 @@ def test_a_delete_on_a_full_disk_fails_for_a_retry_instead_of_waiting_without_en
     assert out["full"].startswith("a delete on d.s is not applied after 2 s"), out
     assert out["rows_while_full"] == 1500  # nothing deleted while the disk is full
     assert out["rows_after"] == 1000  # once space is back: one row per id
+
+
+#: The history's own supersede where ClickHouse has lightweight updates (chDB does): a patch
+#: part, written like an insert, so a full disk fails it at once instead of leaving a
+#: mutation to wait for.
+_PATCH_DELETE_ON_A_FULL_DISK = """
+import json, os, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from runtime.exceptions import StoreUnavailable
+from sinks.clickhouse import connect
+from sinks.history import Batch, HistoryWriter, migrate, patches_on
+disk = Path(sys.argv[1])
+client = connect(None, disk / "chdb")
+migrate(client, "h")
+writer = HistoryWriter(client, "h")
+columns = ["profile_id", "snapshot", "version", "at"]
+def shots(ids, version):
+    at = datetime.now(UTC)
+    return [[str(i), json.dumps({"profile_id": str(i), "v": version}), version, at] for i in ids]
+writer.write(Batch("profile_snapshots", columns, shots(range(1000), 1), "one"))
+with open(disk / "ballast", "wb") as ballast:
+    try:
+        while True:
+            ballast.write(bytes(1 << 20))
+            ballast.flush()
+    except OSError:
+        pass
+out = {"patches": patches_on(client, "h")}
+newer = Batch("profile_snapshots", columns, shots(range(500), 2), "two")
+try:
+    writer.write(newer)
+    out["full"] = "stored"
+except StoreUnavailable as exc:
+    out["full"] = str(exc)
+out["rows_while_full"] = client.command("SELECT count() FROM h.profile_snapshots")
+os.unlink(disk / "ballast")
+writer.write(newer)  # the retry: the insert is deduplicated by its token if it was stored
+out["rows_after"] = client.command("SELECT count() FROM h.profile_snapshots")
+out["newer_after"] = client.command("SELECT count() FROM h.profile_snapshots WHERE version = 2")
+out["mutations"] = client.command("SELECT count() FROM system.mutations WHERE database = 'h'")
+print(json.dumps(out), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_patch_delete_of_superseded_snapshots_on_a_full_disk_fails_for_a_retry(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk", 64) as disk:
+        done = subprocess.run(
+            [sys.executable, "-c", _PATCH_DELETE_ON_A_FULL_DISK, str(disk.path)],
+            cwd=Path(__file__).resolve().parents[3],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["patches"] is True
+    assert out["full"].startswith("ClickHouse refused the profile_snapshots batch"), out
+    # Nothing half-done is visible: the older snapshots stay until the newer replace them.
+    assert out["rows_while_full"] in (1000, 1500), out
+    assert out["rows_after"] == 1000, out  # one row per profile once space is back
+    assert out["newer_after"] == 500, out
+    assert out["mutations"] == 0, out  # the supersede was a patch, not a mutation
