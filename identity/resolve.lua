@@ -88,9 +88,15 @@ local function graph(pid)
   return graph_read(ns, pid)
 end
 
+-- The window's days, as key prefixes made once per call (each event looks in every day).
+local day_prefixes = {}
+for day = today - window + 1, today do
+  table.insert(day_prefixes, ns .. ':ev:w:' .. day .. ':')
+end
+
 local function seen(fingerprint, bucket)
-  for day = today - window + 1, today do
-    if redis.call('SISMEMBER', k('ev', 'w', day, bucket), fingerprint) == 1 then return true end
+  for _, prefix in ipairs(day_prefixes) do
+    if redis.call('SISMEMBER', prefix .. bucket, fingerprint) == 1 then return true end
   end
   return false
 end
@@ -130,8 +136,11 @@ end
 
 local resolution = 0
 
+local held_keys = {}
+
 local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms, hint)
-  local held_key = k('ev', 'held', part)
+  local held_key = held_keys[part]
+  if not held_key then held_key = k('ev', 'held', part); held_keys[part] = held_key end
   -- A redelivered offset whose records were not yet published (or, replaying, whose fold
   -- did not finish: a rebuild killed in a step): the same outcome again, with its merges.
   local held = redis.call('HGET', held_key, off)

@@ -37,6 +37,17 @@ local batch = cjson.decode(ARGV[2])
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
 local dirty_key = k('dirty')
+-- Keys made once per call (a profile's fields are read and written many times per event).
+local function keys_under(prefix)
+  local made = {}
+  return function(id)
+    local key = made[id]
+    if not key then key = prefix .. id; made[id] = key end
+    return key
+  end
+end
+local pf = keys_under(ns .. ':pf:')
+local held_key = keys_under(ns .. ':fold:held:')
 
 -- Aliases are written by the identity script only, so they cannot change during this call.
 local survivors = {}
@@ -54,20 +65,20 @@ local function mark(name)
 end
 
 local function set_min(p, f, v)
-  local cur = tonumber(redis.call('HGET', k('pf', p), f) or 'nil')
-  if not cur or v < cur then redis.call('HSET', k('pf', p), f, v); return true end
+  local cur = tonumber(redis.call('HGET', pf(p), f) or 'nil')
+  if not cur or v < cur then redis.call('HSET', pf(p), f, v); return true end
   return false
 end
 local function set_max(p, f, v)
-  local cur = tonumber(redis.call('HGET', k('pf', p), f) or 'nil')
-  if not cur or v > cur then redis.call('HSET', k('pf', p), f, v); return true end
+  local cur = tonumber(redis.call('HGET', pf(p), f) or 'nil')
+  if not cur or v > cur then redis.call('HSET', pf(p), f, v); return true end
   return false
 end
 local function trait(p, name, value, r)
-  local cur = redis.call('HMGET', k('pf', p), 'r:' .. name, 't:' .. name)
+  local cur = redis.call('HMGET', pf(p), 'r:' .. name, 't:' .. name)
   local rank, old = tonumber(cur[1] or 'nil'), cur[2]
   if not rank or r > rank or (r == rank and old and value > old) then
-    redis.call('HSET', k('pf', p), 'r:' .. name, r, 't:' .. name, value)
+    redis.call('HSET', pf(p), 'r:' .. name, r, 't:' .. name, value)
     return old ~= value
   end
   return false
@@ -80,7 +91,7 @@ end
 local CAP = 4
 local function candidates(p, name, add, cap, frequent)
   local f = 'c:' .. name
-  local raw = redis.call('HGET', k('pf', p), f)
+  local raw = redis.call('HGET', pf(p), f)
   local c = raw and cjson.decode(raw) or {}
   if add['~'] then frequent, cap = add['~'][1], add['~'][2]; add['~'] = nil end
   if c['~'] then frequent, cap = 1, c['~'][2] end
@@ -106,7 +117,7 @@ local function candidates(p, name, add, cap, frequent)
     end
   end
   if frequent == 1 then c['~'] = {1, cap or CAP} end
-  redis.call('HSET', k('pf', p), f, cjson.encode(c))
+  redis.call('HSET', pf(p), f, cjson.encode(c))
   if frequent ~= 1 then return false end
   local best, bv
   for v, x in pairs(c) do
@@ -122,16 +133,16 @@ end
 -- result does not depend on which report arrives, or is merged in, first.
 local function entry(p, name, id, amount)
   local key = 'h:' .. name .. ':' .. id
-  local old = tonumber(redis.call('HGET', k('pf', p), key) or 'nil')
+  local old = tonumber(redis.call('HGET', pf(p), key) or 'nil')
   if old == nil or amount > old then
-    redis.call('HSET', k('pf', p), key, amount)
-    redis.call('HINCRBY', k('pf', p), 'e:' .. name, amount - (old or 0))
+    redis.call('HSET', pf(p), key, amount)
+    redis.call('HINCRBY', pf(p), 'e:' .. name, amount - (old or 0))
     return true
   end
   return false
 end
 local function sadd(p, name, member)
-  return redis.call('HSETNX', k('pf', p), 's:' .. name .. ':' .. member, 1) == 1
+  return redis.call('HSETNX', pf(p), 's:' .. name .. ':' .. member, 1) == 1
 end
 
 -- The minima and maxima of one event in two calls: read them all, write the ones that move.
@@ -141,7 +152,7 @@ local function bounds(p, list)
   for _, op in ipairs(list) do
     if not known[op[2]] then known[op[2]] = true; table.insert(fields, op[2]) end
   end
-  local cur = redis.call('HMGET', k('pf', p), unpack(fields))
+  local cur = redis.call('HMGET', pf(p), unpack(fields))
   local best = {}
   for n, f in ipairs(fields) do best[f] = tonumber(cur[n] or 'nil') end
   for _, op in ipairs(list) do
@@ -157,7 +168,7 @@ local function bounds(p, list)
       table.insert(writes, best[f])
     end
   end
-  if #writes > 0 then redis.call('HSET', k('pf', p), unpack(writes)) end
+  if #writes > 0 then redis.call('HSET', pf(p), unpack(writes)) end
 end
 
 -- "s:<set>:<member>" -> set, member ("h:<entry>:<id>" alike); names never contain ':'.
@@ -169,13 +180,13 @@ end
 -- Fold a merged-away profile into the survivor: the same operations, so still commutative.
 local function merge(gone, into)
   if gone == into then return end
-  local flat = redis.call('HGETALL', k('pf', gone))
+  local flat = redis.call('HGETALL', pf(gone))
   local values = {}
   for j = 1, #flat, 2 do values[flat[j]] = flat[j + 1] end
   for j = 1, #flat, 2 do
     local f, v = flat[j], flat[j + 1]
     local kind = string.sub(f, 1, 2)
-    if kind == 'n:' then redis.call('HINCRBY', k('pf', into), f, v)
+    if kind == 'n:' then redis.call('HINCRBY', pf(into), f, v)
     elseif kind == 'lo' then set_min(into, f, tonumber(v))
     elseif kind == 'hi' then set_max(into, f, tonumber(v))
     elseif kind == 'r:' then
@@ -193,7 +204,7 @@ local function merge(gone, into)
   end
   local tags = untag(ns, gone)
   if tags and tags ~= '' and tags ~= '0' then table.insert(left, {gone, tags}) end
-  redis.call('DEL', k('pf', gone))
+  redis.call('DEL', pf(gone))
   mark('merged')
 end
 
@@ -206,7 +217,7 @@ local function apply(keyed, part, off, ops, merged)
     return {pid = resolve(keyed), applied = 0, changed = {}}
   end
   if off <= wm_get(ns, keyed, part, wm_older) then
-    local held = redis.call('HGET', k('fold', 'held', part), off)
+    local held = redis.call('HGET', held_key(part), off)
     if not held then return {pid = resolve(keyed), applied = 0, changed = {}} end
     local h = cjson.decode(held)
     -- The profile it was folded into, not its survivor now: the change may have been
@@ -217,7 +228,7 @@ local function apply(keyed, part, off, ops, merged)
   wm_set(ns, keyed, part, off)
 
   local pid = resolve(keyed)
-  local tags_before = redis.call('HGET', k('pf', pid), '_tg') or ''
+  local tags_before = redis.call('HGET', pf(pid), '_tg') or ''
   changed, seen, left = {}, {}, {}
   if type(merged) == 'table' then
     for _, gone in ipairs(merged) do merge(gone, pid) end
@@ -227,7 +238,7 @@ local function apply(keyed, part, off, ops, merged)
   for _, op in ipairs(ops) do
     local kind = op[1]
     if kind == 'incr' then
-      redis.call('HINCRBY', k('pf', pid), op[2], op[3]); mark(op[2])
+      redis.call('HINCRBY', pf(pid), op[2], op[3]); mark(op[2])
     elseif kind == 'min' or kind == 'max' then
       table.insert(extremes, op)
     elseif kind == 'sadd' then
@@ -244,11 +255,11 @@ local function apply(keyed, part, off, ops, merged)
   end
   bounds(pid, extremes)
   if #changed > 0 then
-    redis.call('HINCRBY', k('pf', pid), '_v', 1)
+    redis.call('HINCRBY', pf(pid), '_v', 1)
     redis.call('SADD', dirty_key, pid)
     local held = {p = pid, c = changed, t = tags_before}
     if #left > 0 then held.l = left end
-    redis.call('HSET', k('fold', 'held', part), off, cjson.encode(held))
+    redis.call('HSET', held_key(part), off, cjson.encode(held))
   end
   if #left == 0 then return {pid = pid, applied = 1, changed = changed} end
   return {pid = pid, applied = 1, changed = changed, left = left}

@@ -28,22 +28,26 @@ local function profile_read(ns, pid, legacy, with_keys)
   local flat = redis.call('HGETALL', ns .. ':pf:' .. pid)
   if #flat == 0 then return nil end
   local main, traits, sets, counts = {}, {}, {}, {}
+  -- By the prefix's bytes (t:, s:, h:, r: below), not a substring per field.
+  local byte, sub, find = string.byte, string.sub, string.find
   for j = 1, #flat, 2 do
     local f, v = flat[j], flat[j + 1]
-    local kind = string.sub(f, 1, 2)
-    if kind == 't:' then
-      traits[string.sub(f, 3)] = v
-    elseif kind == 's:' or kind == 'h:' then
-      local sep = string.find(f, ':', 3, true)
-      local name = string.sub(f, 3, sep - 1)
-      if kind == 's:' then
+    local b1, b2 = byte(f, 1, 2)
+    if b2 ~= 58 then  -- no "x:" prefix: _v, _tg, _ord
+      main[f] = v
+    elseif b1 == 116 then  -- t:
+      traits[sub(f, 3)] = v
+    elseif b1 == 115 or b1 == 104 then  -- s:, h:
+      local sep = find(f, ':', 3, true)
+      local name = sub(f, 3, sep - 1)
+      if b1 == 115 then
         local members = sets[name]
         if not members then members = {}; sets[name] = members end
-        table.insert(members, string.sub(f, sep + 1))
+        members[#members + 1] = sub(f, sep + 1)
       else
         counts[name] = (counts[name] or 0) + 1
       end
-    elseif kind ~= 'r:' then
+    elseif b1 ~= 114 then  -- not r: (ranks stay in Redis)
       main[f] = v
     end
   end

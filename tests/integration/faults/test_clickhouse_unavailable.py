@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,9 +60,37 @@ def test_history_backs_off_while_clickhouse_refuses_and_catches_up_once(
     assert counts["history"] == scaled(2500)
 
 
+def _on_a_small_disk(tmp_path: Path, script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a process of its own (chDB is one data directory per process) with
+    a 64 MB disk as its first argument; its last line of output, as JSON."""
+    with small_disk(tmp_path / "disk", 64) as disk:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(disk.path), *args],
+            cwd=Path(__file__).resolve().parents[3],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+#: Script lines that fill the disk at ``disk`` with a ballast file, up to its last byte.
+_FILL_THE_DISK = """
+with open(disk / "ballast", "wb") as ballast:
+    try:
+        while True:
+            ballast.write(bytes(1 << 20))
+            ballast.flush()
+    except OSError:
+        pass
+"""
+
 #: In a process of its own (chDB is one data directory per process): snapshots stored, the
 #: disk filled, then a delete of the 500 older versions (``argv[2]``).
-_DELETE_ON_A_FULL_DISK = """
+_DELETE_ON_A_FULL_DISK = (
+    """
 import json, os, sys
 from pathlib import Path
 from runtime.exceptions import StoreUnavailable
@@ -72,14 +101,9 @@ client.command("CREATE DATABASE d")
 client.command("CREATE TABLE d.s (id String, v UInt64) ENGINE = ReplacingMergeTree(v) ORDER BY id")
 client.insert("d.s", [[str(i), 1] for i in range(1000)], column_names=["id", "v"])
 client.insert("d.s", [[str(i), 2] for i in range(500)], column_names=["id", "v"])
-with open(disk / "ballast", "wb") as ballast:
-    try:
-        while True:
-            ballast.write(bytes(1 << 20))
-            ballast.flush()
-    except OSError:
-        pass
-older = sys.argv[2]
+"""
+    + _FILL_THE_DISK
+    + """older = sys.argv[2]
 out = {}
 try:
     mutate(client, "d", "s", older, timeout_s=2)
@@ -93,6 +117,7 @@ out["rows_after"] = client.command("SELECT count() FROM d.s")
 print(json.dumps(out), flush=True)
 os._exit(0)
 """
+)
 
 
 @pytest.mark.parametrize(
@@ -110,17 +135,7 @@ def test_a_delete_on_a_full_disk_fails_for_a_retry_instead_of_waiting_without_en
 ) -> None:
     # ClickHouse's own wait for a delete it cannot start (no space for its result) has no
     # end, and every call of the process's embedded client queues behind it.
-    with small_disk(tmp_path / "disk", 64) as disk:
-        done = subprocess.run(
-            [sys.executable, "-c", _DELETE_ON_A_FULL_DISK, str(disk.path), older],
-            cwd=Path(__file__).resolve().parents[3],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _on_a_small_disk(tmp_path, _DELETE_ON_A_FULL_DISK, older)
     assert out["full"].startswith("a delete on d.s is not applied after 2 s"), out
     assert out["rows_while_full"] == 1500  # nothing deleted while the disk is full
     assert out["rows_after"] == 1000  # once space is back: one row per id
@@ -129,7 +144,8 @@ def test_a_delete_on_a_full_disk_fails_for_a_retry_instead_of_waiting_without_en
 #: The history's own supersede where ClickHouse has lightweight updates (chDB does): a patch
 #: part, written like an insert, so a full disk fails it at once instead of leaving a
 #: mutation to wait for.
-_PATCH_DELETE_ON_A_FULL_DISK = """
+_PATCH_DELETE_ON_A_FULL_DISK = (
+    """
 import json, os, sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,14 +161,9 @@ def shots(ids, version):
     at = datetime.now(UTC)
     return [[str(i), json.dumps({"profile_id": str(i), "v": version}), version, at] for i in ids]
 writer.write(Batch("profile_snapshots", columns, shots(range(1000), 1), "one"))
-with open(disk / "ballast", "wb") as ballast:
-    try:
-        while True:
-            ballast.write(bytes(1 << 20))
-            ballast.flush()
-    except OSError:
-        pass
-out = {"patches": patches_on(client, "h")}
+"""
+    + _FILL_THE_DISK
+    + """out = {"patches": patches_on(client, "h")}
 newer = Batch("profile_snapshots", columns, shots(range(500), 2), "two")
 try:
     writer.write(newer)
@@ -168,22 +179,13 @@ out["mutations"] = client.command("SELECT count() FROM system.mutations WHERE da
 print(json.dumps(out), flush=True)
 os._exit(0)
 """
+)
 
 
 def test_a_patch_delete_of_superseded_snapshots_on_a_full_disk_fails_for_a_retry(
     tmp_path: Path,
 ) -> None:
-    with small_disk(tmp_path / "disk", 64) as disk:
-        done = subprocess.run(
-            [sys.executable, "-c", _PATCH_DELETE_ON_A_FULL_DISK, str(disk.path)],
-            cwd=Path(__file__).resolve().parents[3],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _on_a_small_disk(tmp_path, _PATCH_DELETE_ON_A_FULL_DISK)
     assert out["patches"] is True
     assert out["full"].startswith("ClickHouse refused the profile_snapshots batch"), out
     # Nothing half-done is visible: the older snapshots stay until the newer replace them.
