@@ -278,9 +278,9 @@ def migrate(client: Any, db: str) -> None:
 #: How the history deletes superseded snapshots where ClickHouse has lightweight updates
 #: (25.7+; embedded chDB has them): the delete writes a patch part, like an insert, that
 #: reads and merges apply, instead of a mutation that rewrites every part holding one of the
-#: profiles. Measured at 50,000 profiles, 3,500 per delete: ~110 ms of CPU and ~75 ms of wait
-#: per delete against ~320 ms and ~430 ms (docs/benchmarks.md); a mutation's cost also grows
-#: with the table, a patch's with the rows it deletes.
+#: profiles. Measured at 50,000 profiles, 3,500 per delete, with the insert before it: ~150 ms
+#: of CPU and ~110 ms of wait against ~350 ms and ~270 ms (bench/snapshot_supersede.py); a
+#: mutation's cost also grows with the table, a patch's with the rows it deletes.
 PATCH_DELETE = {"lightweight_delete_mode": "lightweight_update"}
 
 
