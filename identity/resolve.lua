@@ -136,11 +136,10 @@ end
 
 local resolution = 0
 
-local held_keys = {}
+local held_key_of = keys_under(ns .. ':ev:held:')
 
 local function resolve_event(event_id, part, off, ids, blocked, invalid, source, fp, bucket, sealed, consent_ms, hint)
-  local held_key = held_keys[part]
-  if not held_key then held_key = k('ev', 'held', part); held_keys[part] = held_key end
+  local held_key = held_key_of(part)
   -- A redelivered offset whose records were not yet published (or, replaying, whose fold
   -- did not finish: a rebuild killed in a step): the same outcome again, with its merges.
   local held = redis.call('HGET', held_key, off)

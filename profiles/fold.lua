@@ -37,15 +37,6 @@ local batch = cjson.decode(ARGV[2])
 local function k(...) return ns .. ':' .. table.concat({...}, ':') end
 local alias_key = k('alias')
 local dirty_key = k('dirty')
--- Keys made once per call (a profile's fields are read and written many times per event).
-local function keys_under(prefix)
-  local made = {}
-  return function(id)
-    local key = made[id]
-    if not key then key = prefix .. id; made[id] = key end
-    return key
-  end
-end
 local pf = keys_under(ns .. ':pf:')
 local held_key = keys_under(ns .. ':fold:held:')
 

@@ -284,20 +284,17 @@ def migrate(client: Any, db: str) -> None:
 PATCH_DELETE = {"lightweight_delete_mode": "lightweight_update"}
 
 
-def patch_deletes(client: Any, db: str) -> bool:
+def patch_deletes(client: Any, db: str) -> None:
     """Turn on the block columns that patch-part deletes of ``profile_snapshots`` need, if
-    ClickHouse has lightweight updates; an existing table keeps its parts (idempotent).
-    Returns whether the history's deletes of superseded snapshots are patches."""
-    if not int(
+    ClickHouse has lightweight updates; an existing table keeps its parts (idempotent)."""
+    has_updates = int(
         client.command("SELECT count() FROM system.settings WHERE name = 'lightweight_delete_mode'")
-    ):
-        return False
-    if not patches_on(client, db):
+    )
+    if has_updates and not patches_on(client, db):
         client.command(
             f"ALTER TABLE {db}.profile_snapshots MODIFY SETTING "
             "enable_block_number_column = 1, enable_block_offset_column = 1"
         )
-    return True
 
 
 def patches_on(client: Any, db: str) -> bool:
