@@ -62,6 +62,12 @@ class KafkaSettings(BaseModel):
     publish_timeout_s: float = 10.0
     request_timeout_ms: int = 8_000
     linger_ms: int = 5
+    #: How often a consumer heartbeats its group. A member joining (a worker process started,
+    #: scaled out or restarted) rebalances the group, and the members go on reading only
+    #: after each has noticed it on a heartbeat: at Kafka's 3 s a restart of ``cdp run``
+    #: left one stream process alone for ~4 s before the other read anything, at 1 s ~1.4 s
+    #: (docs/benchmarks.md). Kafka wants it under a third of the session timeout (faust's 60 s).
+    heartbeat_interval_s: float = 1.0
     #: Days a topic keeps its records, by registry name (``{"cdp.events.raw": 14}``), over the
     #: registry's defaults; 0 keeps them forever. Applied when topics are created and to
     #: existing ones by ``cdp topics create`` and ``cdp run`` (docs/privacy.md, "Retention").

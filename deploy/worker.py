@@ -154,6 +154,7 @@ def build_app(
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication_factor,
         broker_commit_interval=1.0,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
         # faust keeps a small data directory per app; not in the current directory.
         datadir=str(datadir),
         consumer_group_instance_id=instance,
