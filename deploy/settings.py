@@ -251,10 +251,11 @@ class WorkerSettings(BaseModel):
     #: intset (see identity/store.py).
     identity_retry_buckets: int = Field(default=RETRY_BUCKETS, ge=1)
     #: Stream processor processes ``cdp run`` starts beside its own (one consumer group;
-    #: up to one per partition of ``cdp.events.raw`` do work). Two by default even on two
-    #: cores: each batch waits on Redis and on Kafka's acks, and a second process works
-    #: while the first waits (docs/benchmarks.md).
-    processes: int = Field(default=2, ge=1)
+    #: up to one per partition of ``cdp.events.raw`` do work). Three by default even on two
+    #: cores: each batch waits on Redis and on Kafka's acks, and another process works
+    #: while one waits; on two cores three drained 3-12% more than two in each of four
+    #: alternated rounds, ~210 MB of memory each (docs/benchmarks.md).
+    processes: int = Field(default=3, ge=1)
     #: A stable name for this worker in its consumer group (KIP-345 static membership, e.g.
     #: a StatefulSet's pod name): restarted under the same name it takes its partitions back
     #: at once instead of after the session timeout. Must differ between running workers of
