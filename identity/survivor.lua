@@ -10,7 +10,6 @@ local function follow_alias(alias_key, pid)
   return cur
 end
 
-
 -- A function giving ``prefix .. id``, each key made once per script call: a script that
 -- touches one key many times (a profile's fields per event) skips the concatenation.
 local function keys_under(prefix)
